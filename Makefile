@@ -1,0 +1,40 @@
+# Every target creates .venv when missing, installs everything, then runs.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.layerloop-installed
+# CPU machines: the plain `torch` requirement would pull a multi-GB CUDA build.
+TORCH_CPU_PIN ?= torch==2.13.0
+
+.PHONY: demo test test-all ui bench system-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q "$(TORCH_CPU_PIN)"; fi
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# PostgreSQL server binaries (integration tests) and Chromium (report browser check).
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql chromium >/dev/null; \
+	fi
+
+demo: $(STAMP)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/layerloop demo
+
+test: $(STAMP) system-deps
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest
+
+test-all: $(STAMP) system-deps
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m pytest -m ''
+
+ui: $(STAMP)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_UI_API_URL=http://127.0.0.1:4200/api $(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+
+bench: $(STAMP)
+	for b in storage judge learning overhead; do $(PY) bench/$$b.py || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo-store .demo

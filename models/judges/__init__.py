@@ -1,0 +1,1 @@
+"""Judges that score candidate triplets (qwen, openai-compatible, cycle, oracle) and pure thresholding."""

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin typed wrappers that read from storage/, call models/ and write back to storage/."""
