@@ -1,0 +1,114 @@
+"""Typed config sections of the model side: backbone, LoRA, training and sampling.
+
+Defaults describe the tiny CPU world; the FLUX world changes `backbone`, `path`, `panel_size` and the
+step counts, nothing else. Unknown fields are errors so a typo in layerloop.yaml stops the run at once.
+"""
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_SAFE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+DEFAULT_PROMPT_TEMPLATES = {
+    "decompose": (
+        "A three-panel image. Left: a product photo with a printed logo. Middle: the logo alone on a plain "
+        "white background. Right: the same product without the logo.{caption}"
+    ),
+    "synthesize": (
+        "A three-panel image. Middle: a logo on a plain white background. Right: a product without a logo. "
+        "Left: the product with the logo printed on it, following its shape and lighting.{caption}"
+    ),
+    "generate": (
+        "A three-panel image of a branded product: the product with its logo, the logo alone on white, "
+        "and the product without the logo.{caption}"
+    ),
+}
+
+# ICEdit-style targets: attention projections and MLP of both block kinds (peft matches by suffix).
+DEFAULT_LORA_TARGETS = [
+    "to_q", "to_k", "to_v", "to_out.0",
+    "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+    "ff.net.2", "ff_context.net.2", "proj_mlp", "proj_out",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ModelConfig(_Section):
+    """Which backbone to build and how; the only config the factory branches on."""
+
+    backbone: Literal["tiny", "flux"] = "tiny"
+    path: str | None = Field(None, description="flux: local dir (or hub id); tiny: None = shipped base")
+    layers: list[str] = Field(default_factory=lambda: ["logo", "object"])
+    panel_size: int = Field(32, ge=16, le=2048)
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    device: str = "auto"
+    gradient_checkpointing: bool = False
+    cpu_offload: bool = False
+    prompt_templates: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_PROMPT_TEMPLATES))
+
+    @field_validator("panel_size")
+    @classmethod
+    def _multiple_of_16(cls, v: int) -> int:
+        if v % 16:
+            raise ValueError(f"panel_size must be a multiple of 16 (FLUX packs 2x2 latents of an 8x VAE); got {v}")
+        return v
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_names(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v) or any(not _SAFE_NAME.match(n) or n == "composite" for n in v):
+            raise ValueError(f"layers must be unique lowercase names other than 'composite'; got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _flux_needs_path(self) -> "ModelConfig":
+        if self.backbone == "flux" and not self.path:
+            raise ValueError("model.path is required for backbone 'flux' (a local FLUX.1-Fill-dev directory)")
+        return self
+
+
+class LoraConfig(_Section):
+    """LoRA shape. alpha defaults to rank: diffusers assumes alpha == rank when no metadata is saved."""
+
+    rank: int = Field(8, ge=1, le=512)
+    alpha: int | None = None
+    targets: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @property
+    def effective_alpha(self) -> int:
+        return self.rank if self.alpha is None else self.alpha
+
+
+class TrainConfig(_Section):
+    """Flow matching + cycle consistency training of the shared LoRA."""
+
+    steps: int = Field(200, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(4, ge=1)
+    seed: int = 0
+    cycle_weight: float = Field(0.5, ge=0)
+    cycle_warmup_steps: int = Field(50, ge=0)
+    cycle_intermediate: Literal["one_step", "sampler"] = "one_step"
+    cycle_sampler_steps: int = Field(4, ge=1)
+    text_dropout: float = Field(0.1, ge=0, lt=1)
+    logit_mean: float = 0.0
+    logit_std: float = Field(1.0, gt=0)
+    grad_clip: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(100, ge=1)
+    continue_from_previous: bool = True
+
+
+class SampleConfig(_Section):
+    """Euler flow-matching sampling for decompose / synthesize / generate."""
+
+    steps: int = Field(8, ge=1, le=200)
+    guidance: float = Field(30.0, ge=0)
+    seed: int = 0
+    batch_size: int = Field(8, ge=1)
