@@ -1,0 +1,42 @@
+"""Errors raised by the round store: every one is a ValueError subclass (bad input) or a clear state error."""
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base of every error the store raises on purpose."""
+
+
+class SchemaError(StorageError, ValueError):
+    """A manifest table does not match MANIFEST_SCHEMA; the message names the bad column."""
+
+
+class InvalidImage(StorageError, ValueError):
+    """An input image failed validation; `reason` is a short stable code used for quarantine."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class UnsafeMemberError(StorageError, ValueError):
+    """A tar member is not a regular file with a plain relative name (symlink, ../x, /abs, device...)."""
+
+
+class CorruptShardError(StorageError, ValueError):
+    """A shard member is missing, truncated or does not match its recorded sha256/size."""
+
+
+class RoundExistsError(StorageError):
+    """The round is already committed; rounds are immutable."""
+
+
+class RoundNotFoundError(StorageError, KeyError):
+    """No committed round with that number."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else "round not found"
+
+
+class CommitConflictError(StorageError):
+    """Another writer committed (or is committing) the same round; this writer lost."""
