@@ -1,0 +1,70 @@
+"""PipelineConfig: composition, YAML + env overrides, clear errors, the commented default file."""
+from __future__ import annotations
+
+import yaml
+import pytest
+
+from flows.config import ConfigError, PipelineConfig, default_yaml_text, env_overrides, load_config
+
+
+def test_defaults_compose_every_section():
+    cfg = load_config(None, environ={})
+    assert set(PipelineConfig.model_fields) == {"store", "model", "lora", "train", "sample", "judge",
+                                                "thresholds", "loop"}
+    assert cfg.model.backbone == "tiny" and cfg.loop.rounds >= 1
+
+
+def test_yaml_then_env_then_overrides(tmp_path):
+    path = tmp_path / "layerloop.yaml"
+    path.write_text("loop:\n  rounds: 5\n  candidates_per_round: 7\ntrain:\n  steps: 3\n")
+    env = {"LAYERLOOP__LOOP__ROUNDS": "6", "LAYERLOOP__JUDGE__CYCLE__ERROR_SCALE": "0.5", "OTHER": "x"}
+    cfg = load_config(path, environ=env, overrides={"train": {"steps": 4}})
+    assert (cfg.loop.rounds, cfg.loop.candidates_per_round, cfg.train.steps) == (6, 7, 4)
+    assert cfg.judge.cycle.error_scale == 0.5
+
+
+def test_env_values_parse_as_yaml():
+    got = env_overrides({"LAYERLOOP__LOOP__PROMPTS": "[a cup, a hat]", "LAYERLOOP__LOOP__REPORT": "false"})
+    assert got == {"loop": {"prompts": ["a cup", "a hat"], "report": False}}
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("loop:\n  roundz: 2\n", "loop.roundz: unknown field"),
+    ("loop:\n  rounds: 0\n", "loop.rounds: Input should be greater than or equal to 1"),
+    ("model:\n  panel_size: 33\n", "model.panel_size"),
+    ("bogus: {}\n", "bogus: unknown field"),
+    ("- just a list\n", "top level must be a mapping"),
+    ("loop: [unclosed\n", "not valid YAML"),
+])
+def test_bad_config_says_what_to_fix(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert needle in str(err.value)
+
+
+def test_missing_file_and_bad_env_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml", environ={})
+    with pytest.raises(ConfigError, match="LAYERLOOP__SECTION__FIELD"):
+        load_config(None, environ={"LAYERLOOP__ROUNDS": "2"})
+
+
+def test_default_yaml_is_commented_and_round_trips():
+    text = default_yaml_text()
+    assert PipelineConfig.model_validate(yaml.safe_load(text)) == PipelineConfig()
+    for section in PipelineConfig.model_fields:
+        assert f"\n{section}:" in text
+    # every field line is preceded by a comment line
+    lines = text.splitlines()
+    fields = [i for i, line in enumerate(lines) if line.strip() and not line.strip().startswith("#")
+              and not line.endswith(":")]
+    assert fields and all(lines[i - 1].strip().startswith("#") for i in fields)
+
+
+def test_prompt_set_is_product_by_logo_unless_given():
+    cfg = PipelineConfig()
+    assert len(cfg.loop.prompt_set()) == len(cfg.loop.products) * len(cfg.loop.logos)
+    cfg2 = load_config(None, environ={}, overrides={"loop": {"prompts": ["x"]}})
+    assert cfg2.loop.prompt_set() == ["x"]
