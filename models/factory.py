@@ -1,0 +1,223 @@
+"""Backbone factory: the ONLY place that knows whether the model is the tiny CPU base or FLUX.1-Fill-dev.
+
+Both worlds come back as one `Backbone` of the same diffusers/transformers classes, and one
+`FluxFillPipeline` built from those very modules; trainer, sampler and losses never ask which it is.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from models.config import ModelConfig
+from models.grid import LayerSchema, task_prompt, validate_templates
+
+if TYPE_CHECKING:  # heavy imports stay lazy; these are for readers and type checkers only
+    import torch
+    from diffusers import FluxFillPipeline
+
+_EMBED_CACHE_SIZE = 256
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+class BackboneConfigError(ValueError):
+    """The model section cannot be turned into a backbone; the message says what to fix."""
+
+
+@dataclass(eq=False)
+class Backbone:
+    """The Fill model's modules plus what the grid code needs to drive them."""
+
+    transformer: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    text_encoder_2: Any
+    tokenizer_2: Any
+    scheduler: Any
+    schema: LayerSchema
+    panel_size: int
+    device: "torch.device"
+    dtype: "torch.dtype"
+    prompt_templates: dict[str, str]
+    max_sequence_length: int = 512
+    base_id: str = ""
+    _pipe: Any = field(default=None, repr=False)
+    _embeds: OrderedDict = field(default_factory=OrderedDict, repr=False)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(width, height) in pixels of one grid."""
+        return self.schema.grid_size(self.panel_size)
+
+    def pipeline(self) -> "FluxFillPipeline":
+        """The FluxFillPipeline over these very modules (built once, shared, never copied)."""
+        if self._pipe is None:
+            from diffusers import FluxFillPipeline
+
+            self._pipe = FluxFillPipeline(
+                scheduler=self.scheduler, vae=self.vae, text_encoder=self.text_encoder,
+                tokenizer=self.tokenizer, text_encoder_2=self.text_encoder_2,
+                tokenizer_2=self.tokenizer_2, transformer=self.transformer,
+            )
+            self._pipe.set_progress_bar_config(disable=True)
+        return self._pipe
+
+    def embed_prompt(self, prompt: str) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+        """(prompt_embeds [1,L,D], pooled [1,P], text_ids [L,3]) via pipeline.encode_prompt, LRU-cached."""
+        import torch
+
+        if prompt in self._embeds:
+            self._embeds.move_to_end(prompt)
+            return self._embeds[prompt]
+        with torch.no_grad():  # not inference_mode: the trainer feeds these into autograd graphs
+            out = self.pipeline().encode_prompt(
+                prompt=prompt, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
+            )
+        self._embeds[prompt] = out
+        if len(self._embeds) > _EMBED_CACHE_SIZE:
+            self._embeds.popitem(last=False)
+        return out
+
+    def task_embeddings(self, task: str, caption: str | None = None):
+        """Cached text conditioning of `task`'s prompt (T5 at 512 tokens is the expensive part on FLUX)."""
+        return self.embed_prompt(task_prompt(task, self.prompt_templates, caption))
+
+
+def build_backbone(cfg: ModelConfig, *, allow_random_init: bool = False) -> Backbone:
+    """Build the backbone `cfg` names. `allow_random_init` is for the tiny pretraining script only."""
+    templates = _templates(cfg)
+    device = resolve_device(cfg.device)
+    if cfg.backbone == "flux":
+        modules, dtype, base_id, seq_len = _flux_modules(cfg, device)
+    else:
+        modules, dtype, base_id, seq_len = _tiny_modules(cfg, device, allow_random_init, templates)
+    pipe = modules.pop("_pipe", None)
+    backbone = Backbone(
+        **modules, schema=LayerSchema(tuple(cfg.layers)), panel_size=cfg.panel_size, device=device,
+        dtype=dtype, prompt_templates=templates, max_sequence_length=seq_len, base_id=base_id, _pipe=pipe,
+    )
+    _freeze(backbone)
+    if cfg.gradient_checkpointing:
+        backbone.transformer.enable_gradient_checkpointing()
+    return backbone
+
+
+def resolve_device(name: str) -> "torch.device":
+    """'auto' = CUDA when present, else CPU; asking for CUDA without one is a config error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise BackboneConfigError(f"model.device '{name}' is not a torch device (try auto, cpu, cuda)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BackboneConfigError(f"model.device is '{name}' but CUDA is not available; use device: auto or cpu")
+    return device
+
+
+def _templates(cfg: ModelConfig) -> dict[str, str]:
+    try:
+        return validate_templates(cfg.prompt_templates)
+    except ValueError as exc:
+        raise BackboneConfigError(f"model.prompt_templates: {exc}") from exc
+
+
+def _dtype(cfg: ModelConfig, default: str) -> "torch.dtype":
+    import torch
+
+    return getattr(torch, _DTYPES[cfg.dtype or default])
+
+
+def _freeze(backbone: Backbone) -> None:
+    """Base weights are never trained through the backbone; LoRA layers added later stay trainable."""
+    for module in (backbone.transformer, backbone.vae, backbone.text_encoder, backbone.text_encoder_2):
+        module.requires_grad_(False)
+        module.eval()
+
+
+def _tiny_asset_dir(cfg: ModelConfig) -> Path:
+    from models import tiny
+
+    return Path(cfg.path).expanduser() if cfg.path else tiny.ASSET_DIR
+
+
+def _tiny_modules(cfg: ModelConfig, device, allow_random_init: bool, templates: dict[str, str]):
+    import torch
+
+    from models import tiny
+
+    asset_dir = _tiny_asset_dir(cfg)
+    if tiny.assets_present(asset_dir):
+        meta = tiny.read_meta(asset_dir)
+        modules = tiny.build_modules(meta)
+        tiny.load_weights(modules, asset_dir)
+        base_id = f"tiny-base@{_digest(asset_dir / 'transformer.safetensors')}"
+    elif allow_random_init:
+        modules = tiny.build_modules(tiny.default_meta(templates))
+        base_id = "tiny-random"
+    else:
+        raise BackboneConfigError(
+            f"tiny base weights not found in {asset_dir} (need base.json and "
+            f"{', '.join(c + '.safetensors' for c in tiny.COMPONENTS)}); run "
+            "`python scripts/pretrain_tiny_base.py` or set model.path to a directory that has them"
+        )
+    dtype = _dtype(cfg, "float32")
+    for name in tiny.COMPONENTS:
+        # the assets are fp32: cast only when asked, diffusers warns on every .to(dtype)
+        modules[name].to(device) if dtype == torch.float32 else modules[name].to(device=device, dtype=dtype)
+    return modules, dtype, base_id, tiny.T5_MAX_LENGTH
+
+
+def _flux_modules(cfg: ModelConfig, device):
+    from diffusers import FluxFillPipeline
+
+    path = _flux_source(cfg.path)
+    dtype = _dtype(cfg, "bfloat16")
+    try:
+        pipe = FluxFillPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise BackboneConfigError(
+            f"could not load FLUX.1-Fill-dev from '{path}': {exc}. Point model.path at a local "
+            "FLUX.1-Fill-dev directory (with model_index.json and safetensors weights)"
+        ) from exc
+    if cfg.cpu_offload:
+        if device.type != "cuda":
+            raise BackboneConfigError("model.cpu_offload needs a CUDA device; set cpu_offload: false on CPU")
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    names = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
+    modules = {n: getattr(pipe, n) for n in names}
+    modules["_pipe"] = pipe
+    return modules, dtype, f"flux-fill:{path}", 512
+
+
+def _flux_source(path: str | None) -> str:
+    """A local FLUX directory, or a hub id (owner/name) for users with network; anything else is an error."""
+    if not path:
+        raise BackboneConfigError("model.path is required for backbone 'flux' (a local FLUX.1-Fill-dev directory)")
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not (local / "model_index.json").is_file():
+            raise BackboneConfigError(f"model.path '{path}' is a directory without model_index.json; "
+                                      "point it at the root of a FLUX.1-Fill-dev download")
+        return str(local)
+    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+    if not looks_like_hub_id or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise BackboneConfigError(f"model.path '{path}' does not exist; point it at a local FLUX.1-Fill-dev directory")
+    return path
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]

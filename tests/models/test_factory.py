@@ -1,0 +1,108 @@
+"""Factory: the tiny backbone builds from real classes, runs a full FluxFillPipeline call, round-trips its
+weights through safetensors, and bad configs stop with a message that says what to fix."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models import tiny
+from models.config import ModelConfig
+from models.factory import BackboneConfigError, build_backbone
+from models.grid import fill_missing, make_grid, task_mask
+
+
+def _call(backbone, seed: int = 0) -> np.ndarray:
+    comp = Image.new("RGB", (backbone.panel_size,) * 2, (200, 30, 30))
+    grid = make_grid(fill_missing({"composite": comp}, backbone.schema, backbone.panel_size), backbone.schema)
+    pe, pooled, _ = backbone.task_embeddings("decompose")
+    w, h = backbone.grid_size
+    out = backbone.pipeline()(
+        prompt_embeds=pe, pooled_prompt_embeds=pooled, image=grid, height=h, width=w,
+        mask_image=task_mask("decompose", backbone.schema, backbone.panel_size), num_inference_steps=2,
+        generator=torch.Generator().manual_seed(seed), output_type="np",
+    )
+    return out.images[0]
+
+
+def test_tiny_backbone_runs_a_full_fill_pipeline_call(tiny_backbone):
+    from diffusers import AutoencoderKL, FluxFillPipeline, FluxTransformer2DModel
+
+    assert isinstance(tiny_backbone.transformer, FluxTransformer2DModel)
+    assert isinstance(tiny_backbone.vae, AutoencoderKL)
+    pipe = tiny_backbone.pipeline()
+    assert isinstance(pipe, FluxFillPipeline) and pipe is tiny_backbone.pipeline()
+    assert pipe.transformer is tiny_backbone.transformer  # shared, not copied
+    # in_channels = packed latent + packed masked latent + packed mask, exactly FluxFillPipeline's layout
+    lat = tiny_backbone.vae.config.latent_channels
+    assert tiny_backbone.transformer.config.in_channels == 2 * 4 * lat + 4 * pipe.vae_scale_factor ** 2
+    image = _call(tiny_backbone)
+    assert image.shape == (32, 96, 3) and np.isfinite(image).all()
+
+
+def test_task_embeddings_are_cached_and_differ_per_task(tiny_backbone):
+    a = tiny_backbone.task_embeddings("decompose")
+    assert tiny_backbone.task_embeddings("decompose") is a
+    b = tiny_backbone.task_embeddings("synthesize")
+    c = tiny_backbone.task_embeddings("decompose", "a red mug with a star logo")
+    assert a[0].shape == (1, tiny_backbone.max_sequence_length, tiny_backbone.transformer.config.joint_attention_dim)
+    assert not torch.allclose(a[0], b[0]) and not torch.allclose(a[0], c[0])
+
+
+def test_tokenizer_knows_the_template_words(tiny_backbone):
+    ids = tiny_backbone.tokenizer_2(tiny_backbone.prompt_templates["synthesize"].format(caption="")).input_ids
+    unk = tiny_backbone.tokenizer_2.unk_token_id
+    assert ids[-1] == tiny_backbone.tokenizer_2.eos_token_id and unk not in ids
+
+
+def test_base_weights_round_trip_through_safetensors(tmp_path, tiny_backbone):
+    modules = {n: getattr(tiny_backbone, n) for n in tiny.COMPONENTS}
+    meta = {"vocab": tiny.build_vocab(tiny_backbone.prompt_templates.values()),
+            "vae_factors": {"shift_factor": 0.1, "scaling_factor": 0.9}}
+    tiny.save_base(modules, tmp_path, meta)
+    loaded = build_backbone(ModelConfig(path=str(tmp_path)))
+    assert loaded.vae.config.scaling_factor == pytest.approx(0.9)
+    for name in tiny.COMPONENTS:
+        for (k, v), (k2, v2) in zip(getattr(tiny_backbone, name).state_dict().items(),
+                                    getattr(loaded, name).state_dict().items()):
+            assert k == k2 and torch.equal(v, v2), (name, k)
+    assert loaded.base_id.startswith("tiny-base@")
+
+
+def test_missing_tiny_assets_need_the_explicit_flag(tmp_path):
+    with pytest.raises(BackboneConfigError, match="pretrain_tiny_base.py"):
+        build_backbone(ModelConfig(path=str(tmp_path)))
+    assert build_backbone(ModelConfig(path=str(tmp_path)), allow_random_init=True).base_id == "tiny-random"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(panel_size=40), "multiple of 16"),
+    (dict(backbone="flux"), "model.path is required"),
+    (dict(layers=["logo", "logo"]), "unique"),
+    (dict(nonsense=1), "Extra inputs"),
+])
+def test_bad_model_config_is_rejected_by_the_schema(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(backbone="flux", path="/nonexistent/flux-fill"), "does not exist"),
+    (dict(prompt_templates={"decompose": "x"}), "missing for tasks"),
+    (dict(device="tpu-ish"), "not a torch device"),
+])
+def test_bad_model_config_stops_the_factory(kwargs, match):
+    with pytest.raises(BackboneConfigError, match=match):
+        build_backbone(ModelConfig(**kwargs), allow_random_init=True)
+
+
+def test_flux_dir_without_model_index_is_named(tmp_path):
+    with pytest.raises(BackboneConfigError, match="without model_index.json"):
+        build_backbone(ModelConfig(backbone="flux", path=str(tmp_path)))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_device_without_cuda_is_a_config_error():
+    with pytest.raises(BackboneConfigError, match="CUDA is not available"):
+        build_backbone(ModelConfig(device="cuda"), allow_random_init=True)
