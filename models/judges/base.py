@@ -1,0 +1,172 @@
+"""The judge contract: items in, per-criterion scores in [0, 1] out, never a decision.
+
+`Judge.score(items)` validates every item first: an invalid item gets an unscored result naming the
+problem (so the pipeline quarantines or rejects it and goes on) while the valid ones are scored by the
+backend. The overall score is combined here, once, the same way for every backend.
+`apply_thresholds` (thresholds.py) turns stored scores into accepted/reason afterwards.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from typing import Any
+
+from models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
+
+PANELS = ("composite", "logo", "object")
+
+
+@dataclasses.dataclass
+class JudgeItem:
+    """One candidate: its panels (PIL RGB images keyed by panel name), prompt, and optional ground truth."""
+
+    sample_id: str
+    triplet: dict[str, Any]
+    prompt: str = ""
+    truth: dict[str, Any] | None = None  # the true triplet {panel: PIL image}; synthetic world only
+
+
+@dataclasses.dataclass
+class JudgeResult:
+    """Scores of one item. `error` set means unscored: scores/overall are None and it is never accepted."""
+
+    sample_id: str
+    scores: dict[str, float | None]
+    overall: float | None
+    raw: str
+    backend: str
+    latency_s: float
+    error: str | None = None
+    details: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. per-layer cycle errors, attempts
+
+    @property
+    def scored(self) -> bool:
+        return self.error is None and self.overall is not None
+
+    def to_row(self) -> dict[str, Any]:
+        """Flat row in manifest column names (score_<criterion>, score_overall, judge_*)."""
+        row = {"sample_id": self.sample_id, **{f"score_{c}": self.scores.get(c) for c in CRITERIA}}
+        row.update(score_overall=self.overall, judge_backend=self.backend, judge_error=self.error,
+                   judge_latency_s=self.latency_s, judge_raw=self.raw)
+        if "cycle_error" in self.details:
+            row["cycle_error"] = self.details["cycle_error"]
+        return row
+
+
+def combine(scores: dict[str, float], how: str) -> float:
+    """Overall score from the criteria: their mean or their minimum."""
+    values = [scores[c] for c in CRITERIA]
+    return min(values) if how == "min" else sum(values) / len(values)
+
+
+def validate_scores(scores: dict[str, Any]) -> dict[str, float]:
+    """Every criterion present, finite and in [0, 1]; raises ValueError naming the first bad one."""
+    out = {}
+    for crit in CRITERIA:
+        value = scores.get(crit)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"criterion {crit!r}: expected a number, got {value!r}")
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"criterion {crit!r}: {value!r} is outside [0, 1]")
+        out[crit] = float(value)
+    return out
+
+
+def item_problem(item: JudgeItem) -> str | None:
+    """Why an item cannot be judged (missing panel, not an image, sizes differ), or None when it can."""
+    if not isinstance(item.triplet, dict):
+        return "triplet is not a dict of panels"
+    missing = [p for p in PANELS if p not in item.triplet]
+    if missing:
+        return f"missing panel(s) {missing}"
+    sizes = set()
+    for name in PANELS:
+        image = item.triplet[name]
+        if not hasattr(image, "size") or not hasattr(image, "convert"):
+            return f"panel {name!r} is not a PIL image"
+        sizes.add(tuple(image.size))
+    if len(sizes) != 1:
+        return f"panel sizes differ: {sorted(sizes)}"
+    return None
+
+
+class Judge(ABC):
+    """A scoring backend. Subclasses implement `_score_valid` on already validated items."""
+
+    backend = "base"
+
+    def __init__(self, cfg: JudgeConfig):
+        self.cfg = cfg
+
+    def score(self, items: list[JudgeItem]) -> list[JudgeResult]:
+        """Score a batch; results come back in input order, one per item."""
+        ids = [item.sample_id for item in items]
+        if len(set(ids)) != len(ids):
+            raise ValueError("judge.score: sample ids in one batch must be unique")
+        problems = {item.sample_id: item_problem(item) for item in items}
+        valid = [item for item in items if problems[item.sample_id] is None]
+        scored = {r.sample_id: r for r in (self._score_valid(valid) if valid else [])}
+        return [scored[i] if problems[i] is None else self.unscored(i, f"invalid item: {problems[i]}")
+                for i in ids]
+
+    @abstractmethod
+    def _score_valid(self, items: list[JudgeItem]) -> list[JudgeResult]:
+        ...
+
+    def result(self, sample_id: str, scores: dict[str, Any], *, raw: str = "", latency_s: float = 0.0,
+               details: dict[str, float] | None = None) -> JudgeResult:
+        """A scored result; scores are checked and the overall combined per config."""
+        checked = validate_scores(scores)
+        return JudgeResult(sample_id, checked, combine(checked, self.cfg.overall), raw, self.backend,
+                           latency_s, None, dict(details or {}))
+
+    def unscored(self, sample_id: str, error: str, *, raw: str = "", latency_s: float = 0.0,
+                 details: dict[str, float] | None = None) -> JudgeResult:
+        """An unscored result: no scores, the error says why."""
+        return JudgeResult(sample_id, {c: None for c in CRITERIA}, None, raw, self.backend, latency_s,
+                           error, dict(details or {}))
+
+
+def build_judge(cfg: JudgeConfig, *, sampler=None) -> Judge:
+    """The judge `cfg.backend` names. `sampler` (decompose/synthesize) is required by the cycle judge."""
+    if cfg.backend == "cycle":
+        from models.judges.cycle import CycleJudge
+
+        if sampler is None:
+            raise ValueError("judge backend 'cycle' needs a sampler (an object with decompose/synthesize)")
+        return CycleJudge(cfg, sampler)
+    if cfg.backend == "oracle":
+        from models.judges.oracle import OracleJudge
+
+        return OracleJudge(cfg)
+    if cfg.backend == "qwen":
+        from models.judges.qwen import QwenJudge
+
+        return QwenJudge(cfg)
+    if cfg.backend == "openai":
+        from models.judges.openai_judge import OpenAIJudge
+
+        return OpenAIJudge(cfg)
+    raise ValueError(f"unknown judge backend {cfg.backend!r}")
+
+
+def results_to_frame(results: list[JudgeResult]):
+    """Results as a DataFrame in manifest column names, ready for `apply_thresholds`."""
+    import pandas as pd
+
+    columns = ["sample_id", *(f"score_{c}" for c in CRITERIA), "score_overall", "judge_backend",
+               "judge_error", "judge_latency_s", "judge_raw"]
+    frame = pd.DataFrame([r.to_row() for r in results])
+    return frame if results else pd.DataFrame(columns=columns)
+
+
+def apply_thresholds(scores, cfg: ThresholdConfig):
+    """Adds `accepted` and `reason` to a score table; see models/judges/thresholds.py."""
+    from models.judges.thresholds import apply_thresholds as _apply
+
+    return _apply(scores, cfg)
+
+
+__all__ = ["CRITERIA", "JudgeItem", "JudgeResult", "Judge", "build_judge", "apply_thresholds",
+           "results_to_frame", "combine", "validate_scores"]

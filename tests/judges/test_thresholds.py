@@ -1,0 +1,92 @@
+"""Table tests of the pure acceptance rule, and of the base contract around it."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from models.judges.base import JudgeResult, apply_thresholds, results_to_frame, validate_scores
+from models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
+
+CFG = ThresholdConfig(logo_clean=0.5, object_clean=0.5, composite_consistent=0.5, realism=0.3, overall=0.6)
+
+
+def row(sid, lc=0.9, oc=0.9, cc=0.9, re=0.9, ov=0.9, err=None, cyc=None):
+    return {"sample_id": sid, "score_logo_clean": lc, "score_object_clean": oc,
+            "score_composite_consistent": cc, "score_realism": re, "score_overall": ov,
+            "judge_error": err, "cycle_error": cyc}
+
+
+CASES = [
+    (row("all-good"), True, ""),
+    (row("at-minimum", lc=0.5, oc=0.5, cc=0.5, re=0.3, ov=0.6), True, ""),
+    (row("logo-low", lc=0.49), False, "below threshold: logo_clean 0.490 < 0.500"),
+    (row("two-low", oc=0.1, re=0.2), False, "below threshold: object_clean 0.100 < 0.500; realism 0.200 < 0.300"),
+    (row("overall-low", ov=0.59), False, "below threshold: overall 0.590 < 0.600"),
+    (row("unscored", lc=None, oc=None, cc=None, re=None, ov=None, err="timeout after 3 attempts"),
+     False, "unscored: timeout after 3 attempts"),
+    (row("nan-no-error", re=math.nan), False, "unscored: missing realism"),
+    (row("overall-missing", ov=None), False, "unscored: missing overall"),
+]
+
+
+@pytest.mark.parametrize("data,accepted,reason", CASES, ids=[c[0]["sample_id"] for c in CASES])
+def test_threshold_table(data, accepted, reason):
+    out = apply_thresholds(pd.DataFrame([data]), CFG)
+    assert bool(out["accepted"].iloc[0]) is accepted
+    assert out["reason"].iloc[0] == reason
+
+
+def test_whole_table_at_once_keeps_order_and_input_untouched():
+    df = pd.DataFrame([c[0] for c in CASES])
+    before = df.copy()
+    out = apply_thresholds(df, CFG)
+    assert list(out["accepted"]) == [c[1] for c in CASES]
+    assert list(out["reason"]) == [c[2] for c in CASES]
+    pd.testing.assert_frame_equal(df, before)
+
+
+def test_cycle_error_limit_only_when_configured():
+    df = pd.DataFrame([row("cyc-high", cyc=0.3), row("cyc-none", cyc=None)])
+    assert list(apply_thresholds(df, CFG)["accepted"]) == [True, True]
+    out = apply_thresholds(df, CFG.model_copy(update={"max_cycle_error": 0.2}))
+    assert list(out["accepted"]) == [False, True]
+    assert out["reason"].iloc[0] == "below threshold: cycle_error 0.3000 > 0.2000"
+
+
+def test_missing_column_and_out_of_range_are_errors():
+    with pytest.raises(ValueError, match="score_realism"):
+        apply_thresholds(pd.DataFrame([row("x")]).drop(columns=["score_realism"]), CFG)
+    with pytest.raises(ValueError, match="outside"):
+        apply_thresholds(pd.DataFrame([row("x", lc=1.5)]), CFG)
+
+
+def test_results_round_trip_through_frame():
+    good = JudgeResult("a", {c: 0.8 for c in CRITERIA}, 0.8, "{}", "oracle", 0.01)
+    bad = JudgeResult("b", {c: None for c in CRITERIA}, None, "", "openai", 1.0, error="HTTP 500 x5")
+    out = apply_thresholds(results_to_frame([good, bad]), CFG)
+    assert list(out["accepted"]) == [True, False]
+    assert out["reason"].iloc[1] == "unscored: HTTP 500 x5"
+    assert list(out["judge_backend"]) == ["oracle", "openai"]
+
+
+def test_config_rejects_unknown_and_bad_values():
+    with pytest.raises(ValidationError):
+        ThresholdConfig(logo_clen=0.5)
+    with pytest.raises(ValidationError):
+        ThresholdConfig(overall=1.2)
+    with pytest.raises(ValidationError, match="judge.qwen.path"):
+        JudgeConfig(backend="qwen")
+
+
+@pytest.mark.parametrize("bad", [{"logo_clean": 1.01}, {"logo_clean": "0.5"}, {"logo_clean": math.inf},
+                                 {"logo_clean": True}, {}])
+def test_validate_scores_rejects(bad):
+    scores = {c: 0.5 for c in CRITERIA}
+    scores.update(bad)
+    if not bad:
+        scores.pop("realism")
+    with pytest.raises(ValueError, match="criterion"):
+        validate_scores(scores)
