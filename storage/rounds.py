@@ -1,0 +1,489 @@
+"""The round store: immutable, versioned rounds of samples (Parquet manifests + image shards) over fsspec.
+
+Layout under the store root (local path or fsspec URL):
+
+    rounds/round-NNNN/shards/*.tar         WebDataset shards (temp name -> rename, or whole PUT)
+    rounds/round-NNNN/_work/units/U.parquet  a unit's rows: written after its shards, marks it done
+    rounds/round-NNNN/_work/parts/S/U.parquet  stage results (scores, cycle errors) per unit
+    rounds/round-NNNN/_work/CLAIM          put-if-absent claim of the one writer allowed to commit
+    rounds/round-NNNN/manifest.parquet, rejected.parquet, config.json, round.json
+    rounds/round-NNNN/COMMITTED            written last, put-if-absent; no COMMITTED = no round
+    pool/batch-NNNN/...                    unlabeled composites, same machinery
+    adapters/round-NNNN/                   LoRA weights + model card + metrics (written by training)
+    quarantine/<item>-<id>/                rejected inputs with reason.json
+
+Readers only ever look at directories that hold COMMITTED, so a crashed writer's work area is
+invisible; rerunning the same round skips every unit whose part table exists, and `gc` removes the
+debris (temp files, shards no finished unit or manifest references).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import socket
+import uuid
+from typing import Any, Iterable, Iterator
+
+from storage import schema as S
+from storage.errors import CommitConflictError, CorruptShardError, RoundExistsError, RoundNotFoundError
+from storage.fsutil import (age_s, open_store_fs, put_if_absent, read_json, read_table, table_bytes,
+                            write_bytes, write_json)
+from storage.shards import TMP_PREFIX, ShardReader, ShardWriter, sha256_hex, verify_group
+
+COMMITTED = "COMMITTED"
+MANIFEST = "manifest.parquet"
+REJECTED = "rejected.parquet"
+CONFIG = "config.json"
+ROUND_JSON = "round.json"
+WORK = "_work"
+CLAIM = "CLAIM"
+ROUNDS_AREA = ("rounds", "round")
+POOL_AREA = ("pool", "batch")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_ARTIFACT = re.compile(r"^(report\.(html|json|md)|[A-Za-z0-9_-]{1,100}\.(png|svg))$")
+_WHICH = ("accepted", "rejected", "all")
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"{kind} {name!r} must be 1-100 chars of [A-Za-z0-9_-]")
+    return name
+
+
+def _check_round(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 9999:
+        raise ValueError(f"round must be an integer in 0..9999, got {n!r}")
+    return n
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG header, without decoding; ValueError if not a PNG."""
+    if data[:8] != PNG_MAGIC or len(data) < 24 or data[12:16] != b"IHDR":
+        raise ValueError("panel bytes are not a PNG (the store holds PNG panels only)")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _to_frame(table: Any):
+    return table.to_pandas()
+
+
+class RoundStore:
+    """Entry point of the store; see the module docstring for the layout and protocol."""
+
+    def __init__(self, uri: str, storage_options: dict | None = None):
+        if not isinstance(uri, str) or not uri.strip():
+            raise ValueError("store uri must be a local path or fsspec URL, e.g. ./layerloop-store")
+        self.uri = uri
+        self.fs, self.root = open_store_fs(uri, storage_options)
+
+    # -- paths ---------------------------------------------------------------------------
+    def _path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def _url(self, path: str) -> str:
+        from storage.shards import is_local
+
+        return path if is_local(self.fs) else self.fs.unstrip_protocol(path)
+
+    def _area_dir(self, area: tuple[str, str], n: int) -> str:
+        return self._path(f"{area[0]}/{area[1]}-{_check_round(n):04d}")
+
+    def round_dir(self, round: int) -> str:
+        return self._area_dir(ROUNDS_AREA, round)
+
+    def round_uri(self, round: int) -> str:
+        return self._url(self.round_dir(round))
+
+    def adapter_uri(self, round: int) -> str:
+        return self._url(self._path(f"adapters/round-{_check_round(round):04d}"))
+
+    # -- writing -------------------------------------------------------------------------
+    def init(self) -> str:
+        """Create the store's top-level folders (idempotent); returns the root."""
+        for sub in ("rounds", "pool", "adapters", "quarantine"):
+            self.fs.makedirs(self._path(sub), exist_ok=True)
+        return self._url(self.root)
+
+    def begin(self, round: int, *, parent_round: int | None, adapter_id: str | None,
+              config: dict, shard_max_bytes: int = 64 * 2**20, shard_max_samples: int = 1000) -> "RoundWriter":
+        """Open (or resume) the work area of an uncommitted round; RoundExistsError if it is committed."""
+        d = self.round_dir(round)
+        if self.fs.exists(f"{d}/{COMMITTED}"):
+            raise RoundExistsError(f"round {round} is already committed at {self._url(d)}; rounds are immutable")
+        if parent_round is not None and parent_round not in self.committed_rounds():
+            raise ValueError(f"parent_round {parent_round} is not a committed round")
+        json.dumps(config)  # a config that cannot be saved as JSON must fail now, not at commit
+        return RoundWriter(self, d, round, parent_round=parent_round, adapter_id=adapter_id, config=config,
+                           shard_max_bytes=shard_max_bytes, shard_max_samples=shard_max_samples)
+
+    def begin_pool(self, config: dict, **kw: Any) -> "RoundWriter":
+        """A writer for the next batch of the unlabeled pool."""
+        done = self._committed(POOL_AREA)
+        n = (max(done) + 1) if done else 0
+        return RoundWriter(self, self._area_dir(POOL_AREA, n), n, parent_round=None, adapter_id=None,
+                           config=config, **kw)
+
+    def write_artifact(self, round: int, name: str, data: bytes) -> str:
+        """Write a derived report file (report.html/json/md, *.png, *.svg) into a committed round."""
+        if not _ARTIFACT.match(name):
+            raise ValueError(f"artifact name {name!r} is not allowed: use report.html/json/md or <name>.png/.svg")
+        d = self._committed_dir(round)
+        write_bytes(self.fs, f"{d}/{name}", data)
+        return self._url(f"{d}/{name}")
+
+    def quarantine(self, item: str, files: dict[str, bytes], reason: str) -> str:
+        """Keep a bad input with its reason; returns the quarantine folder."""
+        safe = re.sub(r"[^A-Za-z0-9_-]", "_", str(item))[:80] or "item"
+        d = self._path(f"quarantine/{safe}-{uuid.uuid4().hex[:8]}")
+        for i, (name, data) in enumerate(files.items()):
+            fname = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(str(name)))[:100].lstrip(".") or f"file{i}"
+            write_bytes(self.fs, f"{d}/{i:02d}-{fname}", data)
+        write_json(self.fs, f"{d}/reason.json", {"item": str(item), "reason": reason, "at": _now().isoformat(),
+                                                 "files": [str(n) for n in files]})
+        return self._url(d)
+
+    def quarantined(self) -> list[dict]:
+        """Every quarantine entry's reason.json (item, reason, at, files)."""
+        return [read_json(self.fs, p) for p in sorted(self.fs.glob(self._path("quarantine/*/reason.json")))]
+
+    # -- reading -------------------------------------------------------------------------
+    def _committed(self, area: tuple[str, str]) -> list[int]:
+        pat = self._path(f"{area[0]}/{area[1]}-*/{COMMITTED}")
+        out = []
+        for p in self.fs.glob(pat):
+            m = re.search(rf"{area[1]}-(\d{{4}})/{COMMITTED}$", p)
+            if m:
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    def committed_rounds(self) -> list[int]:
+        return self._committed(ROUNDS_AREA)
+
+    def latest_round(self) -> int | None:
+        rounds = self.committed_rounds()
+        return rounds[-1] if rounds else None
+
+    def _committed_dir(self, round: int, area: tuple[str, str] = ROUNDS_AREA) -> str:
+        d = self._area_dir(area, round)
+        if not self.fs.exists(f"{d}/{COMMITTED}"):
+            raise RoundNotFoundError(f"{area[1]} {round} is not committed in {self.uri}")
+        return d
+
+    def _read_area(self, d: str, which: str):
+        import pandas as pd
+
+        if which not in _WHICH:
+            raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
+        names = {"accepted": [MANIFEST], "rejected": [REJECTED], "all": [MANIFEST, REJECTED]}[which]
+        frames = [_to_frame(read_table(self.fs, f"{d}/{n}")) for n in names]
+        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+    def read(self, round: int, which: str = "accepted"):
+        """A committed round's rows as a DataFrame: accepted (manifest), rejected, or all."""
+        return self._read_area(self._committed_dir(round), which)
+
+    def read_pool(self):
+        """All committed pool batches (unlabeled composites) as one DataFrame."""
+        import pandas as pd
+
+        frames = [self._read_area(self._area_dir(POOL_AREA, n), "accepted") for n in self._committed(POOL_AREA)]
+        return pd.concat(frames, ignore_index=True) if frames else _to_frame(S.empty_table())
+
+    def training_view(self, up_to: int):
+        """Accepted rows of every committed round <= up_to, first occurrence per CONTENT_HASH kept."""
+        import pandas as pd
+
+        rounds = [r for r in self.committed_rounds() if r <= _check_round(up_to)]
+        if not rounds:
+            return _to_frame(S.empty_table())
+        df = pd.concat([self.read(r) for r in rounds], ignore_index=True)
+        df = df.sort_values([S.ROUND], kind="stable")
+        return df.drop_duplicates(S.CONTENT_HASH, keep="first").reset_index(drop=True)
+
+    def round_info(self, round: int) -> dict:
+        """round.json of a committed round (lineage, counts, info) plus its config."""
+        d = self._committed_dir(round)
+        info = read_json(self.fs, f"{d}/{ROUND_JSON}")
+        info["config"] = read_json(self.fs, f"{d}/{CONFIG}")
+        info["uri"] = self._url(d)
+        return info
+
+    def load_panels(self, rows) -> Iterator[tuple[dict, dict[str, bytes]]]:
+        """Yield (row, {panel: png bytes}) for the given rows, every member checked against its sha256.
+
+        Rows are grouped by shard (each shard is streamed once); within a shard, tar order.
+        """
+        by_shard: dict[str, dict[str, dict]] = {}
+        for row in rows.to_dict("records"):
+            by_shard.setdefault(row[S.SHARD], {})[row[S.KEY]] = row
+        for shard, wanted in by_shard.items():
+            expected = {k: _expected(r, with_meta=False) for k, r in wanted.items()}
+            with ShardReader(self.fs, self._path(shard)) as reader:
+                for key, group in reader.verified(expected):
+                    yield wanted[key], {ext[:-len(".png")]: data for ext, data in group.items()}
+
+    # -- maintenance ---------------------------------------------------------------------
+    def verify(self, round: int | None = None) -> list[str]:
+        """Re-hash every member of committed rounds (one, or all and the pool); problems found, [] if clean."""
+        if round is None:
+            dirs = [self.round_dir(r) for r in self.committed_rounds()]
+            dirs += [self._area_dir(POOL_AREA, n) for n in self._committed(POOL_AREA)]
+        else:
+            dirs = [self._committed_dir(round)]
+        problems: list[str] = []
+        for d in dirs:
+            problems += self._verify_dir(d)
+        return problems
+
+    def _verify_dir(self, d: str) -> list[str]:
+        problems = _verify_commit_record(self.fs, d)
+        if problems:
+            return problems
+        rows = self._read_area(d, "all")
+        by_shard: dict[str, dict[str, dict]] = {}
+        for row in rows.to_dict("records"):
+            by_shard.setdefault(row[S.SHARD], {})[row[S.KEY]] = _expected(row, with_meta=True)
+        for shard, expected in by_shard.items():
+            problems += self._verify_shard(shard, expected)
+        return problems
+
+    def _verify_shard(self, shard: str, expected: dict) -> list[str]:
+        try:
+            with ShardReader(self.fs, self._path(shard)) as reader:
+                for _ in reader.verified(expected):
+                    pass
+        except (CorruptShardError, ValueError) as exc:
+            return [f"{shard}: {exc}"]
+        return []
+
+    def gc(self, *, grace_s: float = 0.0, claim_max_age_s: float = 3600.0) -> list[str]:
+        """Remove orphans: temp files, shards no finished unit/manifest references, committed work areas,
+        and commit claims older than `claim_max_age_s`. Files younger than `grace_s` are kept, so a
+        positive grace makes gc safe beside a running writer; with 0, run it when no writer is active."""
+        removed: list[str] = []
+        for area in (ROUNDS_AREA, POOL_AREA):
+            for d in sorted(self.fs.glob(self._path(f"{area[0]}/{area[1]}-*"))):
+                removed += _gc_dir(self, d, grace_s, claim_max_age_s)
+        return removed
+
+
+def _expected(row: dict, *, with_meta: bool) -> dict[str, tuple[str, int]]:
+    want = {f"{p}.png": (h, int(n)) for p, h, n in zip(row[S.PANELS], row[S.SHA256], row[S.SIZES])}
+    if with_meta:
+        want["json"] = (row[S.META_SHA256], None)
+    return want
+
+
+def _verify_commit_record(fs: Any, d: str) -> list[str]:
+    record = read_json(fs, f"{d}/{COMMITTED}")
+    problems = []
+    for name, digest in record.get("files", {}).items():
+        if not fs.exists(f"{d}/{name}"):
+            problems.append(f"{d}/{name}: missing")
+        elif sha256_hex(fs.cat_file(f"{d}/{name}")) != digest:
+            problems.append(f"{d}/{name}: does not match the sha256 recorded in {COMMITTED}")
+    return problems
+
+
+class RoundWriter:
+    """The resumable work area of one uncommitted round (or pool batch); see RoundStore.begin."""
+
+    def __init__(self, store: RoundStore, directory: str, round: int, *, parent_round: int | None,
+                 adapter_id: str | None, config: dict, shard_max_bytes: int = 64 * 2**20,
+                 shard_max_samples: int = 1000):
+        self.store, self.fs, self.dir, self.round = store, store.fs, directory, round
+        self.parent_round, self.adapter_id, self.config = parent_round, adapter_id, config
+        self.shard_max_bytes, self.shard_max_samples = shard_max_bytes, shard_max_samples
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+        self.started_at = _now()
+
+    def _rel(self, path: str) -> str:
+        return path[len(self.store.root) + 1:]
+
+    def _unit_path(self, unit: str) -> str:
+        return f"{self.dir}/{WORK}/units/{_check_name('unit', unit)}.parquet"
+
+    def _part_path(self, stage: str, unit: str) -> str:
+        return f"{self.dir}/{WORK}/parts/{_check_name('stage', stage)}/{_check_name('unit', unit)}.parquet"
+
+    def unit_done(self, unit: str) -> bool:
+        return self.fs.exists(self._unit_path(unit))
+
+    def write_unit(self, unit: str, samples: Iterable[tuple[dict, dict[str, bytes]]]):
+        """Write one unit's samples into shards, then its part table (the completion marker).
+
+        A finished unit is not rewritten: its stored rows are returned and `samples` is not consumed.
+        """
+        if self.unit_done(unit):
+            return _to_frame(read_table(self.fs, self._unit_path(unit)))
+        rows: list[dict] = []
+        with ShardWriter(self.fs, f"{self.dir}/shards", prefix=unit, max_bytes=self.shard_max_bytes,
+                         max_samples=self.shard_max_samples) as writer:
+            for fields, panels in samples:
+                row = self._row(unit, fields, panels)
+                rec = writer.write(row[S.KEY], {**{f"{p}.png": b for p, b in panels.items()}, "json": _meta(row)})
+                row[S.META_SHA256] = rec.sha256["json"]
+                row[S.SHARD] = self._rel(f"{self.dir}/shards/{rec.shard}")
+                rows.append(row)
+        table = S.validate_table(_rows_table(rows))
+        write_bytes(self.fs, self._unit_path(unit), table_bytes(table))
+        return _to_frame(table)
+
+    def _row(self, unit: str, fields: dict, panels: dict[str, bytes]) -> dict:
+        if not panels:
+            raise ValueError(f"sample {fields.get(S.SAMPLE_ID)!r} has no panels")
+        sizes = {png_size(b) for b in panels.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"sample {fields.get(S.SAMPLE_ID)!r} has panels of different sizes {sorted(sizes)}")
+        (w, h), = sizes
+        row = S.empty_row(**{S.ROUND: self.round, S.PARENT_ROUND: self.parent_round,
+                             S.ADAPTER_ID: self.adapter_id, **fields})
+        sid = _check_name("sample_id", row[S.SAMPLE_ID])
+        names = list(panels)
+        digests = [sha256_hex(b) for b in panels.values()]
+        row.update({S.UNIT: unit, S.KEY: sid, S.PANELS: names, S.SHA256: digests, S.WIDTH: w, S.HEIGHT: h,
+                    S.SIZES: [len(b) for b in panels.values()], S.CONTENT_HASH: S.content_hash(names, digests)})
+        return row
+
+    def put_part(self, stage: str, unit: str, df) -> None:
+        """Store a stage's results for a unit (any columns; JSON-safe types)."""
+        import pyarrow as pa
+
+        write_bytes(self.fs, self._part_path(stage, unit), table_bytes(pa.Table.from_pandas(df, preserve_index=False)))
+
+    def get_part(self, stage: str, unit: str):
+        path = self._part_path(stage, unit)
+        return _to_frame(read_table(self.fs, path)) if self.fs.exists(path) else None
+
+    def units(self) -> list[str]:
+        paths = self.fs.glob(f"{self.dir}/{WORK}/units/*.parquet")
+        return sorted(p.rsplit("/", 1)[1][: -len(".parquet")] for p in paths)
+
+    def rows(self):
+        """All finished units' rows, in unit-name order."""
+        import pandas as pd
+
+        frames = [_to_frame(read_table(self.fs, self._unit_path(u))) for u in self.units()]
+        return pd.concat(frames, ignore_index=True) if frames else _to_frame(S.empty_table())
+
+    def load_panels(self, rows) -> Iterator[tuple[dict, dict[str, bytes]]]:
+        return self.store.load_panels(rows)
+
+    def commit(self, rows, info: dict | None = None) -> dict:
+        """Publish the round: manifest/rejected/config/round.json, then COMMITTED (put-if-absent).
+
+        CommitConflictError when another writer holds the claim or already committed this round.
+        """
+        import pandas as pd
+
+        rows = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+        table = S.validate_table(rows) if len(rows) else S.empty_table()
+        self._check_rows(table)
+        self._claim()
+        accepted = table.filter(table.column(S.ACCEPTED))
+        rejected = table.filter(_invert(table.column(S.ACCEPTED)))
+        files = {MANIFEST: table_bytes(accepted), REJECTED: table_bytes(rejected),
+                 CONFIG: json.dumps(self.config, indent=2, sort_keys=True, default=str).encode()}
+        record = self._round_record(accepted.num_rows, rejected.num_rows, info)
+        files[ROUND_JSON] = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
+        for name, data in files.items():
+            write_bytes(self.fs, f"{self.dir}/{name}", data)
+        marker = {"writer": self.token, "committed_at": record["committed_at"],
+                  "files": {n: sha256_hex(b) for n, b in files.items()}}
+        if not put_if_absent(self.fs, f"{self.dir}/{COMMITTED}", json.dumps(marker, indent=2).encode()):
+            raise CommitConflictError(f"round {self.round} was committed by another writer first")
+        return record
+
+    def _check_rows(self, table) -> None:
+        rounds = set(table.column(S.ROUND).to_pylist())
+        if rounds - {self.round}:
+            raise ValueError(f"rows belong to round(s) {sorted(rounds)}, not to round {self.round}")
+        for shard in set(table.column(S.SHARD).to_pylist()):
+            if not self.fs.exists(f"{self.store.root}/{shard}"):
+                raise ValueError(f"rows reference shard {shard}, which does not exist (was the unit written?)")
+
+    def _claim(self) -> None:
+        committed = f"{self.dir}/{COMMITTED}"
+        if self.fs.exists(committed):
+            raise CommitConflictError(f"round {self.round} is already committed (by {read_json(self.fs, committed)['writer']})")
+        claim = f"{self.dir}/{WORK}/{CLAIM}"
+        mine = json.dumps({"writer": self.token, "at": _now().isoformat()}).encode()
+        if put_if_absent(self.fs, claim, mine):
+            return
+        holder = read_json(self.fs, claim)
+        if holder.get("writer") != self.token:
+            raise CommitConflictError(
+                f"round {self.round} is being committed by writer {holder.get('writer')} since {holder.get('at')}; "
+                "if that writer died, run `layerloop gc` (it removes commit claims older than an hour) and retry")
+
+    def _round_record(self, n_acc: int, n_rej: int, info: dict | None) -> dict:
+        return {"round": self.round, "parent_round": self.parent_round, "adapter_id": self.adapter_id,
+                "schema_version": S.SCHEMA_VERSION, "accepted": n_acc, "rejected": n_rej, "total": n_acc + n_rej,
+                "selection_rate": (n_acc / (n_acc + n_rej)) if n_acc + n_rej else None,
+                "started_at": self.started_at.isoformat(), "committed_at": _now().isoformat(),
+                "writer": self.token, "info": info or {}}
+
+
+def _invert(col):
+    import pyarrow.compute as pc
+
+    return pc.invert(col)
+
+
+def _meta(row: dict) -> bytes:
+    # Deterministic (no timestamps) so a rerun writes byte-identical members.
+    keep = (S.SAMPLE_ID, S.SOURCE, S.SPLIT, S.PROMPT, S.CAPTION, S.KIND, S.PANELS, S.WIDTH, S.HEIGHT)
+    meta = {k: row[k] for k in keep}
+    meta["extra"] = json.loads(row[S.EXTRA_JSON])
+    return json.dumps(meta, sort_keys=True).encode()
+
+
+def _rows_table(rows: list[dict]):
+    import pyarrow as pa
+
+    if not rows:
+        return S.empty_table()
+    return pa.Table.from_pylist(rows, schema=S.MANIFEST_SCHEMA)
+
+
+def _referenced_shards(store: RoundStore, d: str, committed: bool) -> set[str]:
+    fs = store.fs
+    if committed:
+        paths = [f"{d}/{MANIFEST}", f"{d}/{REJECTED}"]
+    else:
+        paths = fs.glob(f"{d}/{WORK}/units/*.parquet")
+    out: set[str] = set()
+    for p in paths:
+        out.update(read_table(fs, p).column(S.SHARD).to_pylist())
+    return {f"{store.root}/{s}" for s in out}
+
+
+def _old_enough(fs: Any, path: str, grace_s: float) -> bool:
+    age = age_s(fs, path)
+    return age is None or age >= grace_s
+
+
+def _gc_dir(store: RoundStore, d: str, grace_s: float, claim_max_age_s: float) -> list[str]:
+    fs = store.fs
+    committed = fs.exists(f"{d}/{COMMITTED}")
+    keep = _referenced_shards(store, d, committed)
+    doomed = [p for p in fs.glob(f"{d}/shards/*") if p not in keep and _old_enough(fs, p, grace_s)]
+    doomed += [p for p in fs.find(d) if p.rsplit("/", 1)[1].startswith(TMP_PREFIX) and _old_enough(fs, p, grace_s)]
+    if committed and fs.exists(f"{d}/{WORK}"):
+        doomed.append(f"{d}/{WORK}")
+    claim = f"{d}/{WORK}/{CLAIM}"
+    if not committed and fs.exists(claim) and _old_enough(fs, claim, claim_max_age_s):
+        doomed.append(claim)
+    removed = []
+    for p in dict.fromkeys(doomed):
+        if fs.exists(p):
+            fs.rm(p, recursive=True)
+            removed.append(store._url(p))
+    return removed
