@@ -97,6 +97,8 @@ class TrainConfig(_Section):
     cycle_warmup_steps: int = Field(50, ge=0)
     cycle_intermediate: Literal["one_step", "sampler"] = "one_step"
     cycle_sampler_steps: int = Field(4, ge=1)
+    generate_fraction: float = Field(0.0, ge=0, le=1, description="share of tau_G samples (text -> triplet)")
+    guidance: float = Field(1.0, ge=0, description="FLUX guidance embedding while training (ICEdit: 1.0)")
     text_dropout: float = Field(0.1, ge=0, lt=1)
     logit_mean: float = 0.0
     logit_std: float = Field(1.0, gt=0)
