@@ -1,0 +1,88 @@
+"""Image-quality metrics for decomposition and cycle checks: PSNR, SSIM and cycle error.
+
+numpy only, so they run anywhere (tasks, reports, notebooks). Inputs are PIL images or uint8
+arrays of shape (H, W) or (H, W, C); both sides must have the same shape. Floats are refused on
+purpose: a [0, 1] float and a [0, 255] float look alike and would silently give wrong numbers.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_PEAK = 255.0
+_K1, _K2 = 0.01, 0.03  # Wang et al. 2004 stabilisers
+_SIGMA, _WIN = 1.5, 11  # Gaussian window of the reference SSIM
+
+
+def _as_array(img, name: str) -> np.ndarray:
+    """uint8 array from a PIL image (converted to RGB unless already RGB or L) or a uint8 array."""
+    if hasattr(img, "mode") and hasattr(img, "convert"):
+        img = np.asarray(img if img.mode in ("RGB", "L") else img.convert("RGB"))
+    if not isinstance(img, np.ndarray):
+        raise ValueError(f"{name}: expected a PIL image or a uint8 numpy array, got {type(img).__name__}")
+    if img.dtype != np.uint8:
+        raise ValueError(f"{name}: expected dtype uint8 (0-255), got {img.dtype}; convert explicitly")
+    if img.ndim not in (2, 3) or img.size == 0:
+        raise ValueError(f"{name}: expected a non-empty (H, W) or (H, W, C) image, got shape {img.shape}")
+    return img
+
+
+def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _as_array(a, "first image"), _as_array(b, "second image")
+    if x.shape != y.shape:
+        raise ValueError(f"images differ in shape: {x.shape} vs {y.shape}")
+    return x.astype(np.float64), y.astype(np.float64)
+
+
+def psnr(a, b) -> float:
+    """Peak signal-to-noise ratio in dB (peak 255); inf for identical images."""
+    x, y = _pair(a, b)
+    mse = float(np.mean((x - y) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(_PEAK**2 / mse)
+
+
+def cycle_error(a, b) -> float:
+    """Mean absolute pixel difference scaled to [0, 1] (0 = identical, 1 = black vs white)."""
+    x, y = _pair(a, b)
+    return float(np.mean(np.abs(x - y)) / _PEAK)
+
+
+def _gaussian_kernel(size: int) -> np.ndarray:
+    r = np.arange(size) - (size - 1) / 2
+    k = np.exp(-(r**2) / (2 * _SIGMA**2))
+    return k / k.sum()
+
+
+def _filter(img: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Separable 'valid' Gaussian filtering of a (H, W) plane (no padding, as in Wang's code)."""
+    n = k.size
+    h, w = img.shape
+    rows = sum(k[i] * img[:, i:w - n + 1 + i] for i in range(n))
+    return sum(k[i] * rows[i:h - n + 1 + i, :] for i in range(n))
+
+
+def _ssim_plane(x: np.ndarray, y: np.ndarray, k: np.ndarray) -> float:
+    c1, c2 = (_K1 * _PEAK) ** 2, (_K2 * _PEAK) ** 2
+    mx, my = _filter(x, k), _filter(y, k)
+    vx = _filter(x * x, k) - mx * mx
+    vy = _filter(y * y, k) - my * my
+    cxy = _filter(x * y, k) - mx * my
+    num = (2 * mx * my + c1) * (2 * cxy + c2)
+    den = (mx * mx + my * my + c1) * (vx + vy + c2)
+    return float(np.mean(num / den))
+
+
+def ssim(a, b) -> float:
+    """Mean structural similarity (Gaussian window 11, sigma 1.5), averaged over channels.
+
+    Images smaller than the window use the largest odd window that fits (>= 3 px per side).
+    """
+    x, y = _pair(a, b)
+    side = min(x.shape[:2])
+    if side < 3:
+        raise ValueError(f"SSIM needs images of at least 3x3 pixels, got {x.shape[:2]}")
+    k = _gaussian_kernel(min(_WIN, side if side % 2 else side - 1))
+    if x.ndim == 2:
+        return _ssim_plane(x, y, k)
+    return float(np.mean([_ssim_plane(x[..., c], y[..., c], k) for c in range(x.shape[2])]))

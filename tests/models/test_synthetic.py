@@ -1,0 +1,150 @@
+"""The synthetic world: deterministic, well-formed, non-linear, visible logos, disjoint splits."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.synthetic import COLOURS, KINDS, item_seed, make_split, render_triplet, write_split
+
+PANELS = ("composite", "logo", "object")
+
+
+def _arr(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, np.float64)
+
+
+def test_same_seed_gives_identical_bytes_and_meta():
+    t1, m1 = render_triplet(7)
+    t2, m2 = render_triplet(7)
+    assert all(t1[p].tobytes() == t2[p].tobytes() for p in PANELS)
+    assert m1 == m2
+    t3, _ = render_triplet(8)
+    assert t3["composite"].tobytes() != t1["composite"].tobytes()
+
+
+@pytest.mark.parametrize("size", [32, 512])
+def test_panels_are_rgb_and_sized(size):
+    triplet, meta = render_triplet(3, size)
+    assert set(triplet) == set(PANELS)
+    for img in triplet.values():
+        assert img.mode == "RGB" and img.size == (size, size)
+    assert meta["size"] == size
+    x0, y0, x1, y1 = meta["logo_box"]
+    assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
+
+
+def test_meta_describes_the_item():
+    kinds = set()
+    for seed in range(60):
+        _, meta = render_triplet(seed)
+        kinds.add(meta["kind"])
+        cap = meta["caption"]
+        for key in ("kind", "object_colour", "logo_colour", "logo_shape"):
+            assert meta[key] in cap
+        assert f"'{meta['text']}'" in cap
+        json.dumps(meta)  # must be storable as-is
+    assert kinds == set(KINDS)
+
+
+def _best_alpha_residual(comp, obj, logo) -> np.ndarray:
+    """Per-pixel residual of the best clipped alpha blend comp ~ (1-a) obj + a logo."""
+    d, e = logo - obj, comp - obj
+    a = np.clip((d * e).sum(-1) / np.maximum((d * d).sum(-1), 1e-9), 0, 1)
+    return np.sqrt(((e - a[..., None] * d) ** 2).mean(-1))
+
+
+def test_composite_is_not_a_linear_blend_of_its_layers():
+    residuals, elsewhere = [], []
+    for seed in range(20):
+        t, meta = render_triplet(seed, 64)
+        comp, logo, obj = (_arr(t[p]) for p in PANELS)
+        printed = np.abs(comp - obj).max(-1) > 40  # where the logo visibly changed the photo
+        res = _best_alpha_residual(comp, obj, logo)
+        residuals.append(np.median(res[printed]))
+        elsewhere.append(np.median(res[~printed]))  # only blur + sensor noise there
+        # Control: a real alpha blend of the same panels is fitted almost exactly, so the
+        # residual above measures the renderer, not the fitting.
+        linear = 0.6 * obj + 0.4 * logo
+        assert _best_alpha_residual(linear, obj, logo).max() < 1e-6
+    assert np.median(residuals) > 15, residuals
+    assert np.median(residuals) > 5 * np.median(elsewhere), (residuals, elsewhere)
+
+
+def test_logo_is_visible_on_the_object_at_32px():
+    for seed in range(30):
+        t, meta = render_triplet(seed, 32)
+        diff = np.abs(_arr(t["composite"]) - _arr(t["object"])).mean(-1)
+        x0, y0, x1, y1 = meta["logo_box"]
+        box = np.zeros_like(diff, bool)
+        box[y0:y1, x0:x1] = True
+        assert (x1 - x0) >= 5 and (y1 - y0) >= 5, meta["logo_box"]
+        assert diff[box].mean() > 15, (seed, meta["caption"])
+        assert diff[box].mean() > 3 * diff[~box].mean(), (seed, meta["caption"])
+
+
+def test_logo_panel_is_bold_on_white():
+    for seed in range(20):
+        t, meta = render_triplet(seed, 32)
+        logo = _arr(t["logo"])
+        assert (logo[0] == 255).all() and (logo[:, 0] == 255).all()  # white margin
+        near = np.linalg.norm(logo - np.array(COLOURS[meta["logo_colour"]]), axis=-1) < 60
+        assert near.mean() > 0.12, (seed, meta["caption"], near.mean())
+
+
+def _digest(img: Image.Image) -> str:
+    return hashlib.sha256(img.tobytes()).hexdigest()
+
+
+def test_splits_have_disjoint_ids_seeds_and_content():
+    items = {s: list(make_split(s, 25, 32, seed=0)) for s in ("seeds", "pool", "test")}
+    ids = {s: {i for i, _, _ in v} for s, v in items.items()}
+    assert all(i.startswith("seed-") for i in ids["seeds"])
+    assert all(i.startswith("pool-") for i in ids["pool"]) and all(i.startswith("test-") for i in ids["test"])
+    train_seeds = {item_seed(s, i, b) for s in ("seeds", "pool") for i in range(200) for b in range(3)}
+    test_seeds = {item_seed("test", i, b) for i in range(200) for b in range(3)}
+    assert not train_seeds & test_seeds
+    train_px = {_digest(t["composite"]) for s in ("seeds", "pool") for _, t, _ in items[s]}
+    assert not train_px & {_digest(t["composite"]) for _, t, _ in items["test"]}
+    assert len(ids["seeds"]) == 25 and items["test"][0][2]["split"] == "test"
+
+
+def test_make_split_is_reproducible():
+    a = [(i, _digest(t["object"])) for i, t, _ in make_split("test", 5, 32, seed=9)]
+    b = [(i, _digest(t["object"])) for i, t, _ in make_split("test", 5, 32, seed=9)]
+    assert a == b
+
+
+def test_write_split_layout(tmp_path):
+    ids = write_split("seeds", 3, 32, 1, str(tmp_path / "s"))
+    pool = write_split("pool", 2, 32, 1, str(tmp_path / "p"))
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(ids)
+    for sid in ids:
+        files = sorted(p.name for p in (tmp_path / "s" / sid).iterdir())
+        assert files == ["composite.png", "logo.png", "meta.json", "object.png"]
+        with Image.open(tmp_path / "s" / sid / "logo.png") as im:
+            assert im.mode == "RGB" and im.size == (32, 32)
+        assert json.loads((tmp_path / "s" / sid / "meta.json").read_text())["split"] == "seeds"
+    for pid in pool:
+        assert sorted(p.name for p in (tmp_path / "p" / pid).iterdir()) == ["composite.png", "meta.json"]
+    before = (tmp_path / "s" / ids[0] / "composite.png").read_bytes()
+    write_split("seeds", 3, 32, 1, str(tmp_path / "s"))  # rerun overwrites identically
+    assert (tmp_path / "s" / ids[0] / "composite.png").read_bytes() == before
+    assert len(list((tmp_path / "s").iterdir())) == 3  # no temp folders left behind
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: list(make_split("train", 1, 32, 0)), "split must be one of"),
+        (lambda: list(make_split("seeds", -1, 32, 0)), "non-negative"),
+        (lambda: render_triplet(0, 8), "panel size"),
+        (lambda: render_triplet(0, 4096), "panel size"),
+    ],
+)
+def test_bad_arguments_raise(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
