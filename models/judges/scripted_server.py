@@ -1,0 +1,140 @@
+"""A real OpenAI-compatible HTTP server on localhost whose answers are scripted, for tests and bench/judge.py.
+
+It speaks `POST /v1/chat/completions` (stdlib ThreadingHTTPServer, one thread per connection) and answers
+each request according to a per-sample plan (the `X-Layerloop-Sample` header the judge sends): a list of
+behaviours consumed one per attempt, the last repeated. Behaviours:
+
+    ok          valid JSON scores (`scores`, on the judge's 1-5 scale by default)
+    sleep       sleep `sleep_s` (past the client's timeout), then answer ok
+    429 / 500 / 503 / 400   that HTTP status with an error body (429 carries Retry-After: 0)
+    malformed   content that is not JSON
+    truncated   JSON cut in the middle, finish_reason "length"
+    schema      valid JSON violating the schema (a criterion missing, another out of range)
+    whitespace  an opening brace then endless whitespace, finish_reason "length"
+
+It records the peak number of requests in flight, every request's sample id and Authorization
+header (so tests can check the key was sent, and never logged elsewhere).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+CRITERIA = ("logo_clean", "object_clean", "composite_consistent", "realism")
+
+
+class ScriptedChatServer:
+    """Context manager: `with ScriptedChatServer() as srv: srv.base_url ...`."""
+
+    def __init__(self, *, latency_s: float = 0.0, sleep_s: float = 2.0, default: str = "ok",
+                 scores: dict[str, float] | None = None):
+        self.latency_s, self.sleep_s, self.default = latency_s, sleep_s, default
+        self.scores = dict(scores or {c: 4 for c in CRITERIA})
+        self.plans: dict[str, list[str]] = {}
+        self.requests: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> "ScriptedChatServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def attempts(self, sample_id: str) -> int:
+        with self._lock:
+            return sum(1 for r in self.requests if r["sample"] == sample_id)
+
+    def _next_behaviour(self, sample_id: str) -> str:
+        with self._lock:
+            seen = sum(1 for r in self.requests if r["sample"] == sample_id)
+            plan = self.plans.get(sample_id) or [self.default]
+            return plan[min(seen - 1, len(plan) - 1)]
+
+    def _enter(self, record: dict) -> None:
+        with self._lock:
+            self.requests.append(record)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+
+def _completion(content: str, finish_reason: str = "stop", model: str = "scripted") -> bytes:
+    body = {"id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "finish_reason": finish_reason,
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    return json.dumps(body).encode()
+
+
+def _content_for(server: ScriptedChatServer, behaviour: str) -> tuple[str, str]:
+    good = json.dumps({**server.scores, "comment": "scripted"})
+    if behaviour == "malformed":
+        return "Sure! The logo looks clean, I'd say 4 out of 5.", "stop"
+    if behaviour == "truncated":
+        return good[: len(good) // 2], "length"
+    if behaviour == "schema":
+        bad = {c: v for c, v in server.scores.items() if c != "realism"}
+        bad["logo_clean"] = 17
+        return json.dumps(bad), "stop"
+    if behaviour == "whitespace":
+        return "{" + " \n" * 2000, "length"
+    return good, "stop"
+
+
+def _make_handler(server: ScriptedChatServer):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # keep test output clean
+            return
+
+        def _send(self, status: int, body: bytes, headers: dict | None = None) -> None:
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (timeout); nothing to answer
+
+        def do_POST(self) -> None:
+            payload = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            if self.path.rstrip("/") != "/v1/chat/completions":
+                return self._send(404, b'{"error": {"message": "not found"}}')
+            sample = self.headers.get("X-Layerloop-Sample", "")
+            server._enter({"sample": sample, "auth": self.headers.get("Authorization"), "payload": payload})
+            try:
+                self._answer(server._next_behaviour(sample), payload)
+            finally:
+                server._leave()
+
+        def _answer(self, behaviour: str, payload: dict) -> None:
+            time.sleep(server.latency_s)
+            if behaviour == "sleep":
+                time.sleep(server.sleep_s)
+            if behaviour.isdigit():
+                err = json.dumps({"error": {"message": f"scripted {behaviour}", "code": int(behaviour)}}).encode()
+                return self._send(int(behaviour), err, {"Retry-After": "0"} if behaviour == "429" else None)
+            content, finish = _content_for(server, behaviour)
+            self._send(200, _completion(content, finish, payload.get("model", "scripted")))
+
+    return Handler

@@ -1,0 +1,147 @@
+"""The openai backend against a real chat-completions HTTP server on localhost (scripted answers)."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from models.judges.base import JudgeItem, apply_thresholds, build_judge, results_to_frame
+from models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
+from models.judges.openai_judge import BadResponse, parse_scores
+from models.judges.scripted_server import ScriptedChatServer
+
+KEY = "sk-test-SECRET-0123456789"
+
+
+def judge_cfg(server, **over) -> JudgeConfig:
+    section = dict(base_url=server.base_url, model="qwen-test", api_key_env="LAYERLOOP_TEST_KEY",
+                   concurrency=4, timeout_s=0.5, max_retries=2, backoff_base_s=0.01, backoff_max_s=0.05)
+    section.update(over)
+    return JudgeConfig(backend="openai", openai=section)
+
+
+@pytest.fixture
+def key_env(monkeypatch):
+    monkeypatch.setenv("LAYERLOOP_TEST_KEY", KEY)
+
+
+def items(triplets, n=None):
+    return [JudgeItem(f"s{i}", triplets[i % len(triplets)], prompt="a red mug") for i in range(n or len(triplets))]
+
+
+def test_scores_normalised_and_accepted(key_env, triplets):
+    with ScriptedChatServer(scores={"logo_clean": 5, "object_clean": 4, "composite_consistent": 3,
+                                    "realism": 1}) as srv:
+        res = build_judge(judge_cfg(srv)).score(items(triplets, 2))
+    assert [r.error for r in res] == [None, None]
+    assert res[0].scores == {"logo_clean": 1.0, "object_clean": 0.75, "composite_consistent": 0.5, "realism": 0.0}
+    assert res[0].overall == pytest.approx(0.5625)
+    request = srv.requests[0]
+    assert request["auth"] == f"Bearer {KEY}"
+    images = [c for c in request["payload"]["messages"][1]["content"] if c["type"] == "image_url"]
+    assert len(images) == 3 and images[0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert request["payload"]["response_format"]["json_schema"]["schema"]["required"] == [*CRITERIA, "comment"]
+
+
+def test_vllm_structured_outputs_field(key_env, triplets):
+    with ScriptedChatServer() as srv:
+        build_judge(judge_cfg(srv, structured_output="vllm")).score(items(triplets, 1))
+    payload = srv.requests[0]["payload"]
+    assert "response_format" not in payload
+    assert payload["structured_outputs"]["json"]["properties"]["realism"]["maximum"] == 5.0
+
+
+@pytest.mark.parametrize("behaviour,expect", [
+    ("sleep", "timeout"), ("429", "HTTP 429"), ("500", "HTTP 500"), ("503", "HTTP 503"),
+    ("malformed", "malformed JSON"), ("truncated", "truncated JSON"), ("schema", "schema violation"),
+    ("whitespace", "truncated JSON"),
+])
+def test_failures_retry_then_unscored_never_accepted(key_env, triplets, behaviour, expect, caplog):
+    caplog.set_level(logging.DEBUG)
+    with ScriptedChatServer(sleep_s=1.0) as srv:
+        srv.plans = {"s0": [behaviour], "s1": ["ok"]}
+        res = build_judge(judge_cfg(srv)).score(items(triplets, 2))
+        assert srv.attempts("s0") == 3 and srv.attempts("s1") == 1
+    bad, good = res
+    assert bad.overall is None and expect in bad.error and "after 3 attempts" in bad.error
+    assert bad.details["attempts"] == 3 and good.error is None
+    out = apply_thresholds(results_to_frame(res), ThresholdConfig(overall=0.0, logo_clean=0, object_clean=0,
+                                                                   composite_consistent=0, realism=0))
+    assert list(out["accepted"]) == [False, True]
+    assert out["reason"].iloc[0].startswith("unscored: ")
+    retries = [r for r in caplog.records if "retrying" in r.getMessage() and "s0" in r.getMessage()]
+    assert len(retries) == 2
+    assert KEY not in caplog.text
+
+
+def test_recovers_when_a_retry_succeeds(key_env, triplets):
+    with ScriptedChatServer() as srv:
+        srv.plans = {"s0": ["429", "500", "ok"]}
+        res = build_judge(judge_cfg(srv)).score(items(triplets, 1))
+    assert res[0].error is None and res[0].details["attempts"] == 3
+
+
+def test_client_errors_are_not_retried(key_env, triplets):
+    with ScriptedChatServer() as srv:
+        srv.plans = {"s0": ["400"]}
+        res = build_judge(judge_cfg(srv)).score(items(triplets, 1))
+        assert srv.attempts("s0") == 1
+    assert res[0].error == "HTTP 400 (not retried)"
+
+
+def test_concurrency_bound_observed_at_server(key_env, triplets):
+    with ScriptedChatServer(latency_s=0.05) as srv:
+        res = build_judge(judge_cfg(srv, concurrency=3)).score(items(triplets, 12))
+    assert all(r.error is None for r in res)
+    assert srv.max_in_flight == 3
+
+
+def test_key_never_in_results_repr_or_logs(key_env, triplets, caplog):
+    caplog.set_level(logging.DEBUG)
+    with ScriptedChatServer() as srv:
+        srv.plans = {"s1": ["500"]}
+        judge = build_judge(judge_cfg(srv))
+        res = judge.score(items(triplets, 2))
+    assert srv.requests[0]["auth"] == f"Bearer {KEY}"  # the key was really sent ...
+    text = repr(judge) + repr(judge.cfg) + repr(res) + results_to_frame(res).to_csv() + caplog.text
+    assert KEY not in text  # ... and shows up nowhere else
+    assert "SECRET" not in text
+
+
+def test_missing_key_env_is_a_config_error(monkeypatch):
+    monkeypatch.delenv("LAYERLOOP_TEST_KEY", raising=False)
+    with pytest.raises(ValueError, match="LAYERLOOP_TEST_KEY is not set"):
+        build_judge(JudgeConfig(backend="openai", openai={"api_key_env": "LAYERLOOP_TEST_KEY"}))
+
+
+def test_works_inside_a_running_event_loop(key_env, triplets):
+    import asyncio
+
+    async def inside():
+        with ScriptedChatServer() as srv:
+            return build_judge(judge_cfg(srv)).score(items(triplets, 2))
+
+    assert all(r.error is None for r in asyncio.run(inside()))
+
+
+@pytest.mark.parametrize("text,finish,match", [
+    ("```json\n{\"logo_clean\": 5, \"object_clean\": \"4\", \"composite_consistent\": 3, \"realism\": 2}\n```",
+     "stop", None),
+    ("Here: {\"logo_clean\": 5, \"object_clean\": 4, \"composite_consistent\": 3, \"realism\": 2} hope it helps",
+     "stop", None),
+    ("[1, 2]", "stop", "expected an object"),
+    ("{\"logo_clean\": null, \"object_clean\": 4, \"composite_consistent\": 3, \"realism\": 2}", "stop", "not a number"),
+    ("{\"logo_clean\": 5, \"object_clean\": 4, \"composite_consistent\": 3, \"realism\": 0}", "stop", "outside"),
+    ("", "length", "empty answer"),
+    ("   \n\n   ", "length", "empty answer"),
+    ("{\"logo_clean\": 5, \"obj", "length", "truncated"),
+    (None, "stop", "empty answer"),
+])
+def test_parse_scores_table(text, finish, match):
+    cfg = JudgeConfig().openai
+    if match is None:
+        assert parse_scores(text, finish, cfg) == {"logo_clean": 1.0, "object_clean": 0.75,
+                                                   "composite_consistent": 0.5, "realism": 0.25}
+    else:
+        with pytest.raises(BadResponse, match=match):
+            parse_scores(text, finish, cfg)
