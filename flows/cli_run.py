@@ -1,6 +1,117 @@
-"""Placeholder: commands of this area are registered here by its owner."""
+"""`layerloop run`, `layerloop seed` and `layerloop demo`: run the loop locally.
+
+With PREFECT_API_URL set the flows report to that server; otherwise Prefect starts an ephemeral one.
+Prefect, torch and the models are imported inside the commands so `layerloop --help` stays fast.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from flows.config import ConfigError, PipelineConfig, load_config
+
+CONFIG_OPT = typer.Option(None, "--config", "-c", help="layerloop.yaml (default: built-in defaults)")
+STORE_OPT = typer.Option(None, "--store", help="store root; default: $LAYERLOOP_STORE or store.uri")
+
+
+def _overrides(store: str | None, rounds: int | None = None) -> dict:
+    out: dict = {}
+    store = store or os.environ.get("LAYERLOOP_STORE")
+    if store:
+        out["store"] = {"uri": store}
+    if rounds is not None:
+        out["loop"] = {"rounds": rounds}
+    return out
+
+
+def _load(config: Path | None, overrides: dict) -> PipelineConfig:
+    try:
+        return load_config(config, overrides=overrides)
+    except ConfigError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def _quiet_prefect() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def print_table(rows: list[dict], title: str = "selection rate per round") -> None:
+    """The per-round table: candidates, accepted, selection rate, held-out per-layer PSNR."""
+    from rich.console import Console
+    from rich.table import Table
+
+    psnr_cols = sorted({k for r in rows for k in r if k.startswith("heldout_psnr_")})
+    table = Table(title=title)
+    for col in ["round", "candidates", "accepted", "selection rate", "cycle kept", "dataset"] + \
+               [c.replace("heldout_", "held-out ") + " (adapter r-1)" for c in psnr_cols]:
+        table.add_column(col, justify="right")
+    for r in rows:
+        rate = "-" if r["selection_rate"] is None else f"{100 * r['selection_rate']:.1f} %"
+        cells = [r["round"], r["candidates"], r["accepted"], rate, r["cycle_kept"], r["dataset_size"]]
+        cells += [f"{r[c]:.2f}" if r.get(c) is not None else "-" for c in psnr_cols]
+        table.add_row(*[str(c) for c in cells])
+    Console().print(table)
+
+
+def run(config: Optional[Path] = CONFIG_OPT, rounds: Optional[int] = typer.Option(None, help="last round to run"),
+        store: Optional[str] = STORE_OPT) -> None:
+    """Run the self-improving loop: seed round if missing, then rounds up to loop.rounds."""
+    cfg = _load(config, _overrides(store, rounds))
+    _quiet_prefect()
+    from flows.self_improve import self_improve
+
+    print_table(self_improve(cfg))
+
+
+def seed(config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) -> None:
+    """Ingest the labeled seeds as round 0 and train the seed LoRA (adapters/round-0000)."""
+    cfg = _load(config, _overrides(store))
+    _quiet_prefect()
+    from flows.seed import seed as seed_flow
+
+    result = seed_flow(cfg)
+    typer.echo(f"seed round committed; held-out metrics of the seed LoRA: {result['heldout']}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the main app."""
+    """Add run, seed and demo to the main app."""
+    app.command("run")(run)
+    app.command("seed")(seed)
+    app.command("demo")(demo)
+
+
+def demo(store: str = typer.Option("demo-store", help="store of the demo (created if missing)"),
+         inputs: str = typer.Option(".demo", help="where the synthetic seeds and pool are rendered"),
+         rounds: int = typer.Option(3, help="rounds after the seed round"),
+         fresh: bool = typer.Option(False, help="delete the demo store first")) -> None:
+    """Tiny world on CPU: synthesize seeds + pool, run seed + N rounds, print the per-round table."""
+    import time
+
+    from tasks import demo as demo_inputs
+
+    if fresh and Path(store).exists():
+        shutil.rmtree(store)
+    _quiet_prefect()
+    start = time.perf_counter()
+    try:
+        cfg = demo_inputs.demo_config(store, demo_inputs.make_inputs(inputs), rounds)
+    except ConfigError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    from flows.self_improve import self_improve
+    from tasks import stages
+
+    rows = self_improve(cfg)
+    print_table(rows)
+    final = stages.evaluate_adapter(cfg, rounds)["metrics"] if cfg.loop.train_final else {}
+    if final:
+        typer.echo(f"held-out of the final adapter {stages.adapter_id(rounds)} (trained on rounds 0..{rounds}): "
+                   + ", ".join(f"{k} {v:.2f}" for k, v in sorted(final.items()) if k.startswith("psnr_")))
+    typer.echo(f"report: {stages.open_store(cfg).round_uri(rounds)}/report.html")
+    typer.echo(f"demo took {time.perf_counter() - start:.0f} s")

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,23 +50,23 @@ class LoopConfig(BaseModel):
     batch_size: int = Field(8, ge=1, description="images per task (one Prefect task per batch, never per image)")
     cycle_error_threshold: float = Field(
         0.05, gt=0, description="keep a cycle sample only when its re-synthesis error is below this")
-    cycle_generated: bool = Field(True, description="also cycle-check generated candidates (error recorded, "
-                                                    "and above-threshold candidates rejected)")
+    cycle_keep_composite: Literal["original", "resynthesized"] = Field(
+        "original", description="composite stored with a kept pool sample's decomposed layers: the real pool "
+                                "image or its re-synthesis from those layers")
     eval_size: int = Field(16, ge=0, description="held-out synthetic test triplets for per-layer PSNR; 0 = off")
     eval_seed: int = Field(1234, description="seed of the held-out split")
     train_final: bool = Field(False, description="after the last round, train and evaluate its adapter too")
-    gpu_slot: str | None = Field("gpu", description="global concurrency limit held around GPU stages; "
-                                                    "null = none. Create it: prefect gcl create gpu --limit 1")
-    create_gpu_slot: bool = Field(True, description="create the gpu limit (limit 1) when missing")
-    task_retries: int = Field(2, ge=0, le=10, description="retries of a task on transient failure")
+    gpu_slot: str = Field("gpu", description="global concurrency limit (strict) held around GPU stages; "
+                                             "create it with: prefect gcl create gpu --limit 1")
+    create_gpu_slot: bool = Field(True, description="create the gpu limit (limit 1) when the server lacks it")
+    task_retries: int = Field(2, ge=0, le=10, description="retries of a task on a transient failure")
     task_retry_delay_s: float = Field(2.0, ge=0, description="seconds between task retries")
-    max_workers: int = Field(1, ge=1, le=64, description="tasks run at once (CPU: 1; more with several GPUs)")
     report: bool = Field(True, description="build report.html/json/png for each committed round")
 
     @field_validator("gpu_slot")
     @classmethod
-    def _slot_name(cls, v: str | None) -> str | None:
-        if v is not None and (not v or not all(c.isalnum() or c in "-_" for c in v)):
+    def _slot_name(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "-_" for c in v):
             raise ValueError(f"gpu_slot must be letters, digits, '-' or '_'; got {v!r}")
         return v
 

@@ -1,0 +1,101 @@
+"""Thin Prefect @task wrappers over tasks/stages.py: retries for transient failures, tags, the GPU slot.
+
+Each wrapper runs one stage on one unit (a batch), never one image. Results are small JSON-able dicts
+(ids, URIs, counts, seconds); nothing is persisted by Prefect because the round store is the source of
+truth for resume (a rerun skips units whose output is already there).
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from flows.config import PipelineConfig
+from tasks import stages
+
+# Errors that a second try can fix: I/O hiccups, timeouts, a server or object store briefly away.
+# Bad input (ValueError and its subclasses) and missing files are never retried: they need a person.
+_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, _PERMANENT_OS_ERRORS):
+        return False
+    return isinstance(exc, (OSError, TimeoutError, ConnectionError))
+
+
+def _retry_transient(task_, task_run, state) -> bool:
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001 - we classify, never swallow: Prefect re-raises
+        return is_transient(exc)
+    return False
+
+
+def gpu_slot(cfg: PipelineConfig) -> AbstractContextManager:
+    """Hold the strict global concurrency slot around GPU work, so two flows never share one card."""
+    from prefect.concurrency.sync import concurrency
+
+    return concurrency(cfg.loop.gpu_slot, occupy=1, strict=True)
+
+
+_COMMON = dict(persist_result=False, cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+               retry_condition_fn=_retry_transient)
+
+
+@task(name="ingest-seeds", tags=["io"], task_run_name="ingest-seeds", **_COMMON)
+def ingest_seeds_task(cfg: PipelineConfig) -> dict:
+    return stages.ingest_seeds(cfg)
+
+
+@task(name="train-adapter", tags=["gpu", "train"], task_run_name="train-adapter-{round_}", **_COMMON)
+def train_adapter_task(cfg: PipelineConfig, round_: int) -> dict:
+    with gpu_slot(cfg):
+        return stages.train_adapter(cfg, round_)
+
+
+@task(name="evaluate-adapter", tags=["gpu", "eval"], task_run_name="evaluate-adapter-{round_}", **_COMMON)
+def evaluate_task(cfg: PipelineConfig, round_: int) -> dict:
+    with gpu_slot(cfg):
+        return stages.evaluate_adapter(cfg, round_)
+
+
+@task(name="generate", tags=["gpu", "generate"], task_run_name="generate-{round_}-{unit}", **_COMMON)
+def generate_task(cfg: PipelineConfig, round_: int, unit: str) -> dict:
+    with gpu_slot(cfg):
+        return stages.generate(cfg, round_, unit)
+
+
+@task(name="judge", tags=["gpu", "judge"], task_run_name="judge-{round_}-{unit}", **_COMMON)
+def judge_task(cfg: PipelineConfig, round_: int, unit: str) -> dict:
+    # every judge backend here runs a model on the card (the cycle judge uses the sampler)
+    with gpu_slot(cfg):
+        return stages.judge(cfg, round_, unit)
+
+
+@task(name="cycle-generated", tags=["gpu", "cycle"], task_run_name="cycle-{round_}-{unit}", **_COMMON)
+def cycle_generated_task(cfg: PipelineConfig, round_: int, unit: str) -> dict:
+    with gpu_slot(cfg):
+        return stages.cycle_generated(cfg, round_, unit)
+
+
+@task(name="cycle-pool", tags=["gpu", "cycle"], task_run_name="cycle-{round_}-{unit}", **_COMMON)
+def cycle_pool_task(cfg: PipelineConfig, round_: int, unit: str) -> dict:
+    with gpu_slot(cfg):
+        return stages.cycle_pool(cfg, round_, unit)
+
+
+@task(name="commit-round", tags=["io"], task_run_name="commit-{round_}", **_COMMON)
+def commit_task(cfg: PipelineConfig, round_: int, info: dict) -> dict:
+    return stages.commit(cfg, round_, info)
+
+
+@task(name="report", tags=["io"], task_run_name="report-{round_}", **_COMMON)
+def report_task(cfg: PipelineConfig, round_: int) -> dict:
+    return stages.report(cfg, round_)
+
+
+@task(name="selection-table", tags=["io"], task_run_name="selection-table", **_COMMON)
+def selection_table_task(cfg: PipelineConfig) -> list[dict]:
+    return stages.selection_table(cfg)

@@ -1,0 +1,90 @@
+"""What a round shows in Prefect: the gpu slot it needs, a progress artifact, the selection-rate table,
+a markdown summary and a link to the HTML report. Called from flow bodies (needs a flow run context)."""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from flows.config import ConfigError, PipelineConfig
+from tasks import stages
+
+TABLE_KEY = "selection-rate"
+
+
+def ensure_gpu_slot(cfg: PipelineConfig) -> None:
+    """The strict `gpu` limit must exist before a GPU task asks for it: create it, or say how to."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(cfg.loop.gpu_slot)
+            return
+        except ObjectNotFound:
+            if not cfg.loop.create_gpu_slot:
+                raise ConfigError(
+                    f"global concurrency limit {cfg.loop.gpu_slot!r} does not exist on this Prefect server: run "
+                    f"`prefect gcl create {cfg.loop.gpu_slot} --limit 1` or set loop.create_gpu_slot: true"
+                ) from None
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=cfg.loop.gpu_slot, limit=1))
+
+
+class Progress:
+    """A progress artifact per round, advanced after every finished unit of generate/judge/cycle."""
+
+    def __init__(self, round_: int, total_units: int):
+        from prefect.artifacts import create_progress_artifact
+
+        self.round, self.total, self.done = round_, max(1, total_units), 0
+        self.id = create_progress_artifact(progress=0.0, key=f"round-{round_:04d}-progress",
+                                           description=f"round {round_}: generate, judge and cycle units")
+
+    def run(self, task_fn: Callable, cfg: PipelineConfig, round_: int, units: list[str]) -> list[dict]:
+        """Run the task once per unit (in order: they share the gpu slot) and tick the progress artifact."""
+        from prefect.artifacts import update_progress_artifact
+
+        results = []
+        for unit in units:
+            results.append(task_fn(cfg, round_, unit))
+            self.done += 1
+            update_progress_artifact(self.id, progress=100.0 * self.done / self.total)
+        return results
+
+
+def stage_seconds(**stages_: list[dict]) -> dict[str, float]:
+    """Seconds of plain-function work per stage, summed over its units (goes into round info)."""
+    return {name: round(sum(r.get("seconds", 0.0) for r in results), 4) for name, results in stages_.items()}
+
+
+def _link(uri: str) -> str:
+    return uri if "://" in uri else "file://" + os.path.abspath(uri)
+
+
+def publish_round(cfg: PipelineConfig, round_: int, reported: dict | None, heldout: dict) -> None:
+    """Markdown summary and report link of a committed round, plus the refreshed selection-rate table."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+    rows = publish_table(cfg)
+    row = next(r for r in rows if r["round"] == round_)
+    lines = [f"# layerloop round {round_}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in row.items() if k != "round"]
+    lines += [f"| held-out {k} (adapter {stages.adapter_id(max(0, round_ - 1))}) | {v:.3f} |"
+              for k, v in heldout.items() if k.startswith("psnr_")]
+    if reported:
+        lines += ["", f"[HTML report]({_link(reported['paths']['html'])})"]
+        create_link_artifact(link=_link(reported["paths"]["html"]), link_text=f"round {round_} report",
+                             key=f"round-{round_:04d}-report", description="HTML report of the round")
+    create_markdown_artifact(markdown="\n".join(lines), key=f"round-{round_:04d}-summary",
+                             description=f"round {round_} summary")
+
+
+def publish_table(cfg: PipelineConfig) -> list[dict]:
+    """The `selection-rate` table artifact over every committed round; returns its rows."""
+    from prefect.artifacts import create_table_artifact
+
+    from tasks.prefect_tasks import selection_table_task
+
+    rows = selection_table_task(cfg)
+    create_table_artifact(table=rows, key=TABLE_KEY, description="selection rate and held-out PSNR per round")
+    return rows
