@@ -304,6 +304,11 @@ class RoundWriter:
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
         self.started_at = _now()
 
+    @property
+    def uri(self) -> str:
+        """Where this round (or pool batch) lives, as a local path or fsspec URL."""
+        return self.store._url(self.dir)
+
     def _rel(self, path: str) -> str:
         return path[len(self.store.root) + 1:]
 
