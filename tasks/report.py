@@ -1,0 +1,449 @@
+"""Per-round report: what a data engineer reads to judge a round.
+
+`build_report(store, round)` gathers every committed round up to `round` and writes into that round:
+- `report.json`  — every number shown (selection rates, growth, score summaries, timings, loss curves);
+- `report.html`  — static and self-contained: plots and sample thumbnails are inline data URIs,
+  no script, no external URL, so it opens from disk, an object store or a CI artifact alike;
+- `selection_rate.png` — the headline plot on its own (linked from Prefect artifacts).
+
+Sections: selection rate per round, score histograms per criterion with the round's thresholds marked,
+cycle-error histogram, accepted vs rejected sample grids with reasons, dataset growth per round and per
+source, training loss curves (adapter metrics.json), per-stage timings (round.json `info`).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from typing import Any
+
+import pandas as pd
+
+THUMBS_PER_GROUP = 8
+THUMB_PANEL_PX = 64
+SOURCES_ORDER = ("seed", "generated", "cycle", "imported")
+REPORT_JSON, REPORT_HTML, SELECTION_PNG = "report.json", "report.html", "selection_rate.png"
+
+
+# ----------------------------------------------------------------------------- gathering
+
+
+def _schema():
+    from storage import schema
+
+    return schema
+
+
+def gather(store, round: int) -> dict[str, Any]:
+    """Everything the report shows, as plain JSON-able data (plus the round's DataFrames under _frames)."""
+    committed = [r for r in store.committed_rounds() if r <= round]
+    if round not in committed:
+        raise ValueError(f"round {round} is not committed in this store (committed: {store.committed_rounds()})")
+    per_round = [_round_summary(store, r) for r in committed]
+    current = store.read(round, "all")
+    info = store.round_info(round)
+    config = info.get("config") or {}
+    return {
+        "round": round,
+        "rounds": per_round,
+        "thresholds": thresholds_from_config(config),
+        "scores": score_summary(current, thresholds_from_config(config)),
+        "timings": stage_timings(info.get("info") or {}),
+        "loss_curves": {str(r): load_loss_curve(store, r) for r in committed},
+        "_frames": {"current": current},
+    }
+
+
+def _round_summary(store, r: int) -> dict[str, Any]:
+    s = _schema()
+    rows = store.read(r, "all")
+    accepted = rows[rows[s.ACCEPTED].astype(bool)]
+    candidates = rows[rows[s.SOURCE] != "seed"]
+    n_cand_acc = int(candidates[s.ACCEPTED].astype(bool).sum())
+    return {
+        "round": r,
+        "n_rows": int(len(rows)),
+        "n_accepted": int(len(accepted)),
+        "n_rejected": int(len(rows) - len(accepted)),
+        "n_candidates": int(len(candidates)),
+        # Seeds are accepted by construction; the rate that shows the model improving is over candidates.
+        "selection_rate": (n_cand_acc / len(candidates)) if len(candidates) else None,
+        "selection_rate_by_source": _rate_by_source(candidates),
+        "accepted_by_source": {src: int(n) for src, n in accepted[s.SOURCE].value_counts().items()},
+        "heldout": _heldout(store.round_info(r)),
+    }
+
+
+def _heldout(round_info: dict) -> dict[str, float]:
+    """Held-out PSNR/SSIM the loop recorded for this round (round.json info.heldout), if any."""
+    heldout = (round_info.get("info") or {}).get("heldout") or {}
+    return {k: float(v) for k, v in heldout.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k.startswith(("psnr_", "ssim_"))}
+
+
+def _rate_by_source(candidates: pd.DataFrame) -> dict[str, float]:
+    s = _schema()
+    if candidates.empty:
+        return {}
+    grouped = candidates.groupby(s.SOURCE)[s.ACCEPTED].agg(lambda a: float(a.astype(bool).mean()))
+    return {str(k): float(v) for k, v in grouped.items()}
+
+
+def criteria_columns() -> dict[str, str]:
+    """Criterion name -> manifest column, for every per-criterion score the schema defines."""
+    s = _schema()
+    pairs = {
+        "logo_clean": "SCORE_LOGO_CLEAN",
+        "object_clean": "SCORE_OBJECT_CLEAN",
+        "composite_consistent": "SCORE_COMPOSITE_CONSISTENT",
+        "realism": "SCORE_REALISM",
+        "overall": "SCORE_OVERALL",
+    }
+    return {name: getattr(s, const) for name, const in pairs.items() if hasattr(s, const)}
+
+
+def thresholds_from_config(config: dict) -> dict[str, float]:
+    """Criterion -> threshold from a round's config.json (`thresholds` section); cycle error under 'cycle_error'.
+
+    Accepts `logo_clean: 0.6`, `min_logo_clean: 0.6`, a nested `{criteria: {...}}` or `per_criterion`, and
+    `max_cycle_error` / `cycle_error`, so the report follows whatever the thresholds section spells.
+    """
+    section = config.get("thresholds") or {}
+    flat: dict[str, Any] = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    out: dict[str, float] = {}
+    for key, value in flat.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        name = key.removeprefix("min_").removeprefix("max_")
+        if name in criteria_columns() or name == "cycle_error":
+            out[name] = float(value)
+    # The loop's own cycle rule (loop.cycle_error_threshold) applies when thresholds set none.
+    loop_cycle = (config.get("loop") or {}).get("cycle_error_threshold")
+    if "cycle_error" not in out and isinstance(loop_cycle, (int, float)):
+        out["cycle_error"] = float(loop_cycle)
+    return out
+
+
+def score_summary(rows: pd.DataFrame, thresholds: dict[str, float]) -> dict[str, dict]:
+    """Per criterion (and cycle error): count, mean, share passing its threshold, histogram counts."""
+    s = _schema()
+    columns = {**criteria_columns(), "cycle_error": s.CYCLE_ERROR}
+    out = {}
+    for name, col in columns.items():
+        values = pd.to_numeric(rows.get(col, pd.Series(dtype=float)), errors="coerce").dropna()
+        if values.empty:
+            continue
+        out[name] = _describe(values, thresholds.get(name), lower_is_better=(name == "cycle_error"))
+    return out
+
+
+def _describe(values: pd.Series, threshold: float | None, *, lower_is_better: bool) -> dict:
+    hi = 1.0 if not lower_is_better else max(float(values.max()), threshold or 0.0, 1e-9)
+    counts, edges = _histogram(values.to_list(), 0.0, hi, 10)
+    described = {"n": int(len(values)), "mean": float(values.mean()), "threshold": threshold,
+                 "hist_counts": counts, "hist_edges": edges}
+    if threshold is not None:
+        passing = values <= threshold if lower_is_better else values >= threshold
+        described["pass_rate"] = float(passing.mean())
+    return described
+
+
+def _histogram(values: list[float], lo: float, hi: float, bins: int) -> tuple[list[int], list[float]]:
+    width = (hi - lo) / bins
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, max(0, int((v - lo) / width)))] += 1
+    return counts, [lo + i * width for i in range(bins + 1)]
+
+
+def stage_timings(info: dict) -> dict[str, float]:
+    """Stage -> seconds from round.json `info` (`timings`/`stage_timings` dict, or `<stage>_s` keys)."""
+    nested = info.get("timings") or info.get("stage_timings")
+    if isinstance(nested, dict):
+        items = nested.items()
+    else:
+        items = ((k.removesuffix("_s"), v) for k, v in info.items() if k.endswith("_s"))
+    return {str(k): float(v) for k, v in items if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def load_loss_curve(store, r: int) -> list[dict]:
+    """The adapter's training loss curve (metrics.json `loss_curve`), [] when that round trained nothing."""
+    import fsspec
+
+    uri = store.adapter_uri(r).rstrip("/") + "/metrics.json"
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        return []
+    with fs.open(path, "rb") as f:
+        metrics = json.loads(f.read().decode("utf-8"))
+    curve = metrics.get("loss_curve") or []
+    if not isinstance(curve, list):
+        raise ValueError(f"{uri}: loss_curve must be a list of {{step, loss, ...}}; got {type(curve).__name__}")
+    return [{k: v for k, v in point.items() if isinstance(v, (int, float))} for point in curve]
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.0), dpi=90)
+    return plt, fig, ax
+
+
+def _png(plt, fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_selection_rate(rounds: list[dict]) -> bytes:
+    plt, fig, ax = _figure()
+    pts = [(r["round"], r["selection_rate"]) for r in rounds if r["selection_rate"] is not None]
+    if pts:
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o")
+    else:
+        ax.text(0.5, 0.5, "no candidates judged yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlabel="round", ylabel="selection rate (%)", ylim=(0, 100), title="Selection rate per round")
+    ax.set_xticks([r["round"] for r in rounds])
+    ax.grid(alpha=0.3)
+    return _png(plt, fig)
+
+
+def plot_histogram(name: str, summary: dict) -> bytes:
+    plt, fig, ax = _figure()
+    edges, counts = summary["hist_edges"], summary["hist_counts"]
+    ax.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges, edges[1:])], align="edge", edgecolor="k")
+    if summary.get("threshold") is not None:
+        ax.axvline(summary["threshold"], color="red", linestyle="--", label=f"threshold {summary['threshold']:g}")
+        ax.legend()
+    ax.set(xlabel=name, ylabel="samples", title=f"{name} (n={summary['n']})")
+    return _png(plt, fig)
+
+
+def plot_growth(rounds: list[dict]) -> bytes:
+    """Stacked bars: cumulative accepted samples per round, split by source."""
+    plt, fig, ax = _figure()
+    xs = [r["round"] for r in rounds]
+    bottom = [0.0] * len(xs)
+    for src in _sources(rounds):
+        cumulative, total = [], 0
+        for r in rounds:
+            total += r["accepted_by_source"].get(src, 0)
+            cumulative.append(total)
+        ax.bar(xs, cumulative, bottom=bottom, label=src)
+        bottom = [b + c for b, c in zip(bottom, cumulative)]
+    ax.set(xlabel="round", ylabel="accepted samples (cumulative)", title="Dataset growth")
+    ax.set_xticks(xs)
+    ax.legend()
+    return _png(plt, fig)
+
+
+def _sources(rounds: list[dict]) -> list[str]:
+    seen = {src for r in rounds for src in r["accepted_by_source"]}
+    return [s for s in SOURCES_ORDER if s in seen] + sorted(seen - set(SOURCES_ORDER))
+
+
+def plot_loss_curves(curves: dict[str, list[dict]]) -> bytes:
+    plt, fig, ax = _figure()
+    for r, curve in curves.items():
+        pts = [(p["step"], p["loss"]) for p in curve if "step" in p and "loss" in p]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"round {r}")
+    if ax.lines:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no training metrics", ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlabel="step", ylabel="loss", title="Training loss")
+    return _png(plt, fig)
+
+
+def plot_timings(timings: dict[str, float]) -> bytes:
+    plt, fig, ax = _figure()
+    names = list(timings)
+    ax.barh(names, [timings[n] for n in names])
+    ax.set(xlabel="seconds", title="Per-stage time")
+    return _png(plt, fig)
+
+
+# ----------------------------------------------------------------------------- sample grids
+
+
+def sample_thumbnails(store, rows: pd.DataFrame, limit: int = THUMBS_PER_GROUP) -> list[dict]:
+    """Up to `limit` rows as {sample_id, source, reason, png}: panels side by side, read verified."""
+    s = _schema()
+    if rows.empty:
+        return []
+    picked = rows.sort_values(s.SAMPLE_ID).head(limit)
+    out = []
+    for row, panels in store.load_panels(picked):
+        reason = row.get(s.REASON)
+        out.append({"sample_id": str(row[s.SAMPLE_ID]), "source": str(row.get(s.SOURCE, "")),
+                    "reason": "" if reason is None or pd.isna(reason) else str(reason), "png": _strip(panels)})
+    return out
+
+
+def _strip(panels: dict[str, bytes]) -> bytes:
+    from PIL import Image
+
+    # load_panels has already checked each panel's sha256 against the manifest.
+    images = [Image.open(io.BytesIO(data)) for data in panels.values()]
+    side = THUMB_PANEL_PX
+    strip = Image.new("RGB", (side * len(images), side), (255, 255, 255))
+    for i, im in enumerate(images):
+        strip.paste(im.convert("RGB").resize((side, side), Image.BILINEAR), (i * side, 0))
+    buf = io.BytesIO()
+    strip.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img src="{_data_uri(png)}" alt="{html.escape(alt)}">'
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _thumb_grid(thumbs: list[dict], empty: str) -> str:
+    if not thumbs:
+        return f"<p class='empty'>{html.escape(empty)}</p>"
+    cells = [
+        f"<figure>{_img(t['png'], t['sample_id'])}<figcaption><b>{html.escape(t['sample_id'])}</b> "
+        f"({html.escape(t['source'])})<br>{html.escape(t['reason'] or 'accepted')}</figcaption></figure>"
+        for t in thumbs
+    ]
+    return "<div class='grid'>" + "".join(cells) + "</div>"
+
+
+_CSS = (
+    "body{font-family:sans-serif;margin:2em;color:#222}h1{margin-bottom:0}section{margin:1.5em 0}"
+    "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    ".plots img{margin:4px;border:1px solid #eee}.grid{display:flex;flex-wrap:wrap;gap:8px}"
+    "figure{margin:0;width:200px;font-size:12px}figure img{width:192px;image-rendering:pixelated}"
+    ".empty{color:#888}"
+)
+
+
+def render_html(data: dict, plots: dict[str, bytes], thumbs: dict[str, list[dict]]) -> str:
+    """The report page; every dynamic string is HTML-escaped (reasons and prompts come from models).
+
+    The empty data: icon stops browsers from asking the server for /favicon.ico: the page requests nothing.
+    """
+    r = data["round"]
+    sections = [
+        f"<h1>layerloop — round {r}</h1>",
+        _summary_section(data),
+        "<section><h2>Selection rate per round</h2>" + _img(plots["selection_rate"], "selection rate") + "</section>",
+        _scores_section(data, plots),
+        "<section><h2>Dataset growth</h2>" + _img(plots["growth"], "dataset growth") + _growth_table(data) + "</section>",
+        "<section><h2>Accepted samples</h2>" + _thumb_grid(thumbs["accepted"], "no accepted samples") + "</section>",
+        "<section><h2>Rejected samples</h2>" + _thumb_grid(thumbs["rejected"], "no rejected samples") + "</section>",
+        "<section><h2>Training loss</h2>" + _img(plots["loss"], "training loss") + "</section>",
+        _timings_section(data, plots),
+    ]
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><link rel='icon' href='data:,'><title>layerloop round {r}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(sections)}</body></html>")
+
+
+def _summary_section(data: dict) -> str:
+    held = sorted({k for x in data["rounds"] for k in x.get("heldout", {}) if k.startswith("psnr_")})
+    rows = [[x["round"], x["n_accepted"], x["n_rejected"], x["n_candidates"],
+             None if x["selection_rate"] is None else f"{100 * x['selection_rate']:.1f} %",
+             *[x.get("heldout", {}).get(k) for k in held]] for x in data["rounds"]]
+    header = ["round", "accepted", "rejected", "candidates", "selection rate", *[f"held-out {k}" for k in held]]
+    return "<section><h2>Rounds</h2>" + _table(header, rows) + "</section>"
+
+
+def _scores_section(data: dict, plots: dict[str, bytes]) -> str:
+    imgs = "".join(_img(plots[f"hist_{name}"], f"{name} histogram") for name in data["scores"])
+    rows = [[name, s["n"], s["mean"], s.get("threshold"), s.get("pass_rate")] for name, s in data["scores"].items()]
+    table = _table(["criterion", "n", "mean", "threshold", "pass rate"], rows)
+    return f"<section><h2>Scores and cycle error (round {data['round']})</h2>{table}<div class='plots'>{imgs}</div></section>"
+
+
+def _growth_table(data: dict) -> str:
+    sources = _sources(data["rounds"])
+    rows = [[x["round"], *[x["accepted_by_source"].get(s, 0) for s in sources]] for x in data["rounds"]]
+    return _table(["round", *sources], rows)
+
+
+def _timings_section(data: dict, plots: dict[str, bytes]) -> str:
+    if not data["timings"]:
+        return "<section><h2>Per-stage timings</h2><p class='empty'>no timings recorded</p></section>"
+    rows = [[k, v] for k, v in data["timings"].items()]
+    return ("<section><h2>Per-stage timings</h2>" + _table(["stage", "seconds"], rows)
+            + _img(plots["timings"], "per-stage timings") + "</section>")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def make_plots(data: dict) -> dict[str, bytes]:
+    plots = {
+        "selection_rate": plot_selection_rate(data["rounds"]),
+        "growth": plot_growth(data["rounds"]),
+        "loss": plot_loss_curves(data["loss_curves"]),
+    }
+    plots.update({f"hist_{name}": plot_histogram(name, s) for name, s in data["scores"].items()})
+    if data["timings"]:
+        plots["timings"] = plot_timings(data["timings"])
+    return plots
+
+
+def build_report(store, round: int) -> dict[str, str]:
+    """Write report.json, report.html and selection_rate.png into committed `round`; return their paths."""
+    s = _schema()
+    data = gather(store, round)
+    current = data.pop("_frames")["current"]
+    accepted_mask = current[s.ACCEPTED].astype(bool)
+    thumbs = {"accepted": sample_thumbnails(store, current[accepted_mask]),
+              "rejected": sample_thumbnails(store, current[~accepted_mask])}
+    plots = make_plots(data)
+    data["samples_shown"] = {k: [t["sample_id"] for t in v] for k, v in thumbs.items()}
+    page = render_html(data, plots, thumbs)
+    return {
+        "json": store.write_artifact(round, REPORT_JSON, json.dumps(data, indent=2, default=str).encode()),
+        "html": store.write_artifact(round, REPORT_HTML, page.encode("utf-8")),
+        "selection_rate_png": store.write_artifact(round, SELECTION_PNG, plots["selection_rate"]),
+    }
+
+
+def report_markdown(paths: dict[str, str], data: dict) -> str:
+    """A short markdown summary for a Prefect artifact (links the HTML, lists the headline numbers)."""
+    lines = [f"# layerloop round {data['round']}", "", f"[HTML report]({paths['html']})", "",
+             "| round | accepted | rejected | selection rate |", "|---|---|---|---|"]
+    for x in data["rounds"]:
+        rate = "–" if x["selection_rate"] is None else f"{100 * x['selection_rate']:.1f} %"
+        lines.append(f"| {x['round']} | {x['n_accepted']} | {x['n_rejected']} | {rate} |")
+    return "\n".join(lines)
