@@ -23,7 +23,7 @@ PAD, EOS, UNK, BOS = "<pad>", "</s>", "<unk>", "<s>"
 SPECIALS = (PAD, EOS, UNK, BOS)
 VOCAB_SIZE = 1024
 CLIP_MAX_LENGTH = 77
-T5_MAX_LENGTH = 96  # templates are ~60 tokens; FLUX uses 512, which would triple tiny attention cost
+T5_MAX_LENGTH = 64  # templates ~40 tokens + caption ~15; FLUX uses 512, which would triple tiny attention cost
 _WORD = re.compile(r"\w+|[^\w\s]+")  # what pre_tokenizers.Whitespace splits on
 
 # Words the synthetic captions and prompt files are likely to use, so that they do not all map to <unk>.

@@ -1,0 +1,355 @@
+"""Pretrain the tiny FLUX-Fill-shaped base that the CPU world ships in models/assets/tiny-base/.
+
+Two phases, both seeded:
+1. the tiny AutoencoderKL learns to reconstruct synthetic panels; its latent shift/scale are then set
+   from the latent statistics, as FLUX's VAE has them;
+2. the tiny FluxTransformer2DModel learns GENERIC grid inpainting with FLUX's flow-matching objective
+   (x_t = (1-t) x0 + t noise, target noise - x0, t logit-normal) under random masks (boxes, strokes,
+   whole panels), over grids whose panels are drawn independently from different triplets. It thus
+   becomes an inpainter, like FLUX.1-Fill, without learning the decomposition relation itself:
+   that is the LoRA's job, as in the paper.
+
+The Fill conditioning comes from FluxFillPipeline's own methods (prepare_mask_latents, _pack_latents,
+_prepare_latent_image_ids, the VAE's shift/scale), so the base sees what the pipeline builds.
+Writes safetensors + base.json (vocabulary, VAE factors, configs, the run's record and metrics).
+
+    python scripts/pretrain_tiny_base.py --device cpu                # ~20 min on 2 CPU cores
+    python scripts/pretrain_tiny_base.py --smoke --out /tmp/tiny     # seconds, checks the script
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import synthetic, tiny  # noqa: E402
+from models.config import DEFAULT_PROMPT_TEMPLATES  # noqa: E402
+from models.grid import LayerSchema  # noqa: E402
+
+PANEL = 32
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(tiny.ASSET_DIR))
+    p.add_argument("--n-triplets", type=int, default=1500, help="synthetic triplets rendered for training")
+    p.add_argument("--vae-steps", type=int, default=500)
+    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--steps", type=int, default=900, help="transformer inpainting steps")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--time-budget-s", type=float, default=0.0,
+                   help="stop the transformer phase after this many seconds of the whole run (0 = none)")
+    p.add_argument("--eval-n", type=int, default=48, help="held-out triplets for the recorded metrics")
+    p.add_argument("--eval-steps", type=int, default=8, help="sampler steps for the inpainting metric")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--smoke", action="store_true", help="tiny run (few steps) to check the script works")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.n_triplets, args.vae_steps, args.steps, args.eval_n, args.eval_steps = 24, 3, 3, 4, 2
+    if min(args.n_triplets, args.vae_steps, args.steps, args.eval_n, args.batch, args.vae_batch) < 1:
+        p.error("counts, steps and batch sizes must be >= 1")
+    return args
+
+
+# ------------------------------------------------------------------ data
+
+def render_pool(n: int, seed: int, split: str = "pool"):
+    """All panels of n synthetic triplets as one [-1, 1] tensor, plus each panel's caption."""
+    import torch
+
+    arrays, captions = [], []
+    for _, triplet, meta in synthetic.make_split(split, n, PANEL, seed):
+        for name in ("composite", "logo", "object"):
+            arrays.append(np.asarray(triplet[name].convert("RGB"), dtype=np.float32))
+            captions.append(meta["caption"])
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
+    return x.contiguous(), captions
+
+
+def random_mask(rng: np.random.Generator, n_panels: int) -> np.ndarray:
+    """One pixel mask over an n-panel grid (1 = inpaint): whole panels, boxes or strokes."""
+    w, h = PANEL * n_panels, PANEL
+    img = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(img)
+    kind = rng.choice(["panels", "boxes", "strokes"], p=[0.45, 0.35, 0.20])
+    if kind == "panels":
+        chosen = rng.random(n_panels) < 0.5
+        chosen[rng.integers(n_panels)] = True  # never an empty mask
+        for i in np.flatnonzero(chosen):
+            draw.rectangle([i * PANEL, 0, (i + 1) * PANEL - 1, h - 1], fill=255)
+    elif kind == "boxes":
+        for _ in range(rng.integers(1, 4)):
+            bw, bh = rng.integers(4, PANEL + 1, size=2)
+            x0, y0 = rng.integers(0, w - bw + 1), rng.integers(0, h - bh + 1)
+            draw.rectangle([x0, y0, x0 + bw - 1, y0 + bh - 1], fill=255)
+    else:
+        for _ in range(rng.integers(1, 4)):
+            pts = [(float(rng.uniform(0, w)), float(rng.uniform(0, h))) for _ in range(rng.integers(2, 5))]
+            draw.line(pts, fill=255, width=int(rng.integers(3, 8)))
+    return (np.asarray(img) > 127).astype(np.float32)
+
+
+def make_batch(panels, rng: np.random.Generator, batch: int, n_panels: int):
+    """Grids of independently drawn panels (different triplets), their masks and a caption index each."""
+    import torch
+
+    idx = rng.integers(0, panels.shape[0], size=(batch, n_panels))
+    grids = torch.cat([panels[idx[:, i]] for i in range(n_panels)], dim=3)
+    masks = torch.from_numpy(np.stack([random_mask(rng, n_panels) for _ in range(batch)]))[:, None]
+    return grids, masks, idx[:, 0]
+
+
+# ------------------------------------------------------------------ phase 1: VAE
+
+def train_vae(vae, panels, args, rng, log) -> None:
+    import torch
+
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(args.seed)
+    vae.train().requires_grad_(True)
+    for step in range(1, args.vae_steps + 1):
+        x = panels[rng.integers(0, panels.shape[0], size=args.vae_batch)].to(args.device)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(x.device)
+        rec = vae.decode(z).sample
+        # MSE drives PSNR; L1 keeps thin logo strokes sharp; tiny KL keeps latents bounded for the transformer
+        loss = (rec - x).pow(2).mean() + 0.5 * (rec - x).abs().mean() + 1e-6 * post.kl().mean()
+        _set_lr(opt, args.vae_lr, step, args.vae_steps, step / args.vae_steps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % args.log_every == 0 or step == args.vae_steps:
+            log(f"vae step {step}/{args.vae_steps} loss {loss.item():.4f}")
+    vae.eval().requires_grad_(False)
+
+
+def set_latent_factors(vae, panels, device) -> dict:
+    """shift = latent mean, scale = 1/latent std, so the transformer sees unit-variance latents (as FLUX)."""
+    import torch
+
+    with torch.no_grad():
+        z = torch.cat([vae.encode(panels[i:i + 256].to(device)).latent_dist.mode() for i in range(0, min(1024, len(panels)), 256)])
+    factors = {"shift_factor": float(z.mean()), "scaling_factor": float(1.0 / z.std())}
+    vae.register_to_config(**factors)
+    return factors
+
+
+# ------------------------------------------------------------------ phase 2: transformer
+
+def encode_captions(pipe, captions: list[str], device) -> dict:
+    """Text conditioning of every distinct caption plus the empty prompt, encoded once."""
+    import torch
+
+    prompts = ["", *dict.fromkeys(captions)]
+    embeds, pooled = [], []
+    with torch.no_grad():
+        for i in range(0, len(prompts), 256):
+            pe, po, _ = pipe.encode_prompt(prompts[i:i + 256], device=device, max_sequence_length=tiny.T5_MAX_LENGTH)
+            embeds.append(pe)
+            pooled.append(po)
+    index = {p: i for i, p in enumerate(prompts)}
+    return {"embeds": torch.cat(embeds), "pooled": torch.cat(pooled), "index": index}
+
+
+def fill_inputs(pipe, grids, masks, gen):
+    """Packed clean latents x0 and the Fill conditioning exactly as FluxFillPipeline builds it."""
+    import torch
+
+    vae, b = pipe.vae, grids.shape[0]
+    h, w = grids.shape[-2:]
+    lat_h, lat_w = h // pipe.vae_scale_factor, w // pipe.vae_scale_factor
+    with torch.no_grad():
+        z = vae.encode(grids).latent_dist.sample(gen)
+        z = (z - vae.config.shift_factor) * vae.config.scaling_factor
+        x0 = pipe._pack_latents(z, b, z.shape[1], lat_h, lat_w)
+        mask, masked = pipe.prepare_mask_latents(
+            masks, grids * (1 - masks), b, z.shape[1], 1, h, w, grids.dtype, grids.device, gen
+        )
+    cond = torch.cat((masked, mask), dim=-1)
+    ids = pipe._prepare_latent_image_ids(b, lat_h // 2, lat_w // 2, grids.device, grids.dtype)
+    return x0, cond, ids
+
+
+def transformer_step(pipe, text, batch, gen, rng, args):
+    """One flow-matching loss on a batch of inpainting grids."""
+    import torch
+
+    from models.losses import logit_normal_t, noisy_sample, velocity_target
+
+    grids, masks, cap_idx = batch
+    grids, masks = grids.to(args.device), masks.to(args.device)
+    x0, cond, img_ids = fill_inputs(pipe, grids, masks, gen)
+    b = x0.shape[0]
+    t = logit_normal_t(b, gen).to(args.device)
+    noise = torch.randn(x0.shape, generator=gen).to(args.device)
+    # half the grids are captioned, half get the empty prompt: inpainting must work from pixels alone
+    rows = [text["index"][text["captions"][i]] if rng.random() < 0.5 else 0 for i in cap_idx]
+    # guidance is uniform over the range samplers use, so the base does not depend on its value
+    guidance = torch.from_numpy(rng.uniform(1.0, 40.0, size=b).astype(np.float32)).to(args.device)
+    v = pipe.transformer(
+        hidden_states=torch.cat((noisy_sample(x0, noise, t), cond), dim=2), timestep=t, guidance=guidance,
+        pooled_projections=text["pooled"][rows], encoder_hidden_states=text["embeds"][rows],
+        txt_ids=torch.zeros(text["embeds"].shape[1], 3, device=args.device), img_ids=img_ids, return_dict=False,
+    )[0]
+    return (v - velocity_target(x0, noise)).pow(2).mean()
+
+
+def train_transformer(pipe, panels, captions, args, rng, log, started: float) -> int:
+    import torch
+
+    tr = pipe.transformer
+    tr.train().requires_grad_(True)
+    text = {**encode_captions(pipe, captions, args.device), "captions": captions}
+    opt = torch.optim.AdamW(tr.parameters(), lr=args.lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    phase_start, done = time.time(), 0
+    budget = args.time_budget_s - (phase_start - started) if args.time_budget_s else 0.0
+    for step in range(1, args.steps + 1):
+        # under a time budget the schedule follows whichever runs out first, so a cut run still ends cooled down
+        progress = max(step / args.steps, (time.time() - phase_start) / budget if budget > 0 else 0.0)
+        _set_lr(opt, args.lr, step, args.steps, min(progress, 1.0))
+        n_panels = 4 if rng.random() < 0.2 else 3  # K=3 grids too, so wider schemas are not out of range
+        loss = transformer_step(pipe, text, make_batch(panels, rng, args.batch, n_panels), gen, rng, args)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tr.parameters(), 1.0)
+        opt.step()
+        done = step
+        if step % args.log_every == 0 or step == args.steps:
+            log(f"transformer step {step}/{args.steps} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e}")
+        if budget > 0 and progress >= 1.0:
+            log(f"time budget reached after {step} transformer steps")
+            break
+    tr.eval().requires_grad_(False)
+    return done
+
+
+def _set_lr(opt, base: float, step: int, total: int, progress: float) -> None:
+    """Linear warm-up over 5 % of the steps, then cosine decay to zero at progress 1."""
+    warm = min(1.0, step / max(1, total // 20))
+    for group in opt.param_groups:
+        group["lr"] = base * warm * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ------------------------------------------------------------------ evaluation
+
+def psnr(a: np.ndarray, b: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """PSNR in dB of uint8-range arrays, over the pixels where weight > 0 when given."""
+    err = (a.astype(np.float64) - b.astype(np.float64)) ** 2
+    mse = err.mean() if weight is None else (err * weight[..., None]).sum() / (3 * weight.sum())
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+
+
+def eval_vae(vae, panels, device) -> float:
+    import torch
+
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(panels.to(device)).latent_dist.mode()).sample.clamp(-1, 1)
+    to8 = lambda x: ((x.cpu().permute(0, 2, 3, 1).numpy() + 1) * 127.5).round()  # noqa: E731
+    return float(np.mean([psnr(a, b) for a, b in zip(to8(panels), to8(rec))]))
+
+
+def eval_inpainting(backbone, panels, args) -> dict:
+    """Masked-region PSNR of the Fill pipeline on held-out grids vs a mean-colour fill baseline."""
+    import torch
+
+    rng = np.random.default_rng(args.seed + 7)
+    grids, masks, _ = make_batch(panels, rng, args.eval_n, 3)
+    to_pil = lambda x: Image.fromarray(((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8))  # noqa: E731
+    truth = [np.asarray(to_pil(g), dtype=np.float64) for g in grids]
+    m = masks[:, 0].numpy()
+    pe, pooled, _ = backbone.embed_prompt("")
+    outs = []
+    for i in range(0, args.eval_n, 16):
+        n = min(16, args.eval_n - i)
+        res = backbone.pipeline()(
+            prompt_embeds=pe.repeat(n, 1, 1), pooled_prompt_embeds=pooled.repeat(n, 1),
+            image=[to_pil(g) for g in grids[i:i + n]],
+            mask_image=[Image.fromarray((mm * 255).astype(np.uint8)) for mm in m[i:i + n]],
+            height=PANEL, width=3 * PANEL, num_inference_steps=args.eval_steps, guidance_scale=30.0,
+            generator=torch.Generator().manual_seed(args.seed + i), output_type="np",
+        )
+        outs.extend(list(res.images * 255.0))
+    model = [psnr(o, t, mm) for o, t, mm in zip(outs, truth, m)]
+    base = [psnr(_mean_fill(t, mm), t, mm) for t, mm in zip(truth, m)]
+    return {"inpaint_psnr_masked": float(np.mean(model)), "meanfill_psnr_masked": float(np.mean(base)),
+            "inpaint_eval_steps": args.eval_steps, "inpaint_eval_n": args.eval_n}
+
+
+def _mean_fill(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    keep = mask < 0.5
+    out = img.copy()
+    out[~keep] = img[keep].mean(axis=0) if keep.any() else 127.5
+    return out
+
+
+# ------------------------------------------------------------------ main
+
+def main(argv: list[str] | None = None) -> dict:
+    import torch
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    started = time.time()
+    log = lambda msg: print(f"[{time.time() - started:7.1f}s] {msg}", flush=True)  # noqa: E731
+
+    panels, captions = render_pool(args.n_triplets, args.seed)
+    held_out, _ = render_pool(args.eval_n, args.seed, split="test")
+    log(f"rendered {panels.shape[0]} training panels, {held_out.shape[0]} held-out panels")
+    vocab = tiny.build_vocab([*DEFAULT_PROMPT_TEMPLATES.values(), *captions, *synthetic.WORDS, *synthetic.KINDS])
+    modules = tiny.build_modules({"vocab": vocab, "vae_factors": {}})
+    for name in tiny.COMPONENTS:
+        modules[name].to(args.device)
+
+    train_vae(modules["vae"], panels, args, rng, log)
+    factors = set_latent_factors(modules["vae"], panels, args.device)
+    vae_psnr = eval_vae(modules["vae"], held_out, args.device)
+    log(f"VAE held-out PSNR {vae_psnr:.2f} dB, latent factors {factors}")
+
+    from diffusers import FluxFillPipeline
+
+    pipe = FluxFillPipeline(**modules)
+    steps_done = train_transformer(pipe, panels, captions, args, rng, log, started)
+    train_s = time.time() - started
+
+    out = Path(args.out)
+    record = {"args": vars(args), "transformer_steps_done": steps_done, "train_wall_s": round(train_s, 1),
+              "torch": torch.__version__, "device": args.device}
+    tiny.save_base(modules, out, {"vocab": vocab, "vae_factors": factors, "record": record})
+    metrics = {"vae_psnr_heldout": vae_psnr, **evaluate_saved(out, held_out, args)}
+    meta = json.loads((out / tiny.BASE_META).read_text())
+    meta["metrics"] = metrics
+    (out / tiny.BASE_META).write_text(json.dumps(meta, indent=1))
+    log(f"wrote {out}: {json.dumps(metrics)}")
+    return metrics
+
+
+def evaluate_saved(out: Path, held_out, args) -> dict:
+    """Metrics of the base as the factory loads it (proves the saved files are what was trained)."""
+    from models.config import ModelConfig
+    from models.factory import build_backbone
+
+    backbone = build_backbone(ModelConfig(path=str(out), device=args.device))
+    if backbone.schema != LayerSchema():
+        raise ValueError("the default layer schema changed; the inpainting eval assumes three panels")
+    return eval_inpainting(backbone, held_out, args)
+
+
+if __name__ == "__main__":
+    main()
