@@ -1,0 +1,1 @@
+"""Integration tier: tests that start real services (PostgreSQL, a Prefect server, workers)."""
