@@ -111,7 +111,10 @@ def read_adapter_metadata(adapter_dir: str) -> dict | None:
     with safe_open(str(Path(adapter_dir) / WEIGHTS_NAME), framework="pt") as f:
         meta = f.metadata() or {}
     raw = meta.get("lora_adapter_metadata")
-    return json.loads(raw) if raw else None
+    if not raw:
+        return None
+    # diffusers packs each component's config under its prefix ("transformer.r", ...)
+    return {k[len(PREFIX):]: v for k, v in json.loads(raw).items() if k.startswith(PREFIX)}
 
 
 def load_adapter(backbone: Any, adapter_dir: str) -> None:

@@ -220,9 +220,11 @@ def attach_lora(transformer, lora: LoraConfig, seed: int) -> dict[str, "torch.nn
                             lora_dropout=lora.dropout, init_lora_weights=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        _clear_stale_peft_flag(transformer)
         try:
             transformer.add_adapter(config, adapter_name=ADAPTER_NAME)
         except ValueError as exc:
+            _clear_stale_peft_flag(transformer)
             raise TrainError(f"lora.targets {lora.targets} do not fit the transformer: {exc}") from exc
     params = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
     for p in params.values():
@@ -235,11 +237,19 @@ def detach_lora(transformer) -> None:
     """Remove the trainer's adapter so the backbone is left as it was found."""
     if ADAPTER_NAME in (getattr(transformer, "peft_config", None) or {}):
         transformer.delete_adapters(ADAPTER_NAME)
+    _clear_stale_peft_flag(transformer)
+
+
+def _clear_stale_peft_flag(transformer) -> None:
+    # diffusers sets `_hf_peft_config_loaded` before injecting; a failed injection (bad targets) or a
+    # deleted last adapter leaves the flag without `peft_config`, and the next add_adapter crashes
+    if not getattr(transformer, "peft_config", None):
+        transformer._hf_peft_config_loaded = False
 
 
 def load_init_adapter(transformer, adapter_dir: str, params: dict) -> None:
     """Copy a previous adapter's weights into the fresh one; rank/targets must match."""
-    from models.lora_io import read_adapter_state
+    from models.lora_io import read_adapter_metadata, read_adapter_state
     from peft.utils import set_peft_model_state_dict
 
     state = read_adapter_state(adapter_dir)
@@ -251,6 +261,11 @@ def load_init_adapter(transformer, adapter_dir: str, params: dict) -> None:
             f"init_adapter {adapter_dir} does not match lora config (rank/targets): missing {missing[:3]}, "
             f"unexpected {extra[:3]}, shape mismatch {bad[:3]}; train with the adapter's own rank and targets"
         )
+    meta = read_adapter_metadata(adapter_dir)
+    alpha = transformer.peft_config[ADAPTER_NAME].lora_alpha
+    if meta and meta.get("lora_alpha") not in (None, alpha):
+        raise TrainError(f"init_adapter {adapter_dir} has lora_alpha {meta['lora_alpha']} but lora.alpha is {alpha}; "
+                         "set lora.alpha to match or start a fresh adapter")
     set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER_NAME)
     for p in params.values():
         p.data = p.data.float()  # loading copies in the file's dtype; keep fp32 master weights
@@ -328,25 +343,30 @@ class CycleTrainer:
             x = x + (float(s_next) - float(s)) * v
         return x
 
-    def cycled_inputs(self, idx: list[int], tasks: list[str], gen: "torch.Generator"):
-        """(x0, conditioning) of each sample's grid with the opposite task's output pasted in.
+    def cycled_pixels(self, idx: list[int], tasks: list[str], gen: "torch.Generator") -> "torch.Tensor":
+        """Each sample's grid pixels with the opposite task's output pasted in (no_grad).
 
         tau_D sample: composite replaced by I* = synthesize(A, B); tau_C sample: layers replaced by
-        (A', B') = decompose(I). Made under no_grad: no gradient through the intermediate.
+        (A', B') = decompose(I). No gradient flows through the intermediate.
         """
         import torch
 
         inter_tasks = [OPPOSITE[t] for t in tasks]
-        device = self.codec.device
         with torch.no_grad():
-            cond = torch.stack([self.cache.cond[t][i] for i, t in zip(idx, inter_tasks)]).to(device)
-            embeds = self._plain_embeds(inter_tasks)
-            decoded = self.codec.decode(self.generate_x0(cond, embeds, gen))
+            cond = torch.stack([self.cache.cond[t][i] for i, t in zip(idx, inter_tasks)]).to(self.codec.device)
+            decoded = self.codec.decode(self.generate_x0(cond, self._plain_embeds(inter_tasks), gen))
             real = self.codec.pixels([self.cache.grids[i] for i in idx])
-            swapped = torch.cat([
+            return torch.cat([
                 self.codec.paste_panels(real[k:k + 1], decoded[k:k + 1], generated_panels(t, self.codec.schema))
                 for k, t in enumerate(inter_tasks)
             ])
+
+    def cycled_inputs(self, idx: list[int], tasks: list[str], gen: "torch.Generator"):
+        """(x0, Fill conditioning) of the cycled grids, built by the pipeline's own encoders."""
+        import torch
+
+        swapped = self.cycled_pixels(idx, tasks, gen)
+        with torch.no_grad():
             return self.codec.encode(swapped, gen), self.codec.condition(swapped, tasks, gen)
 
     def _plain_embeds(self, tasks: list[str]):

@@ -1,0 +1,53 @@
+"""Flow-matching and cycle-loss maths (models/losses.py) on plain tensors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import losses
+
+
+def test_noisy_sample_interpolates_between_data_and_noise():
+    x0, noise = torch.zeros(2, 4, 3), torch.ones(2, 4, 3)
+    t = torch.tensor([0.0, 0.25])
+    x_t = losses.noisy_sample(x0, noise, t)
+    assert torch.equal(x_t[0], x0[0])
+    assert torch.allclose(x_t[1], torch.full((4, 3), 0.25))
+
+
+def test_x0_estimate_inverts_the_true_velocity():
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 5, 2, generator=g), torch.randn(3, 5, 2, generator=g)
+    t = torch.tensor([0.1, 0.5, 0.9])
+    x_t = losses.noisy_sample(x0, noise, t)
+    v = losses.velocity_target(x0, noise)
+    assert torch.allclose(losses.x0_estimate(x_t, v, t), x0, atol=1e-6)
+    assert losses.flow_matching_loss(v, x0, noise).item() == 0.0
+    assert losses.flow_matching_loss(v + 0.1, x0, noise).item() == pytest.approx(0.01, rel=1e-4)
+
+
+def test_cycle_loss_is_zero_for_equal_inputs_and_positive_otherwise():
+    v = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(1))
+    assert losses.cycle_loss(v, v.clone()).item() == 0.0
+    assert losses.cycle_loss(v, v + 0.01).item() > 0.0
+    with pytest.raises(ValueError, match="shape"):
+        losses.cycle_loss(v, v[:1])
+
+
+def test_logit_normal_times_are_seeded_and_inside_the_unit_interval():
+    a = losses.logit_normal_t(1000, torch.Generator().manual_seed(3))
+    b = losses.logit_normal_t(1000, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert 0.0 < a.min().item() and a.max().item() < 1.0
+    assert abs(a.median().item() - 0.5) < 0.05  # sigmoid(N(0,1)) is centred on 0.5
+    shifted = losses.logit_normal_t(1000, torch.Generator().manual_seed(3), mean=1.0)
+    assert shifted.median().item() > 0.65
+
+
+def test_cycle_weight_is_off_during_warmup():
+    assert losses.cycle_weight_at(0, 0.5, 10) == 0.0
+    assert losses.cycle_weight_at(9, 0.5, 10) == 0.0
+    assert losses.cycle_weight_at(10, 0.5, 10) == 0.5
+    assert losses.cycle_weight_at(0, 0.5, 0) == 0.5
+    with pytest.raises(ValueError):
+        losses.cycle_weight_at(-1, 0.5, 0)

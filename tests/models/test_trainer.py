@@ -1,0 +1,234 @@
+"""Trainer on the tiny real backbone: LoRA files, cycle term, gradient flow, resume, bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from models.config import LoraConfig, ModelConfig, TrainConfig
+from models.lora_io import read_adapter_state
+from models.trainer import (
+    ADAPTER_NAME, CycleTrainer, FillCodec, TrainError, attach_lora, build_cache, detach_lora,
+    load_init_adapter, train_lora,
+)
+from models import losses
+
+PANELS = ("composite", "logo", "object")
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    from models.factory import build_backbone
+
+    torch.set_num_threads(1)
+    return build_backbone(ModelConfig(), allow_random_init=True)
+
+
+def _triplets(n: int, size: int = 32, seed: int = 0) -> list[dict]:
+    """Structured little triplets: a coloured object, a logo square, the logo pasted on the object."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        obj = np.full((size, size, 3), rng.integers(0, 255, 3), dtype=np.uint8)
+        logo = np.full((size, size, 3), 255, dtype=np.uint8)
+        lo, hi = sorted(rng.integers(4, size - 4, 2))
+        hi = max(hi, lo + 4)
+        logo[lo:hi, lo:hi] = rng.integers(0, 255, 3)
+        comp = obj.copy()
+        comp[lo:hi, lo:hi] = logo[lo:hi, lo:hi]
+        out.append({k: Image.fromarray(a) for k, a in zip(PANELS, (comp, logo, obj))})
+    return out
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(steps=2, batch_size=2, cycle_warmup_steps=1, checkpoint_every=100, lr=1e-2)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_two_step_run_writes_a_diffusers_lora_with_expected_keys(backbone, tmp_path):
+    lora = LoraConfig(rank=4)
+    res = train_lora(backbone, _triplets(4), _cfg(), lora, str(tmp_path))
+    state = read_adapter_state(res.adapter_dir)
+    raw_keys = [f"transformer.{k}" for k in state]
+    assert raw_keys and all(".lora_A.weight" in k or ".lora_B.weight" in k for k in raw_keys)
+    assert not any("base_model.model" in k for k in raw_keys)
+    a_keys = {k for k in state if k.endswith("lora_A.weight")}
+    assert {k.replace("lora_A", "lora_B") for k in a_keys} == set(state) - a_keys
+    # every configured target family got a LoRA (double-stream and single-stream blocks)
+    for target in ("attn.to_q", "attn.add_q_proj", "ff.net.2", "ff_context.net.2", "proj_mlp"):
+        assert any(f".{target}.lora_A" in k for k in state), target
+    assert all(v.shape[0] == 4 for k, v in state.items() if k.endswith("lora_A.weight"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["step"] for r in metrics["loss_curve"]] == [1, 2]
+    assert all({"step", "loss", "loss_fm", "loss_cyc"} <= set(r) for r in metrics["loss_curve"])
+    assert metrics["loss_curve"][0]["loss_cyc"] is None and metrics["loss_curve"][1]["loss_cyc"] > 0
+    assert "rank | 4" in (tmp_path / "README.md").read_text()
+    assert not getattr(backbone.transformer, "peft_config", None), "trainer must leave the backbone clean"
+
+
+@pytest.fixture()
+def trainer(backbone):
+    """A CycleTrainer with a non-trivial LoRA (lora_B randomised so the model depends on it)."""
+    cfg = _cfg(cycle_warmup_steps=0, text_dropout=0.0)
+    codec = FillCodec(backbone)
+    params = attach_lora(backbone.transformer, LoraConfig(rank=4), seed=0)
+    with torch.no_grad():
+        for name, p in params.items():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    cache = build_cache(codec, _triplets(4), None, seed=0, with_generate=False)
+    yield CycleTrainer(backbone, cache, codec, cfg, params)
+    backbone.transformer.zero_grad(set_to_none=True)
+    detach_lora(backbone.transformer)
+
+
+def test_cycle_term_is_zero_for_equal_inputs_and_positive_for_cycled_ones(trainer):
+    idx, tasks = [0, 1], ["decompose", "synthesize"]
+    gen = torch.Generator().manual_seed(5)
+    x0 = trainer.cache.x0[idx]
+    cond = torch.stack([trainer.cache.cond[t][i] for i, t in zip(idx, tasks)])
+    emb = trainer.embeddings(idx, tasks, gen, dropout=False)
+    t = torch.tensor([0.3, 0.7])
+    noise = torch.randn(x0.shape, generator=gen)
+    with torch.no_grad():
+        v_real = trainer.codec.velocity(losses.noisy_sample(x0, noise, t), cond, t, emb, 1.0)
+        v_same = trainer.codec.velocity(losses.noisy_sample(x0, noise, t), cond, t, emb, 1.0)
+        cyc_x0, cyc_cond = trainer.cycled_inputs(idx, tasks, gen)
+        v_cyc = trainer.codec.velocity(losses.noisy_sample(cyc_x0, noise, t), cyc_cond, t, emb, 1.0)
+    assert losses.cycle_loss(v_real, v_same).item() < 1e-10
+    assert losses.cycle_loss(v_real, v_cyc).item() > 1e-6
+    # tau_D sample: only the composite panel is re-synthesized; tau_C sample: only the layers
+    real_px = trainer.codec.pixels([trainer.cache.grids[i] for i in idx])
+    cycled_px = trainer.cycled_pixels(idx, tasks, torch.Generator().manual_seed(6))
+    w = trainer.codec.panel
+    assert torch.equal(cycled_px[0, ..., w:], real_px[0, ..., w:])
+    assert not torch.equal(cycled_px[0, ..., :w], real_px[0, ..., :w])
+    assert torch.equal(cycled_px[1, ..., :w], real_px[1, ..., :w])
+    assert not torch.equal(cycled_px[1, ..., w:], real_px[1, ..., w:])
+
+
+def test_gradients_reach_only_lora_parameters_and_not_the_intermediate(trainer, backbone):
+    out = trainer.losses(0)
+    assert out["loss_cyc"] is not None and out["loss_cyc"].item() > 0
+    out["loss_cyc"].backward()  # the cycle term alone must train the LoRA
+    lora_names = {id(p) for p in trainer.params.values()}
+    with_grad = [(n, p) for n, p in backbone.transformer.named_parameters() if p.grad is not None]
+    assert with_grad and all(id(p) in lora_names for _, p in with_grad)
+    assert any(p.grad.abs().sum() > 0 for _, p in with_grad)
+    for module in (backbone.vae, backbone.text_encoder, backbone.text_encoder_2):
+        assert all(p.grad is None and not p.requires_grad for p in module.parameters())
+    cyc_x0, cyc_cond = trainer.cycled_inputs([0, 1], ["decompose", "synthesize"], torch.Generator().manual_seed(0))
+    assert not cyc_x0.requires_grad and not cyc_cond.requires_grad
+
+
+def test_sampler_intermediate_runs_several_euler_steps(trainer):
+    trainer.cfg = _cfg(cycle_warmup_steps=0, cycle_intermediate="sampler", cycle_sampler_steps=3)
+    calls = []
+    original = trainer.codec.velocity
+
+    def counting(*a, **k):
+        calls.append(1)
+        return original(*a, **k)
+
+    trainer.codec.velocity = counting
+    with torch.no_grad():
+        trainer.cycled_inputs([0, 1], ["decompose", "synthesize"], torch.Generator().manual_seed(0))
+    assert len(calls) == 3
+
+
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(backbone, tmp_path):
+    data = _triplets(5)
+    cfg = _cfg(steps=4, checkpoint_every=2, cycle_warmup_steps=2, text_dropout=0.5)
+    full = train_lora(backbone, data, cfg, LoraConfig(rank=4), str(tmp_path / "full"))
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash_after_3(step, total, row):
+        if step == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_lora(backbone, data, cfg, LoraConfig(rank=4), str(tmp_path / "resumed"), progress=crash_after_3)
+    assert (tmp_path / "resumed" / "ckpt-0000002" / "state.json").is_file()
+    assert not getattr(backbone.transformer, "peft_config", None)
+    resumed = train_lora(backbone, data, cfg, LoraConfig(rank=4), str(tmp_path / "resumed"))
+    assert resumed.metrics["resumed_from_step"] == 2
+    assert [r["step"] for r in resumed.loss_curve] == [1, 2, 3, 4]
+    for a, b in zip(full.loss_curve, resumed.loss_curve):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-5)
+    wa, wb = read_adapter_state(full.adapter_dir), read_adapter_state(resumed.adapter_dir)
+    assert set(wa) == set(wb)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-4), k
+    assert not list((tmp_path / "resumed").glob("ckpt-*")), "checkpoints are dropped after a finished run"
+
+
+def test_checkpoint_of_another_config_is_refused(backbone, tmp_path):
+    data = _triplets(3)
+    cfg = _cfg(steps=3, checkpoint_every=1)
+
+    def crash(step, total, row):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(backbone, data, cfg, LoraConfig(rank=4), str(tmp_path), progress=crash)
+    with pytest.raises(TrainError, match="another training config"):
+        train_lora(backbone, data, _cfg(steps=3, lr=5e-3), LoraConfig(rank=4), str(tmp_path))
+    assert not getattr(backbone.transformer, "peft_config", None)
+
+
+def test_init_adapter_continues_from_previous_weights(backbone, tmp_path):
+    first = train_lora(backbone, _triplets(3), _cfg(), LoraConfig(rank=4), str(tmp_path / "a"))
+    params = attach_lora(backbone.transformer, LoraConfig(rank=4), seed=123)
+    try:
+        load_init_adapter(backbone.transformer, first.adapter_dir, params)
+        saved = read_adapter_state(first.adapter_dir)
+        for name, p in params.items():
+            key = name.replace(f".{ADAPTER_NAME}", "")
+            assert torch.allclose(p.detach(), saved[key]), name
+            assert p.dtype == torch.float32 and p.requires_grad
+    finally:
+        detach_lora(backbone.transformer)
+    with pytest.raises(TrainError, match="rank/targets"):
+        train_lora(backbone, _triplets(3), _cfg(), LoraConfig(rank=8), str(tmp_path / "b"),
+                   init_adapter=first.adapter_dir)
+    with pytest.raises(TrainError, match="lora_alpha"):
+        train_lora(backbone, _triplets(3), _cfg(), LoraConfig(rank=4, alpha=16), str(tmp_path / "c"),
+                   init_adapter=first.adapter_dir)
+    assert not getattr(backbone.transformer, "peft_config", None)
+
+
+def test_bad_config_and_input_fail_with_clear_errors(backbone, tmp_path):
+    with pytest.raises(ValidationError):
+        TrainConfig(steps=0)
+    with pytest.raises(ValidationError, match="extra"):
+        TrainConfig(learning_rate=1e-3)
+    with pytest.raises(ValidationError):
+        TrainConfig(cycle_intermediate="full_chain")
+    with pytest.raises(TrainError, match="empty"):
+        train_lora(backbone, [], _cfg(), LoraConfig(), str(tmp_path))
+    with pytest.raises(TrainError, match="captions"):
+        train_lora(backbone, _triplets(2), _cfg(), LoraConfig(), str(tmp_path), captions=["x"])
+    with pytest.raises(TrainError, match="panel_size"):
+        train_lora(backbone, _triplets(2, size=16), _cfg(), LoraConfig(), str(tmp_path))
+    with pytest.raises(TrainError, match="lacks panels"):
+        train_lora(backbone, [{"composite": _triplets(1)[0]["composite"]}], _cfg(), LoraConfig(), str(tmp_path))
+    with pytest.raises(TrainError, match="targets"):
+        train_lora(backbone, _triplets(2), _cfg(), LoraConfig(targets=["no_such_layer"]), str(tmp_path))
+    with pytest.raises(TrainError, match="init_adapter"):
+        train_lora(backbone, _triplets(2), _cfg(), LoraConfig(), str(tmp_path), init_adapter=str(tmp_path / "nope"))
+    assert not getattr(backbone.transformer, "peft_config", None)
+
+
+def test_generation_samples_use_their_captions(backbone, tmp_path):
+    caps = ["red mug with a blue star logo", "green bottle with a yellow circle logo"]
+    res = train_lora(backbone, _triplets(2), _cfg(generate_fraction=1.0, steps=1), LoraConfig(rank=2),
+                     str(tmp_path), captions=caps)
+    assert res.loss_curve[0]["loss_cyc"] is None  # tau_G samples have no cycle counterpart
+    assert res.loss_curve[0]["loss_fm"] > 0
