@@ -301,11 +301,12 @@ def synthesize_cmd(logo: Path = typer.Argument(..., help="logo image"),
 def ablate_cmd(seeds: list[int] = typer.Option([0, 1], "--seed", help="repeat with these seeds (>= 2 for spread)"),
                rounds: int = typer.Option(2, "--rounds", help="self-improving rounds of the iterative configs"),
                out: Path = typer.Option(Path("ablation"), "--out", "-o", help="work + result directory"),
-               config: Optional[Path] = _CONFIG) -> None:
+               config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                                     help="base config (default: demo-sized tiny world)")) -> None:
     """The paper's four configurations on the same seeds, with the held-out comparison table."""
-    from flows.ablate import run_ablation
+    from flows.ablate import default_base, run_ablation
 
-    cfg = _config(config, None)
+    cfg = default_base(str(config) if config else None)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     result = run_ablation(cfg, seeds=list(seeds), rounds=rounds, work_dir=str(out))
     typer.echo(result["markdown"])
