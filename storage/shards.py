@@ -13,6 +13,7 @@ import io
 import os
 import re
 import tarfile
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -72,10 +73,11 @@ class _OpenShard:
     """One shard being written: a tar stream into a temp file (local) or a pending whole upload."""
 
     def __init__(self, fs: Any, directory: str, name: str):
-        self.fs, self.name = fs, name
+        self.fs, self.name, self.local = fs, name, is_local(fs)
         self.final = f"{directory}/{name}"
-        self.target = f"{directory}/{TMP_PREFIX}{name}" if is_local(fs) else self.final
-        self.file: IO[bytes] = fs.open(self.target, "wb")
+        self.target = f"{directory}/{TMP_PREFIX}{name}"
+        # Object stores: spool locally, then one PUT of the whole shard (no partial object ever exists).
+        self.file: IO[bytes] = fs.open(self.target, "wb") if self.local else tempfile.TemporaryFile()
         self.tar = tarfile.open(fileobj=self.file, mode="w|", format=tarfile.PAX_FORMAT)
         self.bytes = 0
         self.samples = 0
@@ -90,18 +92,24 @@ class _OpenShard:
     def finish(self) -> None:
         self.tar.close()
         self.file.flush()
-        if is_local(self.fs):
+        if self.local:
             os.fsync(self.file.fileno())
-        self.file.close()
-        if is_local(self.fs):
+            self.file.close()
             self.fs.mv(self.target, self.final)
+            return
+        self.file.seek(0)
+        data = self.file.read()
+        self.file.close()
+        self.fs.pipe_file(self.final, data)
 
     def abort(self) -> None:
         try:
-            self.file.close()
-        finally:
-            if is_local(self.fs) and self.fs.exists(self.target):
-                self.fs.rm(self.target)
+            self.tar.close()  # flush tarfile's stream buffer now, not at garbage collection
+        except (OSError, ValueError, tarfile.TarError):
+            pass
+        self.file.close()
+        if self.local and self.fs.exists(self.target):
+            self.fs.rm(self.target)
 
 
 class ShardWriter:
@@ -173,11 +181,43 @@ class ShardWriter:
         self.closed_shards.append(shard.name)
 
 
+class _Tracked:
+    """Read-through wrapper remembering how many bytes passed and the last few records of them."""
+
+    keep = 2 * tarfile.RECORDSIZE + 2 * _BLOCK
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw, self.total, self.tail = raw, 0, b""
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.total += len(data)
+        self.tail = (self.tail + data)[-self.keep:]
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 16):
+            pass
+
+
+def _check_end(tracked: _Tracked, offset: int) -> None:
+    # A stream cut exactly between members looks like a shorter, valid tar to tarfile: demand the
+    # end-of-archive marker (two zero blocks) after the last member.
+    tracked.drain()
+    trailing = tracked.total - offset
+    if trailing < 2 * _BLOCK:
+        raise CorruptShardError("tar stream ends without its end-of-archive marker (truncated between members)")
+    after = tracked.tail[len(tracked.tail) - trailing:][: 2 * _BLOCK] if trailing <= len(tracked.tail) else b"x"
+    if after.strip(b"\x00"):
+        raise CorruptShardError("unexpected data after the tar end-of-archive marker")
+
+
 def iter_members(fileobj: IO[bytes]) -> Iterator[tuple[str, bytes]]:
     """Stream (name, bytes) of every member; UnsafeMemberError / CorruptShardError on anything odd."""
     seen: set[str] = set()
+    tracked = _Tracked(fileobj)
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        with tarfile.open(fileobj=tracked, mode="r|") as tar:
             for info in tar:
                 check_member(info)
                 if info.name in seen:
@@ -187,6 +227,7 @@ def iter_members(fileobj: IO[bytes]) -> Iterator[tuple[str, bytes]]:
                 if len(data) != info.size:
                     raise CorruptShardError(f"tar member {info.name!r} is truncated ({len(data)} of {info.size} bytes)")
                 yield info.name, data
+            _check_end(tracked, tar.offset)
     except tarfile.TarError as exc:
         raise CorruptShardError(f"unreadable tar stream: {exc}") from exc
 

@@ -144,9 +144,16 @@ def _apply_exif(img: Any) -> tuple[Any, list[str]]:
     return ImageOps.exif_transpose(img), [f"exif-orientation-{orientation}"]
 
 
+def _check_complete(img: Any, data: bytes, name: str) -> None:
+    # PIL stops at the last IDAT and never looks for IEND: a PNG cut after its pixels would pass.
+    if img.format == "PNG" and data.rstrip(b"\x00")[-8:-4] != b"IEND":
+        raise InvalidImage(TRUNCATED, f"{name}: PNG has no IEND chunk at its end (file cut short)")
+
+
 def check_image(data: bytes, *, name: str, limits: Any = None) -> ValidatedImage:
     """Validate and normalize one image; InvalidImage(reason) when it must be refused."""
     img = _open(data, name, limits)
+    _check_complete(img, data, name)
     _check_size(img, name, limits)
     _load(img, name)
     img, notes = _apply_exif(img)
