@@ -4,7 +4,7 @@ It speaks `POST /v1/chat/completions` (stdlib ThreadingHTTPServer, one thread pe
 each request according to a per-sample plan (the `X-Layerloop-Sample` header the judge sends): a list of
 behaviours consumed one per attempt, the last repeated. Behaviours:
 
-    ok          valid JSON scores (`scores`, on the judge's 1-5 scale by default)
+    ok          valid JSON scores (`scores`, on the judge's 1-5 scale by default), or `responder(payload)`
     sleep       sleep `sleep_s` (past the client's timeout), then answer ok
     429 / 500 / 503 / 400   that HTTP status with an error body (429 carries Retry-After: 0)
     malformed   content that is not JSON
@@ -33,6 +33,7 @@ class ScriptedChatServer:
         self.latency_s, self.sleep_s, self.default = latency_s, sleep_s, default
         self.scores = dict(scores or {c: 4 for c in CRITERIA})
         self.plans: dict[str, list[str]] = {}
+        self.responder = None  # optional callable(request payload) -> content of an "ok" answer
         self.requests: list[dict] = []
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -82,8 +83,8 @@ def _completion(content: str, finish_reason: str = "stop", model: str = "scripte
     return json.dumps(body).encode()
 
 
-def _content_for(server: ScriptedChatServer, behaviour: str) -> tuple[str, str]:
-    good = json.dumps({**server.scores, "comment": "scripted"})
+def _content_for(server: ScriptedChatServer, behaviour: str, payload: dict) -> tuple[str, str]:
+    good = server.responder(payload) if server.responder else json.dumps({**server.scores, "comment": "scripted"})
     if behaviour == "malformed":
         return "Sure! The logo looks clean, I'd say 4 out of 5.", "stop"
     if behaviour == "truncated":
@@ -134,7 +135,7 @@ def _make_handler(server: ScriptedChatServer):
             if behaviour.isdigit():
                 err = json.dumps({"error": {"message": f"scripted {behaviour}", "code": int(behaviour)}}).encode()
                 return self._send(int(behaviour), err, {"Retry-After": "0"} if behaviour == "429" else None)
-            content, finish = _content_for(server, behaviour)
+            content, finish = _content_for(server, behaviour, payload)
             self._send(200, _completion(content, finish, payload.get("model", "scripted")))
 
     return Handler

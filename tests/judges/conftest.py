@@ -44,7 +44,9 @@ class GroundTruthSampler:
 
     def decompose(self, composites):
         self.calls.append(("decompose", len(composites)))
-        return [dict(self._layers[c.tobytes()]) for c in composites]
+        # an unknown composite is "decomposed" into a blank logo and itself: a model that separates nothing
+        blank = {"logo": Image.new("RGB", composites[0].size, "white")} if composites else {}
+        return [dict(self._layers.get(c.tobytes(), {**blank, "object": c})) for c in composites]
 
     def synthesize(self, layers):
         self.calls.append(("synthesize", len(layers)))
