@@ -35,11 +35,12 @@ def triplet(i: int, size=(16, 16)) -> dict[str, bytes]:
 
 
 def samples(prefix: str, n: int, accepted=lambda i: True):
-    """(row fields, panels) pairs as the RoundWriter takes them."""
+    """(row fields, panels) pairs as the RoundWriter takes them; pixels depend on prefix and index."""
+    base = zlib.crc32(prefix.encode()) % 50 * 5
     for i in range(n):
         yield ({S.SAMPLE_ID: f"{prefix}-{i:03d}", S.SOURCE: "generated", S.PROMPT: f"prompt {i}",
                 S.ACCEPTED: accepted(i), S.REASON: None if accepted(i) else "judge: low score",
-                S.SCORE_OVERALL: (i % 10) / 10}, triplet(i))
+                S.SCORE_OVERALL: (i % 10) / 10}, triplet(base + i))
 
 
 def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
