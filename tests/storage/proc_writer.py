@@ -1,0 +1,53 @@
+"""Child process for the crash and conflict tests (run as a script, never imported by pytest).
+
+  proc_writer.py crash STORE      write unit u0, then stall inside unit u1's second shard (the parent SIGKILLs it)
+  proc_writer.py commit STORE TAG GO   write a unit, print READY, wait for file GO, then commit round 0
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from storage.errors import CommitConflictError  # noqa: E402
+from storage.rounds import RoundStore  # noqa: E402
+from tests.storage.helpers import samples  # noqa: E402
+
+UNITS = {"u0": ("a", 5), "u1": ("b", 5), "u2": ("c", 4)}
+
+
+def begin(store: RoundStore):
+    return store.begin(0, parent_round=None, adapter_id=None, config={"k": 1}, shard_max_samples=2)
+
+
+def crash(uri: str) -> None:
+    w = begin(RoundStore(uri))
+    w.write_unit("u0", samples(*UNITS["u0"]))
+
+    def stalling():
+        for i, s in enumerate(samples(*UNITS["u1"])):
+            if i == 3:  # shard 0 of u1 is renamed, shard 1 holds one sample in its temp file
+                print("STALLED", flush=True)
+                time.sleep(60)
+            yield s
+
+    w.write_unit("u1", stalling())
+
+
+def commit(uri: str, tag: str, go: str) -> None:
+    w = begin(RoundStore(uri))
+    w.write_unit(f"unit-{tag}", samples(tag, 3))
+    print("READY", flush=True)
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    try:
+        w.commit(w.rows().query(f"unit == 'unit-{tag}'"))
+        print("WON", flush=True)
+    except CommitConflictError as exc:
+        print(f"CONFLICT {exc}", flush=True)
+
+
+if __name__ == "__main__":
+    {"crash": crash, "commit": commit}[sys.argv[1]](*sys.argv[2:])
