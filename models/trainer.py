@@ -155,27 +155,32 @@ class DataCache:
 
 def build_cache(codec: FillCodec, triplets: list[dict], captions: list[str] | None, seed: int,
                 with_generate: bool) -> DataCache:
-    """Encode every triplet once (VAE latents and Fill conditioning per task), in small batches."""
-    import torch
-
+    """Encode every triplet once (VAE latents and Fill conditioning per task) and its text conditioning."""
     grids = [_grid_of(codec, trip, i) for i, trip in enumerate(triplets)]
     caps = list(captions) if captions is not None else [None] * len(grids)
     tasks = ["decompose", "synthesize"] + (["generate"] if with_generate else [])
-    gen = torch.Generator().manual_seed(_mix(seed, -1))
-    x0, cond = [], {t: [] for t in tasks}
-    with torch.no_grad():
-        for lo in range(0, len(grids), 16):
-            px = codec.pixels(grids[lo:lo + 16])
-            x0.append(codec.encode(px, gen).cpu())
-            for t in tasks:
-                cond[t].append(codec.condition(px, [t] * px.shape[0], gen).cpu())
+    x0, cond = encode_views(codec, grids, tasks, seed)
     embeds = {(t, None): codec.backbone.task_embeddings(t) for t in OPPOSITE}
     embeds[("", None)] = codec.backbone.embed_prompt("")
     if with_generate:
         for c in set(caps):
             embeds[("generate", c)] = codec.backbone.task_embeddings("generate", c)
-    return DataCache(grids, torch.cat(x0), {t: torch.cat(v) for t, v in cond.items()}, embeds, caps,
-                     _data_fingerprint(grids, caps))
+    return DataCache(grids, x0, cond, embeds, caps, _data_fingerprint(grids, caps))
+
+
+def encode_views(codec: FillCodec, grids: list, tasks: list[str], seed: int, chunk: int = 16):
+    """(x0 latents, {task: Fill conditioning}) of `grids`, on the CPU, encoded in small batches."""
+    import torch
+
+    gen = torch.Generator().manual_seed(_mix(seed, -1))
+    x0, cond = [], {t: [] for t in tasks}
+    with torch.no_grad():
+        for lo in range(0, len(grids), chunk):
+            px = codec.pixels(grids[lo:lo + chunk])
+            x0.append(codec.encode(px, gen).cpu())
+            for t in tasks:
+                cond[t].append(codec.condition(px, [t] * px.shape[0], gen).cpu())
+    return torch.cat(x0), {t: torch.cat(v) for t, v in cond.items()}
 
 
 def _grid_of(codec: FillCodec, triplet: dict, index: int):

@@ -1,0 +1,256 @@
+"""GPU benchmark of the trainer's step on FLUX.1-Fill-dev's real shapes (random weights, no download).
+
+Builds FluxTransformer2DModel with FLUX.1-Fill-dev's config (11.9 B parameters) and the FLUX VAE's
+config, both randomly initialised straight on the GPU in bf16, attaches the trainer's LoRA (rank 32,
+default targets) and runs `models.trainer.CycleTrainer.step` -- the very step code of train_lora -- on
+a 3x512 triptych (3,072 image tokens + 512 cached text tokens) with gradient checkpointing:
+
+  * flow-matching step (cycle weight 0) and flow-matching + cycle step (one-step intermediate);
+  * step seconds, peak GPU memory, MFU against 790 TFLOP/s, counting the transformer FLOPs the
+    step really performs (NOTES.md: forward ~ 2*6.45e9*T + 4*57*3072*T^2 per sample, backward 2x);
+  * triptych inference seconds at 28 steps through FluxFillPipeline, eager and torch.compile'd.
+
+Goals (issue #3): >= 35 % MFU, <= 40 GB peak, <= 3 s compiled inference on one H100.
+
+    python bench/train_gpu.py                 # one H100, < 8 min
+    python bench/train_gpu.py --quick         # CPU smoke run at tiny sizes (seconds)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PEAK_TFLOPS = 790.0
+FLUX_FILL_TRANSFORMER = dict(
+    patch_size=1, in_channels=384, out_channels=64, num_layers=19, num_single_layers=38,
+    attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+    guidance_embeds=True, axes_dims_rope=[16, 56, 56],
+)
+FLUX_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=16, down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+    norm_num_groups=32, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
+    use_quant_conv=False, use_post_quant_conv=False, force_upcast=True,
+)
+FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                      max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="CPU smoke run with the tiny configs")
+    p.add_argument("--panel", type=int, default=512)
+    p.add_argument("--text-len", type=int, default=512)
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=5, help="timed training steps per variant")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--infer-steps", type=int, default=28)
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--no-checkpointing", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.panel, args.text_len, args.rank, args.steps, args.warmup, args.infer_steps = 32, 16, 4, 2, 1, 2
+        args.no_compile = True
+    return args
+
+
+def build(args):
+    """A Backbone of FLUX-shaped random modules (no text encoders: embeddings are cached tensors)."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    from models.config import DEFAULT_PROMPT_TEMPLATES
+    from models.factory import Backbone
+    from models.grid import LayerSchema
+
+    if args.quick:
+        from models import tiny
+
+        t_cfg, v_cfg, s_cfg = tiny.transformer_config(), tiny.vae_config(), tiny.scheduler_config()
+        device, dtype = torch.device("cpu"), torch.float32
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA device: run with --quick for the CPU smoke run")
+        t_cfg, v_cfg, s_cfg = FLUX_FILL_TRANSFORMER, FLUX_VAE, FLUX_SCHEDULER
+        device, dtype = torch.device("cuda"), torch.bfloat16
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):  # initialise on the GPU: 12 B fp32 weights would not fit host RAM
+            transformer = FluxTransformer2DModel(**t_cfg)
+            vae = AutoencoderKL(**v_cfg)
+    finally:
+        torch.set_default_dtype(previous)
+    transformer.requires_grad_(False).eval()
+    vae.requires_grad_(False).eval()
+    if not args.no_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    return Backbone(
+        transformer=transformer, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
+        tokenizer_2=None, scheduler=FlowMatchEulerDiscreteScheduler(**s_cfg), schema=LayerSchema(),
+        panel_size=args.panel, device=device, dtype=dtype, prompt_templates=dict(DEFAULT_PROMPT_TEMPLATES),
+        max_sequence_length=args.text_len, base_id="random-flux-fill-shapes",
+    )
+
+
+def cached_embeddings(backbone, args):
+    """Stand-ins for the cached T5/CLIP task embeddings (the trainer never runs the encoders per step)."""
+    import torch
+
+    cfg = backbone.transformer.config
+    gen = torch.Generator().manual_seed(0)
+
+    def one():
+        pe = torch.randn(1, args.text_len, cfg.joint_attention_dim, generator=gen).to(backbone.device, backbone.dtype)
+        pooled = torch.randn(1, cfg.pooled_projection_dim, generator=gen).to(backbone.device, backbone.dtype)
+        return pe, pooled, torch.zeros(args.text_len, 3, device=backbone.device, dtype=backbone.dtype)
+
+    return {("decompose", None): one(), ("synthesize", None): one(), ("", None): one()}
+
+
+def random_grids(n: int, backbone):
+    import numpy as np
+    from PIL import Image
+
+    w, h = backbone.schema.grid_size(backbone.panel_size)
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def make_trainer(backbone, args, cycle: bool):
+    from models.config import LoraConfig, TrainConfig
+    from models.trainer import CycleTrainer, DataCache, FillCodec, attach_lora, encode_views
+
+    codec = FillCodec(backbone)
+    grids = random_grids(max(4, args.batch), backbone)
+    x0, cond = encode_views(codec, grids, ["decompose", "synthesize"], seed=0, chunk=1)
+    cache = DataCache(grids, x0, cond, cached_embeddings(backbone, args), [None] * len(grids), "bench")
+    params = attach_lora(backbone.transformer, LoraConfig(rank=args.rank), seed=0)
+    cfg = TrainConfig(batch_size=args.batch, cycle_weight=0.5 if cycle else 0.0, cycle_warmup_steps=0, lr=1e-4)
+    return CycleTrainer(backbone, cache, codec, cfg, params)
+
+
+def flops_forward(tokens: int) -> float:
+    """NOTES.md: FLUX forward FLOPs per sample for `tokens` image + text tokens."""
+    return 2 * 6.45e9 * tokens + 4 * 57 * 3072 * tokens ** 2
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_training(backbone, args, cycle: bool) -> dict:
+    """Seconds per step and peak memory of CycleTrainer.step; the LoRA is removed afterwards."""
+    import torch
+
+    from models.trainer import detach_lora
+
+    trainer = make_trainer(backbone, args, cycle)
+    backbone.transformer.train()
+    try:
+        for k in range(args.warmup):
+            trainer.step(k)
+        _sync(backbone.device)
+        if backbone.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for k in range(args.warmup, args.warmup + args.steps):
+            trainer.step(k)
+        _sync(backbone.device)
+        sec = (time.perf_counter() - t0) / args.steps
+    finally:
+        backbone.transformer.eval()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        detach_lora(backbone.transformer)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if backbone.device.type == "cuda" else float("nan")
+    tokens = trainer.cache.x0.shape[1] + args.text_len
+    # FM: fwd+bwd on B; cycle: + a no-grad fwd on B (intermediate) + fwd+bwd on the B cycled samples
+    fwd_equiv = 3 * args.batch + ((1 + 3) * args.batch if cycle else 0)
+    flops = fwd_equiv * flops_forward(tokens)
+    return {"sec": sec, "peak_gb": peak, "tflops": flops / sec / 1e12, "mfu": flops / sec / (PEAK_TFLOPS * 1e12),
+            "tokens": tokens}
+
+
+def time_inference(backbone, args, compiled: bool) -> dict:
+    """Seconds of one decomposition triptych through FluxFillPipeline at `infer_steps` steps."""
+    import torch
+
+    from models.grid import task_mask
+
+    pipe = backbone.pipeline()
+    original = pipe.transformer
+    compile_s = 0.0
+    if compiled:
+        pipe.transformer = torch.compile(original, fullgraph=False)
+    emb = cached_embeddings(backbone, args)[("decompose", None)]
+    grid = random_grids(1, backbone)[0]
+    w, h = backbone.schema.grid_size(backbone.panel_size)
+    kwargs = dict(image=grid, mask_image=task_mask("decompose", backbone.schema, backbone.panel_size),
+                  prompt_embeds=emb[0], pooled_prompt_embeds=emb[1], height=h, width=w, guidance_scale=30.0,
+                  max_sequence_length=args.text_len, output_type="pil")
+    try:
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            pipe(num_inference_steps=2, generator=torch.Generator().manual_seed(0), **kwargs)  # warm-up / compile
+            _sync(backbone.device)
+            compile_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            pipe(num_inference_steps=args.infer_steps, generator=torch.Generator().manual_seed(0), **kwargs)
+            _sync(backbone.device)
+            sec = time.perf_counter() - t0
+    finally:
+        pipe.transformer = original
+    return {"sec": sec, "warmup_s": compile_s}
+
+
+def main(argv=None) -> list[dict]:
+    import torch
+
+    args = parse_args(argv)
+    torch.set_num_threads(2 if args.quick else torch.get_num_threads())
+    t_start = time.perf_counter()
+    backbone = build(args)
+    n_params = sum(p.numel() for p in backbone.transformer.parameters())
+    device_name = torch.cuda.get_device_name() if backbone.device.type == "cuda" else "cpu"
+    print(f"device {device_name}; transformer {n_params / 1e9:.2f} B params; build {time.perf_counter() - t_start:.1f} s;"
+          f" triptych 3x{args.panel}, batch {args.batch}, LoRA rank {args.rank},"
+          f" checkpointing {not args.no_checkpointing}", flush=True)
+    rows = []
+    for cycle in (False, True):
+        r = time_training(backbone, args, cycle)
+        rows.append({"what": "train step, flow matching" + (" + cycle (one-step)" if cycle else ""), **r})
+        print(rows[-1], flush=True)
+    for compiled in ([False] if args.no_compile else [False, True]):
+        r = time_inference(backbone, args, compiled)
+        rows.append({"what": f"inference {args.infer_steps} steps, " + ("torch.compile" if compiled else "eager"), **r})
+        print(rows[-1], flush=True)
+    print_table(rows, device_name, time.perf_counter() - t_start)
+    return rows
+
+
+def print_table(rows: list[dict], device_name: str, total_s: float) -> None:
+    print(f"\n| {device_name} | seconds | peak GB | TFLOP/s | MFU (of {PEAK_TFLOPS:.0f}) | warm-up s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        cells = [f"{r['sec']:.3f}", _fmt(r.get("peak_gb"), ".1f"), _fmt(r.get("tflops"), ".1f"),
+                 _fmt(r.get("mfu"), ".1%"), _fmt(r.get("warmup_s"), ".1f")]
+        print(f"| {r['what']} | " + " | ".join(cells) + " |")
+    print(f"\ntotal wall time {total_s:.0f} s; goals: MFU >= 35 %, peak <= 40 GB, compiled inference <= 3 s")
+
+
+def _fmt(value, spec: str) -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    return format(value, spec)
+
+
+if __name__ == "__main__":
+    main()
