@@ -1,0 +1,114 @@
+"""Sampling with the (optionally LoRA-adapted) Fill backbone: decompose, synthesize, generate.
+
+Every task is one FluxFillPipeline call over the in-context grid with the task's mask and cached task
+embeddings: Euler flow-matching steps (`SampleConfig.steps`), FLUX guidance (`SampleConfig.guidance`).
+Known panels are returned from the input untouched; only masked panels come from the model. Noise is
+seeded per item from `SampleConfig.seed` and the item's content, so an item's result does not depend
+on which batch it lands in (CPU kernels still differ by ~1e-4 between runs: compare with a tolerance).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Mapping, Sequence
+
+from PIL import Image
+
+from models.config import SampleConfig
+from models.grid import (
+    COMPOSITE, GridError, fill_missing, generated_panels, given_panels, make_grid, split_grid, task_mask,
+)
+
+
+class Sampler:
+    """Runs the grid tasks on a backbone; `adapter_dir=None` means the base model without any LoRA."""
+
+    def __init__(self, backbone: Any, adapter_dir: str | None, cfg: SampleConfig):
+        from models.lora_io import load_adapter, unload_adapter
+
+        self.backbone, self.cfg, self.adapter_dir = backbone, cfg, adapter_dir
+        # the backbone is shared: make sure it carries exactly the adapter this sampler was asked for
+        if adapter_dir:
+            load_adapter(backbone, adapter_dir)
+        else:
+            unload_adapter(backbone)
+
+    def decompose(self, composites: Sequence[Image.Image]) -> list[dict[str, Image.Image]]:
+        """Composite -> its layers (tau_D); returns only the layer panels."""
+        triplets = self.run("decompose", [{COMPOSITE: c} for c in composites])
+        return [{k: t[k] for k in self.backbone.schema.layers} for t in triplets]
+
+    def synthesize(self, layers: Sequence[Mapping[str, Image.Image]]) -> list[Image.Image]:
+        """Layers -> composite (tau_C)."""
+        return [t[COMPOSITE] for t in self.run("synthesize", [dict(x) for x in layers])]
+
+    def generate(self, prompts: Sequence[str]) -> list[dict[str, Image.Image]]:
+        """Text -> a full triplet (tau_G), the prompt filling the generate template's caption slot."""
+        if any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise ValueError("generate needs non-empty text prompts")
+        return self.run("generate", [{} for _ in prompts], captions=list(prompts))
+
+    def run(self, task: str, items: Sequence[Mapping[str, Image.Image]],
+            captions: Sequence[str] | None = None) -> list[dict[str, Image.Image]]:
+        """Any task over items holding exactly the task's given panels; returns full triplets, batched."""
+        if captions is not None and len(captions) != len(items):
+            raise ValueError(f"{len(captions)} captions for {len(items)} items")
+        prepared = [self._prepare(task, item, i) for i, item in enumerate(items)]
+        out: list[dict[str, Image.Image]] = []
+        for start in range(0, len(prepared), self.cfg.batch_size):
+            chunk = prepared[start:start + self.cfg.batch_size]
+            caps = captions[start:start + len(chunk)] if captions is not None else [None] * len(chunk)
+            out.extend(self._run_batch(task, chunk, caps))
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _prepare(self, task: str, item: Mapping[str, Image.Image], index: int) -> dict:
+        """Check one item, bring its panels to the backbone's panel size, remember the caller's size."""
+        want = set(given_panels(task, self.backbone.schema))
+        if set(item) != want:
+            raise GridError(f"item {index} for '{task}' has panels {sorted(item)}; expected {sorted(want)}")
+        size = self.backbone.panel_size
+        sizes = {im.size for im in item.values()}
+        if len(sizes) > 1 or any(w != h for w, h in sizes):
+            raise GridError(f"item {index}: panels must be square and equally sized; got {sorted(sizes)}")
+        side = sizes.pop()[0] if sizes else size
+        panels = {k: _fit(im, size) for k, im in item.items()}
+        return {"given": dict(item), "panels": panels, "side": side}
+
+    def _run_batch(self, task: str, chunk: list[dict], captions: Sequence[str | None]) -> list[dict]:
+        import torch
+
+        bb, schema, size = self.backbone, self.backbone.schema, self.backbone.panel_size
+        grids = [make_grid(fill_missing(c["panels"], schema, size), schema) for c in chunk]
+        embeds = [bb.task_embeddings(task, cap) for cap in captions]
+        width, height = bb.grid_size
+        result = bb.pipeline()(
+            prompt_embeds=torch.cat([e[0] for e in embeds]),
+            pooled_prompt_embeds=torch.cat([e[1] for e in embeds]),
+            image=grids, mask_image=task_mask(task, schema, size), height=height, width=width,
+            num_inference_steps=self.cfg.steps, guidance_scale=self.cfg.guidance,
+            generator=[self._generator(task, g, cap) for g, cap in zip(grids, captions)],
+            output_type="pil",
+        )
+        return [self._assemble(task, c, img) for c, img in zip(chunk, result.images)]
+
+    def _assemble(self, task: str, item: dict, grid: Image.Image) -> dict[str, Image.Image]:
+        """Known panels from the input (as given), generated ones from the output at the input's size."""
+        made = split_grid(grid, self.backbone.schema)
+        out = {name: _fit(made[name], item["side"]) for name in generated_panels(task, self.backbone.schema)}
+        out.update({name: im.convert("RGB") for name, im in item["given"].items()})
+        return {name: out[name] for name in self.backbone.schema.panels}
+
+    def _generator(self, task: str, grid: Image.Image, caption: str | None):
+        """A CPU generator seeded from the config seed and the item's content (same input -> same noise)."""
+        import torch
+
+        h = hashlib.sha256(f"{self.cfg.seed}|{task}|{caption or ''}|".encode())
+        h.update(grid.tobytes())
+        return torch.Generator().manual_seed(int.from_bytes(h.digest()[:8], "little") & (2**63 - 1))
+
+
+def _fit(img: Image.Image, side: int) -> Image.Image:
+    """RGB at side x side; resampled (bicubic) only when the size differs."""
+    rgb = img.convert("RGB")
+    return rgb if rgb.size == (side, side) else rgb.resize((side, side), Image.BICUBIC)
