@@ -1,0 +1,66 @@
+"""The data commands through typer's runner: init, ingest-seeds, rounds, verify, gc, and exit code 2."""
+from __future__ import annotations
+
+import typer
+from typer.testing import CliRunner
+
+from flows import cli_data
+
+from .helpers import triplet, write_item
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    cli_data.register(app)
+    return app
+
+
+def test_init_ingest_show_verify_gc(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = str(tmp_path / "store")
+    for i in range(3):
+        write_item(tmp_path / "seeds", f"s{i}", triplet(i), meta={"caption": f"thing {i}", "kind": "mug"})
+    write_item(tmp_path / "seeds", "broken", {**triplet(9), "logo": b"not a png"})
+    run = CliRunner().invoke
+    app = _app()
+    r = run(app, ["init", "--store", store])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "layerloop.yaml").read_text().lstrip().startswith("#")
+    r = run(app, ["ingest-seeds", str(tmp_path / "seeds")], env={"LAYERLOOP_STORE": store})
+    assert r.exit_code == 0, r.output
+    assert "3 accepted of 4" in r.output and "1 x not_an_image" in r.output
+    r = run(app, ["rounds", "show", "0", "--store", store])
+    assert r.exit_code == 0 and "3 accepted, 0 rejected" in r.output and "kinds (accepted): mug=3" in r.output
+    r = run(app, ["rounds", "list", "--store", store])
+    assert r.exit_code == 0 and "0000" in r.output
+    r = run(app, ["verify", "--store", store])
+    assert r.exit_code == 0 and "ok" in r.output
+    r = run(app, ["gc", "--grace", "0", "--store", store])
+    assert r.exit_code == 0 and "_work" in r.output
+
+
+def test_bad_input_exits_2_with_what_to_fix(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run, app, store = CliRunner().invoke, _app(), str(tmp_path / "store")
+    r = run(app, ["ingest-seeds", str(tmp_path / "missing"), "--store", store])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    r = run(app, ["rounds", "show", "4", "--store", store])
+    assert r.exit_code == 2 and "round 4 is not committed" in r.output
+    r = run(app, ["synth", "train", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "seeds, pool, test" in r.output
+    (tmp_path / "layerloop.yaml").write_text("store:\n  urii: typo\n")
+    r = run(app, ["rounds", "list"])
+    assert r.exit_code == 2 and "urii" in r.output
+
+
+def test_verify_exits_1_on_tampering(tmp_path):
+    store = tmp_path / "store"
+    write_item(tmp_path / "seeds", "s0", triplet(1))
+    app = _app()
+    assert CliRunner().invoke(app, ["ingest-seeds", str(tmp_path / "seeds"), "--store", str(store)]).exit_code == 0
+    shard = next((store / "rounds/round-0000/shards").iterdir())
+    data = bytearray(shard.read_bytes())
+    data[512 + 30] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    r = CliRunner().invoke(app, ["verify", "--store", str(store)])
+    assert r.exit_code == 1 and "does not match" in r.output
