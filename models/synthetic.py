@@ -304,13 +304,13 @@ _LOGO_SPAN = {"mug": 0.5, "bottle": 0.6, "can": 0.6, "box": 0.7, "t-shirt": 0.62
 
 # ---------------------------------------------------------------- logos
 
-def _logo_rgba(rng, tex: int, shape: str, rgb, text: str, text_rgb) -> np.ndarray:
+def _logo_rgba(tex: int, shape: str, rgb, text: str, text_rgb) -> np.ndarray:
     """The logo artwork (premultiplied RGBA in [0, 1]) on a transparent tex x tex square."""
     img = Image.new("RGBA", (tex, tex), (0, 0, 0, 0))
     draw = ImageDraw.Draw(img)
     _draw_shape(draw, shape, tex, tuple(rgb) + (255,))
-    inside_ring = shape == "ring"
-    fill = tuple(rgb if inside_ring else text_rgb) + (255,)
+    # a ring has no fill behind its text, so the text takes the ring's colour to read on white
+    fill = tuple(rgb if shape == "ring" else text_rgb) + (255,)
     _draw_text(draw, text, tex, fill)
     a = np.asarray(img, np.float32) / 255
     a[..., :3] *= a[..., 3:4]
@@ -478,7 +478,7 @@ def render_triplet(seed: int, size: int = 32) -> tuple[dict[str, Image.Image], d
     shape, text = str(rng.choice(SHAPES)), str(rng.choice(WORDS))
     style = _style(rng, kind, obj_c)
     canvas, shininess = _PRODUCTS[kind](rng, res, style)
-    logo = _logo_rgba(rng, max(256, 2 * size), shape, COLOURS[logo_c], text, COLOURS[text_c])
+    logo = _logo_rgba(max(256, 2 * size), shape, COLOURS[logo_c], text, COLOURS[text_c])
     ink, cover = _print_logo(canvas, logo, _logo_rect(rng, kind, canvas))
     shade, spec = _shade(canvas, style, shininess)
     bg = _background(rng, canvas)
@@ -515,7 +515,8 @@ def item_seed(split: str, index: int, seed: int) -> int:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(_SPLIT_STREAM[split], int(index)))
-    return int(ss.generate_state(2, np.uint32).astype(np.uint64) @ np.array([1 << 32, 1], np.uint64))
+    hi, lo = (int(x) for x in ss.generate_state(2, np.uint32))
+    return (hi << 32) | lo
 
 
 def make_split(split: str, n: int, size: int, seed: int) -> Iterator[tuple[str, dict, dict]]:
