@@ -37,7 +37,7 @@ class ScriptedChatServer:
         self.requests: list[dict] = []
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd = _Server(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
@@ -75,6 +75,10 @@ class ScriptedChatServer:
             self.in_flight -= 1
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog of 5 refuses connections under a burst of concurrency
+
+
 def _completion(content: str, finish_reason: str = "stop", model: str = "scripted") -> bytes:
     body = {"id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "finish_reason": finish_reason,
@@ -101,6 +105,7 @@ def _content_for(server: ScriptedChatServer, behaviour: str, payload: dict) -> t
 def _make_handler(server: ScriptedChatServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes: Nagle + delayed ACK would add 40 ms
 
         def log_message(self, *args) -> None:  # keep test output clean
             return
@@ -116,6 +121,13 @@ def _make_handler(server: ScriptedChatServer):
                 self.wfile.write(body)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout); nothing to answer
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") != "/stats":
+                return self._send(404, b'{"error": {"message": "not found"}}')
+            with server._lock:
+                stats = {"requests": len(server.requests), "max_in_flight": server.max_in_flight}
+            self._send(200, json.dumps(stats).encode())
 
         def do_POST(self) -> None:
             payload = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
@@ -139,3 +151,20 @@ def _make_handler(server: ScriptedChatServer):
             self._send(200, _completion(content, finish, payload.get("model", "scripted")))
 
     return Handler
+
+
+def main() -> None:
+    """Serve in a process of its own (bench/judge.py), so the server's threads do not share the client's GIL."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="scripted OpenAI-compatible chat server")
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args()
+    with ScriptedChatServer(latency_s=args.latency) as srv:
+        print(srv.base_url, flush=True)
+        sys.stdin.read()  # serve until the parent closes our stdin
+
+
+if __name__ == "__main__":
+    main()
