@@ -9,7 +9,9 @@ error e(., .) in [0, 1] and s(e) = 1 - min(1, e / error_scale), w = cycle_weight
     composite_consistent = w * s(e(C', C)) + (1 - w) * s(e(C*, C))
     realism              = w * s(e(C', C)) + (1 - w) * min(1, grey_std(C) / contrast_target)
 
-`details` carries the per-layer cycle errors and `cycle_error` (mean of e(L',L), e(O',O), e(C',C)).
+`details` carries the per-layer errors (`cycle_error_logo`, `cycle_error_object`, `cycle_error_composite`,
+`cycle_error_synthesis`) and `cycle_error` = e(C', C), the same number as models.metrics.cycle_error of the
+composite round trip, so the flow's cycle stage can reuse it instead of decomposing twice.
 No VLM is involved: this is a weak but free judge, calibrated against the oracle (calibration.py).
 """
 from __future__ import annotations
@@ -64,5 +66,5 @@ class CycleJudge(Judge):
         w = cfg.cycle_weight
         scores = {c: min(1.0, max(0.0, w * cycle[c] + (1.0 - w) * stats[c])) for c in stats}
         details = {f"cycle_error_{k}": v for k, v in e.items()}
-        details.update(cycle_error=(e["logo"] + e["object"] + e["composite"]) / 3.0, logo_residue=residue)
+        details.update(cycle_error=e["composite"], logo_residue=residue)
         return self.result(item.sample_id, scores, latency_s=latency, details=details)

@@ -75,8 +75,8 @@ def test_cycle_judge_separates_good_from_bad(triplets):
         for crit in ("logo_clean", "object_clean"):
             assert g.scores[crit] > b.scores[crit] + 0.2, crit
         assert all(0.0 <= g.scores[c] <= 1.0 for c in CRITERIA)
-        assert g.details["cycle_error"] == pytest.approx(0.0, abs=1e-9)
-        assert b.details["cycle_error"] > 0.01
+        assert g.details["cycle_error_object"] == pytest.approx(0.0, abs=1e-9)
+        assert b.details["cycle_error_object"] > 0.01
     cfg = ThresholdConfig()
     assert all(decide(r.scores, r.overall, cfg)[0] for r in good)
     assert not any(decide(r.scores, r.overall, cfg)[0] for r in bad)
@@ -89,6 +89,25 @@ def test_cycle_judge_flags_a_composite_that_does_not_match_its_layers(triplets):
     assert good.scores["composite_consistent"] == pytest.approx(1.0)
     assert bad.scores["composite_consistent"] < good.scores["composite_consistent"] - 0.1
     assert bad.details["cycle_error_object"] > 0.05 and bad.details["cycle_error_synthesis"] > 0.05
+
+
+class BlurrySampler(GroundTruthSampler):
+    """Re-synthesizes a little off (every pixel +12), like an imperfect model."""
+
+    def synthesize(self, layers):
+        return [Image.fromarray(np.clip(np.asarray(im).astype(int) + 12, 0, 255).astype(np.uint8))
+                for im in super().synthesize(layers)]
+
+
+def test_cycle_error_is_the_metric_of_the_composite_round_trip(triplets):
+    from models.metrics import cycle_error
+
+    sampler = BlurrySampler(triplets)
+    res = build_judge(JudgeConfig(backend="cycle"), sampler=sampler).score([JudgeItem("a", triplets[2])])[0]
+    again = sampler.synthesize(sampler.decompose([triplets[2]["composite"]]))[0]
+    assert res.details["cycle_error"] == pytest.approx(cycle_error(triplets[2]["composite"], again), abs=1e-6)
+    assert res.details["cycle_error"] > 0.02
+    assert res.to_row()["cycle_error"] == res.details["cycle_error"]
 
 
 def test_cycle_judge_is_deterministic(triplets):
