@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -35,6 +36,8 @@ from models.grid import generated_panels, make_grid, panel_size_of, task_mask
 if TYPE_CHECKING:
     import torch
     from PIL import Image
+
+log = logging.getLogger(__name__)
 
 ADAPTER_NAME = "layerloop"
 METRICS_FILE = "metrics.json"
@@ -516,11 +519,17 @@ def train_lora(backbone, triplets: list[dict], cfg: TrainConfig, lora: LoraConfi
     """Train the shared decomposition/synthesis LoRA on `triplets`; write the adapter into `out_dir`.
 
     Resumes from the newest checkpoint in `out_dir` when one of the same config and data exists.
-    Leaves the backbone as it found it (adapter removed): load the result with lora_io.load_adapter.
+    An adapter a Sampler loaded is unloaded first (training on top of it would train the wrong model);
+    the backbone comes back without adapters: load the result with lora_io.load_adapter / a new Sampler.
     """
+    from models.lora_io import unload_adapter
+
     _check_inputs(triplets, cfg, lora, captions, init_adapter)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if getattr(backbone.transformer, "peft_config", None):
+        log.info("unloading adapters %s before training", list(backbone.transformer.peft_config))
+        unload_adapter(backbone)
     codec = FillCodec(backbone)
     params = attach_lora(backbone.transformer, lora, cfg.seed)
     try:

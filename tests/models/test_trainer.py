@@ -232,3 +232,14 @@ def test_generation_samples_use_their_captions(backbone, tmp_path):
                      str(tmp_path), captions=caps)
     assert res.loss_curve[0]["loss_cyc"] is None  # tau_G samples have no cycle counterpart
     assert res.loss_curve[0]["loss_fm"] > 0
+
+
+def test_training_unloads_an_adapter_a_sampler_left_loaded(backbone, tmp_path):
+    from models.lora_io import load_adapter
+
+    first = train_lora(backbone, _triplets(2), _cfg(steps=1), LoraConfig(rank=2), str(tmp_path / "a"))
+    load_adapter(backbone, first.adapter_dir)
+    assert backbone.transformer.peft_config
+    second = train_lora(backbone, _triplets(2), _cfg(steps=1), LoraConfig(rank=2), str(tmp_path / "b"))
+    assert read_adapter_state(second.adapter_dir)
+    assert not getattr(backbone.transformer, "peft_config", None)
