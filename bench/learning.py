@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", default=["identity", "base", "lora", "lora_cycle"])
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--quick", action="store_true", help="tiny counts to check the script")
+    p.add_argument("--model-path", default=None, help="tiny base directory (default: the shipped one)")
     p.add_argument("--random-base", action="store_true",
                    help="use a randomly initialised tiny base when the shipped one is missing (smoke runs only)")
     args = p.parse_args(argv)
@@ -82,7 +83,7 @@ def run(args) -> dict[str, list[dict]]:
     from models.factory import build_backbone
     from models.synthetic import make_split
 
-    backbone = build_backbone(ModelConfig(), allow_random_init=args.random_base)
+    backbone = build_backbone(ModelConfig(path=args.model_path), allow_random_init=args.random_base)
     print(f"base {backbone.base_id}", flush=True)
     size = backbone.panel_size
     train_set = [trip for _, trip, _ in make_split("seeds", args.n_seeds, size, args.data_seed)]
