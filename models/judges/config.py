@@ -97,7 +97,6 @@ class JudgeConfig(_Section):
 
     backend: Literal["cycle", "oracle", "qwen", "openai"] = "cycle"
     overall: Literal["mean", "min"] = Field("mean", description="how criteria combine into the overall score")
-    batch_size: int = Field(16, ge=1, description="items handed to one score() call by the pipeline")
     cycle: CycleJudgeConfig = Field(default_factory=CycleJudgeConfig)
     oracle: OracleJudgeConfig = Field(default_factory=OracleJudgeConfig)
     qwen: QwenJudgeConfig = Field(default_factory=QwenJudgeConfig)

@@ -145,3 +145,16 @@ def test_parse_scores_table(text, finish, match):
     else:
         with pytest.raises(BadResponse, match=match):
             parse_scores(text, finish, cfg)
+
+
+def test_key_from_prefect_secret_block(prefect_harness, triplets, caplog, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    monkeypatch.delenv("LAYERLOOP_TEST_KEY", raising=False)
+    Secret(value="sk-from-block-987654").save("layerloop-judge-key", overwrite=True)
+    caplog.set_level(logging.DEBUG)
+    with ScriptedChatServer() as srv:
+        judge = build_judge(judge_cfg(srv, api_key_secret="layerloop-judge-key"))
+        res = judge.score(items(triplets, 1))
+    assert res[0].error is None and srv.requests[0]["auth"] == "Bearer sk-from-block-987654"
+    assert "sk-from-block-987654" not in caplog.text + repr(judge) + repr(res)
