@@ -243,3 +243,23 @@ def test_training_unloads_an_adapter_a_sampler_left_loaded(backbone, tmp_path):
     second = train_lora(backbone, _triplets(2), _cfg(steps=1), LoraConfig(rank=2), str(tmp_path / "b"))
     assert read_adapter_state(second.adapter_dir)
     assert not getattr(backbone.transformer, "peft_config", None)
+
+
+def test_gradient_checkpointing_gives_the_same_lora_gradients(trainer, backbone):
+    """The GPU path trains with checkpointing on: LoRA gradients must not change (non-reentrant)."""
+    def grads():
+        backbone.transformer.zero_grad(set_to_none=True)
+        trainer.losses(0)["loss"].backward()
+        return {n: p.grad.detach().clone() for n, p in trainer.params.items() if p.grad is not None}
+
+    plain = grads()
+    backbone.transformer.enable_gradient_checkpointing()
+    try:
+        backbone.transformer.train()
+        checkpointed = grads()
+    finally:
+        backbone.transformer.disable_gradient_checkpointing()
+        backbone.transformer.eval()
+    assert plain and set(plain) == set(checkpointed)
+    for n in plain:
+        assert torch.allclose(plain[n], checkpointed[n], atol=1e-5, rtol=1e-3), n
