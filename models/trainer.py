@@ -288,6 +288,18 @@ def _peft_state(transformer) -> dict:
 # --------------------------------------------------------------------------------------------------
 # The training step
 # --------------------------------------------------------------------------------------------------
+@dataclass
+class _Batch:
+    idx: list
+    tasks: list
+    x0: Any
+    cond: Any
+    embeds: tuple
+    t: Any
+    noise: Any
+    x_t: Any
+
+
 class CycleTrainer:
     """Holds the model, data cache and optimizer; `step(k)` runs training step k deterministically."""
 
@@ -390,6 +402,19 @@ class CycleTrainer:
 
         gen = torch.Generator().manual_seed(_mix(self.cfg.seed, step))
         torch.manual_seed(_mix(self.cfg.seed, step))  # LoRA dropout draws from the global RNG
+        b = self.batch(step, gen)
+        weight = losses.cycle_weight_at(step, self.cfg.cycle_weight, self.cfg.cycle_warmup_steps)
+        sel = [k for k, task in enumerate(b.tasks) if task in OPPOSITE] if weight > 0 else []
+        if not sel:
+            v = self.codec.velocity(b.x_t, b.cond, b.t, b.embeds, self.cfg.guidance)
+            return self._combine(v, b.x0, b.noise, {}, weight)
+        v, terms = self.cycle_forward(b, sel, gen)
+        return self._combine(v, b.x0, b.noise, terms, weight)
+
+    def batch(self, step: int, gen: "torch.Generator") -> "_Batch":
+        """Step `step`'s samples: indices, tasks, x0, conditioning, text, t, noise and x_t."""
+        import torch
+
         idx = self.batch_indices(step)
         tasks = self.batch_tasks(len(idx), gen)
         dev = self.codec.device
@@ -398,25 +423,27 @@ class CycleTrainer:
         embeds = self.embeddings(idx, tasks, gen)
         t = losses.logit_normal_t(len(idx), gen, self.cfg.logit_mean, self.cfg.logit_std)
         noise = torch.randn(x0.shape, generator=gen).to(dev, x0.dtype)
-        x_t = losses.noisy_sample(x0, noise, t)
-        weight = losses.cycle_weight_at(step, self.cfg.cycle_weight, self.cfg.cycle_warmup_steps)
-        sel = [k for k, task in enumerate(tasks) if task in OPPOSITE] if weight > 0 else []
-        if not sel:
-            v = self.codec.velocity(x_t, cond, t, embeds, self.cfg.guidance)
-            return self._combine(v, x0, noise, {}, weight)
-        cyc_x0, cyc_cond = self.cycled_inputs([idx[k] for k in sel], [tasks[k] for k in sel], gen)
-        # real and cycled sides in one forward: same noise and t by construction
-        x_all = torch.cat([x_t, losses.noisy_sample(cyc_x0, noise[sel], t[sel])])
-        cond_all = torch.cat([cond, cyc_cond])
-        emb_all = tuple(torch.cat([e, e[sel]]) for e in embeds[:2]) + (embeds[2],)
-        v_all = self.codec.velocity(x_all, cond_all, torch.cat([t, t[sel]]), emb_all, self.cfg.guidance)
-        v, v_cyc = v_all[: len(idx)], v_all[len(idx):]
+        return _Batch(idx, tasks, x0, cond, embeds, t, noise, losses.noisy_sample(x0, noise, t))
+
+    def cycle_forward(self, b: "_Batch", sel: list[int], gen: "torch.Generator"):
+        """Velocities of the batch plus both L_cyc terms over the tau_D / tau_C samples `sel`.
+
+        Real and cycled inputs go through one forward, with the same noise and t by construction.
+        """
+        import torch
+
+        cyc_x0, cyc_cond = self.cycled_inputs([b.idx[k] for k in sel], [b.tasks[k] for k in sel], gen)
+        x_all = torch.cat([b.x_t, losses.noisy_sample(cyc_x0, b.noise[sel], b.t[sel])])
+        emb_all = tuple(torch.cat([e, e[sel]]) for e in b.embeds[:2]) + (b.embeds[2],)
+        v_all = self.codec.velocity(x_all, torch.cat([b.cond, cyc_cond]), torch.cat([b.t, b.t[sel]]), emb_all,
+                                    self.cfg.guidance)
+        v, v_cyc = v_all[: len(b.idx)], v_all[len(b.idx):]
         terms = {}
         for task, name in CYCLE_TERMS.items():
-            rows = [j for j, k in enumerate(sel) if tasks[k] == task]
+            rows = [j for j, k in enumerate(sel) if b.tasks[k] == task]
             if rows:
                 terms[name] = losses.cycle_loss(v[[sel[j] for j in rows]], v_cyc[rows])
-        return self._combine(v, x0, noise, terms, weight)
+        return v, terms
 
     @staticmethod
     def _combine(v, x0, noise, terms: dict, weight: float) -> dict:
