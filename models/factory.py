@@ -181,7 +181,7 @@ def _flux_modules(cfg: ModelConfig, device):
     dtype = _dtype(cfg, "bfloat16")
     try:
         pipe = FluxFillPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         raise BackboneConfigError(
             f"could not load FLUX.1-Fill-dev from '{path}': {exc}. Point model.path at a local "
             "FLUX.1-Fill-dev directory (with model_index.json and safetensors weights)"

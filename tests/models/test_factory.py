@@ -106,3 +106,44 @@ def test_flux_dir_without_model_index_is_named(tmp_path):
 def test_cuda_device_without_cuda_is_a_config_error():
     with pytest.raises(BackboneConfigError, match="CUDA is not available"):
         build_backbone(ModelConfig(device="cuda"), allow_random_init=True)
+
+
+def _pretrain_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "pretrain_tiny_base.py"
+    spec = importlib.util.spec_from_file_location("pretrain_tiny_base", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pretraining_masks_are_binary_nonempty_and_varied():
+    pre = _pretrain_module()
+    rng = np.random.default_rng(0)
+    masks = [pre.random_mask(rng, 3) for _ in range(60)]
+    assert all(m.shape == (32, 96) and set(np.unique(m)) <= {0.0, 1.0} and m.sum() > 0 for m in masks)
+    coverage = sorted(m.mean() for m in masks)
+    assert coverage[0] < 0.2 and coverage[-1] > 0.6  # small holes and whole panels both occur
+
+
+def test_shipped_tiny_base_is_small_and_documents_its_metrics():
+    import json
+
+    if not tiny.assets_present(tiny.ASSET_DIR):
+        pytest.skip("tiny-base assets not committed yet (run scripts/pretrain_tiny_base.py)")
+    total = sum(p.stat().st_size for p in tiny.ASSET_DIR.iterdir())
+    assert total < 20 * 2**20
+    assert not list(tiny.ASSET_DIR.glob("*.bin")) and not list(tiny.ASSET_DIR.glob("*.pt"))
+    meta = json.loads((tiny.ASSET_DIR / tiny.BASE_META).read_text())
+    assert {"vae_psnr_heldout", "inpaint_psnr_masked"} <= set(meta["metrics"])
+
+
+@pytest.mark.slow
+def test_pretrain_smoke_run_writes_a_base_the_factory_loads(tmp_path):
+    metrics = _pretrain_module().main(["--smoke", "--threads", "1", "--out", str(tmp_path)])
+    assert np.isfinite(metrics["vae_psnr_heldout"]) and np.isfinite(metrics["inpaint_psnr_masked"])
+    backbone = build_backbone(ModelConfig(path=str(tmp_path)))
+    assert backbone.base_id.startswith("tiny-base@")
+    assert backbone.vae.config.scaling_factor != 1.0  # set from the trained VAE's latent statistics
