@@ -243,7 +243,10 @@ def attach_lora(transformer, lora: LoraConfig, seed: int) -> dict[str, "torch.nn
 
 def detach_lora(transformer) -> None:
     """Remove the trainer's adapter so the backbone is left as it was found."""
-    if ADAPTER_NAME in (getattr(transformer, "peft_config", None) or {}):
+    names = list(getattr(transformer, "peft_config", None) or {})
+    if names == [ADAPTER_NAME]:
+        transformer.unload_lora()  # puts the original Linear modules back: no wrapper cost when sampling
+    elif ADAPTER_NAME in names:
         transformer.delete_adapters(ADAPTER_NAME)
     _clear_stale_peft_flag(transformer)
 
