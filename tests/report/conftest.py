@@ -80,3 +80,28 @@ def two_round_store(tmp_path):
     _adapter_metrics(store, 0, [1.0, 0.7, 0.5, 0.45])
     _adapter_metrics(store, 1, [0.5, 0.4, 0.33])
     return store
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory):
+    """A tiny random base written with models.tiny.save_base and a 3-step LoRA trained on 4 seed triplets.
+
+    Returns {"model_path", "adapter_dir"}; quality is irrelevant, the files and classes are the real ones.
+    """
+    import torch
+
+    from models import tiny
+    from models.config import DEFAULT_PROMPT_TEMPLATES, LoraConfig, ModelConfig, TrainConfig
+    from models.factory import build_backbone
+    from models.synthetic import make_split
+    from models.trainer import train_lora
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tiny-world")
+    meta = tiny.default_meta(DEFAULT_PROMPT_TEMPLATES)
+    tiny.save_base(tiny.build_modules(meta), root / "base", meta)
+    backbone = build_backbone(ModelConfig(path=str(root / "base")))
+    triplets = [t for _, t, _ in make_split("seeds", 4, 32, 0)]
+    result = train_lora(backbone, triplets, TrainConfig(steps=3, batch_size=2, cycle_warmup_steps=0),
+                        LoraConfig(rank=4), str(root / "adapter"))
+    return {"model_path": str(root / "base"), "adapter_dir": result.adapter_dir}
