@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -679,7 +678,3 @@ class _ProgressSink:
         if self._bar is not None:
             self._bar.stop()
 
-
-def parameter_count(params: dict) -> int:
-    """Number of trainable LoRA weights (reported in the model card)."""
-    return int(sum(math.prod(p.shape) for p in params.values()))
