@@ -25,6 +25,7 @@ WEIGHTS = "pytorch_lora_weights.safetensors"
 METRIC_ORDER = ("psnr_logo", "psnr_object", "ssim_logo", "ssim_object", "vqa_logo", "vqa_object", "vlm_score")
 VLM_BACKENDS = ("qwen", "openai")
 ARTIFACT_KEY = "heldout-eval"
+_SCORERS: dict[str, tuple[Any, Any]] = {}  # one loaded VLM per process and judge config
 
 
 class AdapterNotFound(ValueError):
@@ -92,18 +93,32 @@ def heldout_items(cfg: PipelineConfig, n: int | None = None, seed: int | None = 
 
 
 def vlm_scorers(cfg: PipelineConfig) -> tuple[Any, Any]:
-    """(vqa, judge) when a VLM backend is configured, else (None, None)."""
+    """(vqa, judge) when a VLM backend is configured, else (None, None).
+
+    qwen: one loaded Qwen2.5-VL serves both VQAScore and the judge (a 7B model is not loaded twice).
+    openai: the judge only; VQAScore needs token probabilities of a local model.
+    """
+    key = cfg.judge.model_dump_json()
+    if key in _SCORERS:
+        return _SCORERS[key]
     if cfg.judge.backend not in VLM_BACKENDS:
         return None, None
     from models.judges.base import build_judge
 
-    judge = build_judge(cfg.judge)
-    vqa = None
-    if cfg.judge.backend == "qwen":
-        from models.judges.vqascore import build_vqascore
+    if cfg.judge.backend == "openai":
+        scorers = (None, build_judge(cfg.judge))
+    else:
+        from models.judges.qwen import QwenJudge
+        from models.judges.qwen_runtime import QwenVL
+        from models.judges.vqascore import VQAScorer
 
-        vqa = build_vqascore(cfg.judge)
-    return vqa, judge
+        q = cfg.judge.qwen
+        runtime = QwenVL(q.path, device=q.device, dtype=q.dtype, min_pixels=q.min_pixels,
+                         max_pixels=q.max_pixels, batch_size=q.batch_size)
+        scorers = (VQAScorer(runtime=runtime), QwenJudge(cfg.judge, runtime=runtime))
+    _SCORERS.clear()
+    _SCORERS[key] = scorers
+    return scorers
 
 
 def score_identity(cfg: PipelineConfig, items: list[tuple]) -> dict:

@@ -38,3 +38,29 @@ def test_resolve_adapter_errors(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "pytorch_lora_weights.safetensors").write_bytes(b"x")
     assert resolve_adapter(str(tmp_path / "mine"), cfg) == ("mine", str(tmp_path / "mine"))
+
+
+def test_vlm_backend_adds_vqascore_and_vlmscore(tmp_path):
+    import torch
+
+    from models.evaluation import identity_baseline, identity_predictions
+    from models.synthetic import make_split
+    from tests.judges.tiny_qwen import build_tiny_qwen
+    from flows.evaluate import vlm_scorers
+
+    torch.set_num_threads(1)
+    path = build_tiny_qwen(str(tmp_path / "qwen"))
+    cfg = PipelineConfig.model_validate({"judge": {"backend": "qwen", "qwen": {"path": path, "max_pixels": 112 * 112}}})
+    vqa, judge = vlm_scorers(cfg)
+    assert vlm_scorers(cfg) == (vqa, judge)  # loaded once per process
+    assert vqa.runtime is judge.runtime  # one VLM serves both
+    items = list(make_split("test", 2, 32, 3))
+    result = identity_baseline(items, vqa=vqa, judge=judge, return_rows=True)
+    for key in ("vqa_logo", "vqa_object", "vlm_score"):
+        assert 0.0 <= result[key] <= 1.0
+    # The row's VQAScore is the scorer's answer for that very panel and the item's own description.
+    _, triplet, meta = items[0]
+    white = identity_predictions([triplet["composite"]], ["logo"])[0]["logo"]
+    text = f"a {meta['logo_colour']} {meta['logo_shape']} logo reading '{meta['text']}' on a plain white background"
+    assert result["rows"][0]["vqa_logo"] == pytest.approx(vqa.score([white], [text])[0], abs=1e-5)
+    assert vlm_scorers(PipelineConfig()) == (None, None)
