@@ -214,13 +214,12 @@ class ChatCaller:
         return text.replace(self._api_key, "***") if self._api_key and len(self._api_key) >= 4 else text
 
     def client(self):
-        import httpx
+        # no custom http_client: openai 1.x ships httpx, 3.x httpx2; its default pool (1000 connections)
+        # is wider than any sane `concurrency`, which our semaphore bounds
         from openai import AsyncOpenAI
 
-        limits = httpx.Limits(max_connections=self.cfg.concurrency, max_keepalive_connections=self.cfg.concurrency)
         return AsyncOpenAI(base_url=self.cfg.base_url, api_key=self._api_key, max_retries=0,
-                           timeout=httpx.Timeout(self.cfg.timeout_s),
-                           http_client=httpx.AsyncClient(limits=limits, timeout=self.cfg.timeout_s))
+                           timeout=self.cfg.timeout_s)
 
     async def call(self, client, sem: asyncio.Semaphore, label: str, messages: list[dict], extra: dict,
                    parse: Callable[[str | None, str | None], Any]) -> Outcome:
