@@ -185,6 +185,17 @@ class RoundStore:
         frames = [_to_frame(read_table(self.fs, f"{d}/{n}")) for n in names]
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
+    def read_table(self, round: int, which: str = "accepted", columns: list[str] | None = None):
+        """A committed round's rows as a pyarrow Table (the fast path for million-row manifests)."""
+        import pyarrow as pa
+
+        if which not in _WHICH:
+            raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
+        d = self._committed_dir(round)
+        names = {"accepted": [MANIFEST], "rejected": [REJECTED], "all": [MANIFEST, REJECTED]}[which]
+        tables = [read_table(self.fs, f"{d}/{n}", columns=columns) for n in names]
+        return pa.concat_tables(tables)
+
     def read(self, round: int, which: str = "accepted"):
         """A committed round's rows as a DataFrame: accepted (manifest), rejected, or all."""
         return self._read_area(self._committed_dir(round), which)
