@@ -114,12 +114,14 @@ def make_batch(panels, rng: np.random.Generator, batch: int, n_panels: int):
 
 # ------------------------------------------------------------------ phase 1: VAE
 
-def train_vae(vae, panels, args, rng, log) -> None:
+def train_vae(vae, panels, args, rng, log, started: float) -> None:
     import torch
 
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
     vae.train().requires_grad_(True)
+    # the VAE may use at most 35 % of a time budget, so the transformer always gets the larger share
+    clock = _Clock(args.vae_steps, _remaining(args, started, share=0.35))
     for step in range(1, args.vae_steps + 1):
         x = panels[rng.integers(0, panels.shape[0], size=args.vae_batch)].to(args.device)
         post = vae.encode(x).latent_dist
@@ -127,13 +129,17 @@ def train_vae(vae, panels, args, rng, log) -> None:
         rec = vae.decode(z).sample
         # MSE drives PSNR; L1 keeps thin logo strokes sharp; tiny KL keeps latents bounded for the transformer
         loss = (rec - x).pow(2).mean() + 0.5 * (rec - x).abs().mean() + 1e-6 * post.kl().mean()
-        _set_lr(opt, args.vae_lr, step, args.vae_steps, step / args.vae_steps)
+        progress = clock.progress(step)
+        _set_lr(opt, args.vae_lr, step, args.vae_steps, progress)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         if step % args.log_every == 0 or step == args.vae_steps:
             log(f"vae step {step}/{args.vae_steps} loss {loss.item():.4f}")
+        if clock.budgeted and progress >= 1.0 and step < args.vae_steps:
+            log(f"VAE share of the time budget reached after {step} steps")
+            break
     vae.eval().requires_grad_(False)
 
 
@@ -216,12 +222,10 @@ def train_transformer(pipe, panels, captions, args, rng, log, started: float) ->
     text = {**encode_captions(pipe, captions, args.device), "captions": captions}
     opt = torch.optim.AdamW(tr.parameters(), lr=args.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(args.seed + 1)
-    phase_start, done = time.time(), 0
-    budget = args.time_budget_s - (phase_start - started) if args.time_budget_s else 0.0
+    clock, done = _Clock(args.steps, _remaining(args, started, share=1.0)), 0
     for step in range(1, args.steps + 1):
-        # under a time budget the schedule follows whichever runs out first, so a cut run still ends cooled down
-        progress = max(step / args.steps, (time.time() - phase_start) / budget if budget > 0 else 0.0)
-        _set_lr(opt, args.lr, step, args.steps, min(progress, 1.0))
+        progress = clock.progress(step)
+        _set_lr(opt, args.lr, step, args.steps, progress)
         n_panels = 4 if rng.random() < 0.2 else 3  # K=3 grids too, so wider schemas are not out of range
         loss = transformer_step(pipe, text, make_batch(panels, rng, args.batch, n_panels), gen, rng, args)
         opt.zero_grad(set_to_none=True)
@@ -231,11 +235,37 @@ def train_transformer(pipe, panels, captions, args, rng, log, started: float) ->
         done = step
         if step % args.log_every == 0 or step == args.steps:
             log(f"transformer step {step}/{args.steps} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e}")
-        if budget > 0 and progress >= 1.0:
+        if clock.budgeted and progress >= 1.0 and step < args.steps:
             log(f"time budget reached after {step} transformer steps")
             break
     tr.eval().requires_grad_(False)
     return done
+
+
+def _remaining(args, started: float, share: float) -> float | None:
+    """Seconds left of `share` of the run's time budget; None when the run has no budget."""
+    if not args.time_budget_s:
+        return None
+    return share * args.time_budget_s - (time.time() - started)
+
+
+class _Clock:
+    """Training progress in [0, 1]: steps done, or under a time budget whichever runs out first.
+
+    Following the clock too means a run cut by its budget still ends with the learning rate cooled down.
+    A phase left with no time still gets MIN_PHASE_S, so a slow earlier phase cannot disable the budget.
+    """
+
+    MIN_PHASE_S = 30.0
+
+    def __init__(self, steps: int, budget_s: float | None):
+        self.steps, self.start = steps, time.time()
+        self.budgeted = budget_s is not None
+        self.budget = max(budget_s or 0.0, self.MIN_PHASE_S)
+
+    def progress(self, step: int) -> float:
+        by_time = (time.time() - self.start) / self.budget if self.budgeted else 0.0
+        return min(1.0, max(step / self.steps, by_time))
 
 
 def _set_lr(opt, base: float, step: int, total: int, progress: float) -> None:
@@ -317,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in tiny.COMPONENTS:
         modules[name].to(args.device)
 
-    train_vae(modules["vae"], panels, args, rng, log)
+    train_vae(modules["vae"], panels, args, rng, log, started)
     factors = set_latent_factors(modules["vae"], panels, args.device)
     vae_psnr = eval_vae(modules["vae"], held_out, args.device)
     log(f"VAE held-out PSNR {vae_psnr:.2f} dB, latent factors {factors}")
