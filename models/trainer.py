@@ -544,8 +544,10 @@ def load_checkpoint(path: Path, trainer: CycleTrainer, fingerprint: str) -> tupl
 # --------------------------------------------------------------------------------------------------
 def train_lora(backbone, triplets: list[dict], cfg: TrainConfig, lora: LoraConfig, out_dir: str, *,
                init_adapter: str | None = None, captions: list[str] | None = None,
-               progress: ProgressFn | None = None) -> TrainResult:
+               progress: ProgressFn | None = None, card: dict | None = None) -> TrainResult:
     """Train the shared decomposition/synthesis LoRA on `triplets`; write the adapter into `out_dir`.
+
+    `card` adds fields to the model card (e.g. {"data_rounds": [0, 1], "round": 2}).
 
     Resumes from the newest checkpoint in `out_dir` when one of the same config and data exists.
     An adapter a Sampler loaded is unloaded first (training on top of it would train the wrong model);
@@ -567,7 +569,7 @@ def train_lora(backbone, triplets: list[dict], cfg: TrainConfig, lora: LoraConfi
         cache = build_cache(codec, triplets, captions, cfg.seed, cfg.generate_fraction > 0)
         fingerprint = _run_fingerprint(cfg, lora, cache.fingerprint, init_adapter)
         trainer = CycleTrainer(backbone, cache, codec, cfg, params)
-        return _run(trainer, out, fingerprint, init_adapter, progress)
+        return _run(trainer, out, fingerprint, init_adapter, progress, card or {})
     finally:
         backbone.transformer.eval()
         detach_lora(backbone.transformer)
@@ -597,7 +599,8 @@ def _file_digest(adapter_dir: str | None) -> str | None:
     return hashlib.sha256(Path(adapter_dir, "pytorch_lora_weights.safetensors").read_bytes()).hexdigest()[:16]
 
 
-def _run(trainer: CycleTrainer, out: Path, fingerprint: str, init_adapter, progress: ProgressFn | None) -> TrainResult:
+def _run(trainer: CycleTrainer, out: Path, fingerprint: str, init_adapter, progress: ProgressFn | None,
+         card_extra: dict) -> TrainResult:
     from models.lora_io import save_adapter
 
     cfg = trainer.cfg
@@ -617,7 +620,7 @@ def _run(trainer: CycleTrainer, out: Path, fingerprint: str, init_adapter, progr
     seconds = time.perf_counter() - t0
     trainer.backbone.transformer.eval()
     metrics = _summary(curve, cfg, trainer, seconds, start, init_adapter)
-    card = {"metrics": metrics, "train": cfg.model_dump(), "n_triplets": trainer.n}
+    card = {**card_extra, "metrics": metrics, "train": cfg.model_dump(), "n_triplets": trainer.n}
     save_adapter(trainer.backbone, str(out), card=card, adapter_name=ADAPTER_NAME)
     (out / METRICS_FILE).write_text(json.dumps({"loss_curve": curve, "summary": metrics}, indent=1))
     for ckpt in _checkpoints(out):

@@ -51,7 +51,7 @@ def _cfg(**kw) -> TrainConfig:
 
 def test_two_step_run_writes_a_diffusers_lora_with_expected_keys(backbone, tmp_path):
     lora = LoraConfig(rank=4)
-    res = train_lora(backbone, _triplets(4), _cfg(), lora, str(tmp_path))
+    res = train_lora(backbone, _triplets(4), _cfg(), lora, str(tmp_path), card={"data_rounds": [0, 1]})
     state = read_adapter_state(res.adapter_dir)
     raw_keys = [f"transformer.{k}" for k in state]
     assert raw_keys and all(".lora_A.weight" in k or ".lora_B.weight" in k for k in raw_keys)
@@ -66,7 +66,8 @@ def test_two_step_run_writes_a_diffusers_lora_with_expected_keys(backbone, tmp_p
     assert [r["step"] for r in metrics["loss_curve"]] == [1, 2]
     assert all({"step", "loss", "loss_fm", "loss_cyc"} <= set(r) for r in metrics["loss_curve"])
     assert metrics["loss_curve"][0]["loss_cyc"] is None and metrics["loss_curve"][1]["loss_cyc"] > 0
-    assert "rank | 4" in (tmp_path / "README.md").read_text()
+    card = (tmp_path / "README.md").read_text()
+    assert "rank | 4" in card and "data rounds | [0, 1]" in card and "n triplets | 4" in card
     assert not getattr(backbone.transformer, "peft_config", None), "trainer must leave the backbone clean"
 
 
