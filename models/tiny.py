@@ -94,7 +94,7 @@ def vae_config() -> dict:
     return dict(
         in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-        block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8, sample_size=32,
+        block_out_channels=[32, 64], layers_per_block=1, norm_num_groups=8, sample_size=32,
         use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0, scaling_factor=1.0,
     )
 
