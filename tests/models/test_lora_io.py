@@ -17,11 +17,14 @@ from models.trainer import attach_lora, detach_lora
 
 
 @pytest.fixture(scope="module")
-def backbone():
+def backbone(tmp_path_factory):
+    """The tiny backbone's real classes, randomly initialised: these tests check the trainer's mechanics,
+    not the shipped base's quality, so they do not depend on models/assets."""
     from models.factory import build_backbone
 
     torch.set_num_threads(1)
-    return build_backbone(ModelConfig(), allow_random_init=True)
+    empty = tmp_path_factory.mktemp("no-base")
+    return build_backbone(ModelConfig(path=str(empty)), allow_random_init=True)
 
 
 def _fill_call(backbone) -> np.ndarray:

@@ -21,11 +21,14 @@ PANELS = ("composite", "logo", "object")
 
 
 @pytest.fixture(scope="module")
-def backbone():
+def backbone(tmp_path_factory):
+    """The tiny backbone's real classes, randomly initialised: these tests check the trainer's mechanics,
+    not the shipped base's quality, so they do not depend on models/assets."""
     from models.factory import build_backbone
 
     torch.set_num_threads(1)
-    return build_backbone(ModelConfig(), allow_random_init=True)
+    empty = tmp_path_factory.mktemp("no-base")
+    return build_backbone(ModelConfig(path=str(empty)), allow_random_init=True)
 
 
 def _triplets(n: int, size: int = 32, seed: int = 0) -> list[dict]:
