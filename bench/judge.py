@@ -3,6 +3,8 @@
 The server (models/judges/scripted_server.py) runs in its own process. The ideal for concurrency C,
 latency L and N requests is ceil(N / C) * L seconds; the printed ratio is ideal / measured (1.0 = the
 client adds nothing; goal >= 0.9). A one-item warm-up (imports, first connection) is not timed.
+cli_cpu / srv_cpu: CPU seconds the client process (judge) and the server process spent in the timed part:
+when one approaches wall_s, that process is the bottleneck.
 Run: `python bench/judge.py [--latency 0.2] [--concurrency 1,4,16,32]`.
 """
 from __future__ import annotations
@@ -59,15 +61,19 @@ def run(concurrency: int, latency: float, n: int, size: int) -> dict:
         judge = build_judge(cfg)
         judge.score(_items(1, size, "warm"))
         items = _items(n, size, "b")
-        start = time.perf_counter()
+        server_cpu = server.stats()["process_cpu_s"]
+        start, client_cpu = time.perf_counter(), time.process_time()
         results = judge.score(items)
-        wall = time.perf_counter() - start
-        peak = server.stats()["max_in_flight"]
+        wall, client_cpu = time.perf_counter() - start, time.process_time() - client_cpu
+        judge.close()
+        stats = server.stats()
+        peak, server_cpu = stats["max_in_flight"], stats["process_cpu_s"] - server_cpu
     finally:
         server.close()
     ideal = math.ceil(n / concurrency) * latency
     return {"concurrency": concurrency, "n": n, "wall_s": wall, "ideal_s": ideal, "ratio": ideal / wall,
-            "req_per_s": n / wall, "peak_in_flight": peak, "failed": sum(r.error is not None for r in results)}
+            "req_per_s": n / wall, "peak_in_flight": peak, "failed": sum(r.error is not None for r in results),
+            "client_cpu_s": client_cpu, "server_cpu_s": server_cpu}
 
 
 def main() -> None:
@@ -79,11 +85,12 @@ def main() -> None:
     args = parser.parse_args()
     print(f"openai judge vs local server: latency {args.latency:.3f}s, panels {args.size}px, "
           f"{args.rounds} requests per slot, {os.cpu_count()} CPUs")
-    print(f"{'conc':>5} {'n':>5} {'wall_s':>8} {'ideal_s':>8} {'ratio':>6} {'req/s':>7} {'peak':>5} {'failed':>6}")
+    print(f"{'conc':>5} {'n':>5} {'wall_s':>8} {'ideal_s':>8} {'ratio':>6} {'req/s':>7} {'peak':>5} {'failed':>6} {'cli_cpu':>7} {'srv_cpu':>7}")
     for c in (int(x) for x in args.concurrency.split(",")):
         r = run(c, args.latency, c * args.rounds, args.size)
         print(f"{r['concurrency']:>5} {r['n']:>5} {r['wall_s']:>8.3f} {r['ideal_s']:>8.3f} {r['ratio']:>6.3f} "
-              f"{r['req_per_s']:>7.1f} {r['peak_in_flight']:>5} {r['failed']:>6}", flush=True)
+              f"{r['req_per_s']:>7.1f} {r['peak_in_flight']:>5} {r['failed']:>6} "
+              f"{r['client_cpu_s']:>7.2f} {r['server_cpu_s']:>7.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -290,8 +291,32 @@ def run_sync(make_coro: Callable[[], Awaitable[Any]]) -> Any:
     return box["value"]
 
 
+class LoopThread:
+    """One event loop on a daemon thread, kept for the judge's life, so the HTTP client and its kept-alive
+    connections survive between score() calls (a new client per call cost ~50-90 ms: SSL context, pool)."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="openai-judge-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.run(self.loop.shutdown_default_executor())  # the to_thread() workers of PNG encoding
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
+            self.loop.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+
 class OpenAIJudge(Judge):
-    """Scores through an OpenAI-compatible chat-completions endpoint."""
+    """Scores through an OpenAI-compatible chat-completions endpoint. `close()` (or `with`) frees the client."""
 
     backend = "openai"
 
@@ -299,18 +324,40 @@ class OpenAIJudge(Judge):
         super().__init__(cfg)
         self.caller = ChatCaller(cfg.openai, resolve_api_key(cfg.openai), seed=seed)
         self.schema = score_schema(cfg.openai)
+        self._loop: LoopThread | None = None
+        self._client = None
 
     def __repr__(self) -> str:
         return f"OpenAIJudge({self.caller!r})"
 
+    def __enter__(self) -> "OpenAIJudge":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP client and stop the judge's event loop thread."""
+        if self._loop is None:
+            return
+        if self._client is not None:
+            self._loop.run(self._client.close())
+            self._client = None
+        self._loop.stop()
+        self._loop = None
+
     def _score_valid(self, items: list[JudgeItem]) -> list[JudgeResult]:
-        return run_sync(lambda: self.ascore(items))
+        if self._loop is None:
+            self._loop = LoopThread()
+            weakref.finalize(self, self._loop.stop)
+        return self._loop.run(self.ascore(items))
 
     async def ascore(self, items: list[JudgeItem]) -> list[JudgeResult]:
         """Score all items concurrently (at most `concurrency` requests in flight)."""
+        if self._client is None:
+            self._client = self.caller.client()
         sem = asyncio.Semaphore(self.cfg.openai.concurrency)
-        async with self.caller.client() as client:
-            return list(await asyncio.gather(*(self._score_item(client, sem, it) for it in items)))
+        return list(await asyncio.gather(*(self._score_item(self._client, sem, it) for it in items)))
 
     async def _score_item(self, client, sem: asyncio.Semaphore, item: JudgeItem) -> JudgeResult:
         cfg = self.cfg.openai

@@ -126,7 +126,8 @@ def _make_handler(server: ScriptedChatServer):
             if self.path.rstrip("/") != "/stats":
                 return self._send(404, b'{"error": {"message": "not found"}}')
             with server._lock:
-                stats = {"requests": len(server.requests), "max_in_flight": server.max_in_flight}
+                stats = {"requests": len(server.requests), "max_in_flight": server.max_in_flight,
+                         "process_cpu_s": time.process_time()}
             self._send(200, json.dumps(stats).encode())
 
         def do_POST(self) -> None:

@@ -25,6 +25,11 @@ def key_env(monkeypatch):
     monkeypatch.setenv("LAYERLOOP_TEST_KEY", KEY)
 
 
+def run_judge(cfg, its):
+    with build_judge(cfg) as judge:
+        return judge.score(its)
+
+
 def items(triplets, n=None):
     return [JudgeItem(f"s{i}", triplets[i % len(triplets)], prompt="a red mug") for i in range(n or len(triplets))]
 
@@ -32,7 +37,7 @@ def items(triplets, n=None):
 def test_scores_normalised_and_accepted(key_env, triplets):
     with ScriptedChatServer(scores={"logo_clean": 5, "object_clean": 4, "composite_consistent": 3,
                                     "realism": 1}) as srv:
-        res = build_judge(judge_cfg(srv)).score(items(triplets, 2))
+        res = run_judge(judge_cfg(srv), items(triplets, 2))
     assert [r.error for r in res] == [None, None]
     assert res[0].scores == {"logo_clean": 1.0, "object_clean": 0.75, "composite_consistent": 0.5, "realism": 0.0}
     assert res[0].overall == pytest.approx(0.5625)
@@ -45,7 +50,7 @@ def test_scores_normalised_and_accepted(key_env, triplets):
 
 def test_vllm_structured_outputs_field(key_env, triplets):
     with ScriptedChatServer() as srv:
-        build_judge(judge_cfg(srv, structured_output="vllm")).score(items(triplets, 1))
+        run_judge(judge_cfg(srv, structured_output="vllm"), items(triplets, 1))
     payload = srv.requests[0]["payload"]
     assert "response_format" not in payload
     assert payload["structured_outputs"]["json"]["properties"]["realism"]["maximum"] == 5.0
@@ -60,7 +65,7 @@ def test_failures_retry_then_unscored_never_accepted(key_env, triplets, behaviou
     caplog.set_level(logging.DEBUG)
     with ScriptedChatServer(sleep_s=1.0) as srv:
         srv.plans = {"s0": [behaviour], "s1": ["ok"]}
-        res = build_judge(judge_cfg(srv)).score(items(triplets, 2))
+        res = run_judge(judge_cfg(srv), items(triplets, 2))
         assert srv.attempts("s0") == 3 and srv.attempts("s1") == 1
     bad, good = res
     assert bad.overall is None and expect in bad.error and "after 3 attempts" in bad.error
@@ -77,21 +82,21 @@ def test_failures_retry_then_unscored_never_accepted(key_env, triplets, behaviou
 def test_recovers_when_a_retry_succeeds(key_env, triplets):
     with ScriptedChatServer() as srv:
         srv.plans = {"s0": ["429", "500", "ok"]}
-        res = build_judge(judge_cfg(srv)).score(items(triplets, 1))
+        res = run_judge(judge_cfg(srv), items(triplets, 1))
     assert res[0].error is None and res[0].details["attempts"] == 3
 
 
 def test_client_errors_are_not_retried(key_env, triplets):
     with ScriptedChatServer() as srv:
         srv.plans = {"s0": ["400"]}
-        res = build_judge(judge_cfg(srv)).score(items(triplets, 1))
+        res = run_judge(judge_cfg(srv), items(triplets, 1))
         assert srv.attempts("s0") == 1
     assert res[0].error == "HTTP 400 (not retried)"
 
 
 def test_concurrency_bound_observed_at_server(key_env, triplets):
     with ScriptedChatServer(latency_s=0.05) as srv:
-        res = build_judge(judge_cfg(srv, concurrency=3)).score(items(triplets, 12))
+        res = run_judge(judge_cfg(srv, concurrency=3), items(triplets, 12))
     assert all(r.error is None for r in res)
     assert srv.max_in_flight == 3
 
@@ -100,8 +105,8 @@ def test_key_never_in_results_repr_or_logs(key_env, triplets, caplog):
     caplog.set_level(logging.DEBUG)
     with ScriptedChatServer() as srv:
         srv.plans = {"s1": ["500"]}
-        judge = build_judge(judge_cfg(srv))
-        res = judge.score(items(triplets, 2))
+        with build_judge(judge_cfg(srv)) as judge:
+            res = judge.score(items(triplets, 2))
     assert srv.requests[0]["auth"] == f"Bearer {KEY}"  # the key was really sent ...
     text = repr(judge) + repr(judge.cfg) + repr(res) + results_to_frame(res).to_csv() + caplog.text
     assert KEY not in text  # ... and shows up nowhere else
@@ -114,12 +119,24 @@ def test_missing_key_env_is_a_config_error(monkeypatch):
         build_judge(JudgeConfig(backend="openai", openai={"api_key_env": "LAYERLOOP_TEST_KEY"}))
 
 
+def test_client_kept_between_calls_and_closed(key_env, triplets):
+    with ScriptedChatServer() as srv:
+        judge = build_judge(judge_cfg(srv))
+        first = judge.score(items(triplets, 2))
+        client, loop = judge._client, judge._loop
+        second = judge.score(items(triplets, 3))
+        assert all(r.error is None for r in first + second)
+        assert judge._client is client and judge._loop is loop  # one client, one loop for the judge's life
+        judge.close()
+    assert judge._client is None and client.is_closed() and not loop.alive
+
+
 def test_works_inside_a_running_event_loop(key_env, triplets):
     import asyncio
 
     async def inside():
         with ScriptedChatServer() as srv:
-            return build_judge(judge_cfg(srv)).score(items(triplets, 2))
+            return run_judge(judge_cfg(srv), items(triplets, 2))
 
     assert all(r.error is None for r in asyncio.run(inside()))
 
@@ -154,7 +171,7 @@ def test_key_from_prefect_secret_block(prefect_harness, triplets, caplog, monkey
     Secret(value="sk-from-block-987654").save("layerloop-judge-key", overwrite=True)
     caplog.set_level(logging.DEBUG)
     with ScriptedChatServer() as srv:
-        judge = build_judge(judge_cfg(srv, api_key_secret="layerloop-judge-key"))
-        res = judge.score(items(triplets, 1))
+        with build_judge(judge_cfg(srv, api_key_secret="layerloop-judge-key")) as judge:
+            res = judge.score(items(triplets, 1))
     assert res[0].error is None and srv.requests[0]["auth"] == "Bearer sk-from-block-987654"
     assert "sk-from-block-987654" not in caplog.text + repr(judge) + repr(res)
