@@ -310,6 +310,12 @@ class LoopThread:
             self._thread.join(timeout=5)
             self.loop.close()
 
+    @staticmethod
+    def stop_soon(loop) -> None:
+        """Non-blocking stop for a garbage-collection finalizer (which may run on the loop's own thread)."""
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(loop.stop)
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -349,7 +355,7 @@ class OpenAIJudge(Judge):
     def _score_valid(self, items: list[JudgeItem]) -> list[JudgeResult]:
         if self._loop is None:
             self._loop = LoopThread()
-            weakref.finalize(self, self._loop.stop)
+            weakref.finalize(self, LoopThread.stop_soon, self._loop.loop)
         return self._loop.run(self.ascore(items))
 
     async def ascore(self, items: list[JudgeItem]) -> list[JudgeResult]:
