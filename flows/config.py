@@ -45,7 +45,8 @@ class LoopConfig(BaseModel):
                              description="logo descriptions crossed with products when prompts is null")
     seeds_path: str | None = Field(None, description="labeled seed triplets (folder or CSV) for round 0")
     pool_path: str | None = Field(
-        None, description="unlabeled composites: <pool>/<id>/composite.png; null = no pool")
+        None, description="unlabeled composites (folder or CSV) validated into the store's pool once; "
+                          "null = use whatever pool the store already holds (layerloop ingest-pool)")
     pool_per_round: int = Field(16, ge=0, description="pool composites decomposed + re-synthesized per round")
     batch_size: int = Field(8, ge=1, description="images per task (one Prefect task per batch, never per image)")
     cycle_error_threshold: float = Field(
@@ -58,6 +59,8 @@ class LoopConfig(BaseModel):
     train_final: bool = Field(False, description="after the last round, train and evaluate its adapter too")
     gpu_slot: str = Field("gpu", description="global concurrency limit (strict) held around GPU stages; "
                                              "create it with: prefect gcl create gpu --limit 1")
+    gpu_lease_s: float = Field(60.0, ge=60, le=86400, description="lease of a held gpu slot, renewed while the "
+                               "task runs; after a kill -9 the slot frees within this + ~15 s (server minimum 60)")
     create_gpu_slot: bool = Field(True, description="create the gpu limit (limit 1) when the server lacks it")
     task_retries: int = Field(2, ge=0, le=10, description="retries of a task on a transient failure")
     task_retry_delay_s: float = Field(2.0, ge=0, description="seconds between task retries")

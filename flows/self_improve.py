@@ -43,7 +43,8 @@ def improve_round(cfg: PipelineConfig, round_: int) -> dict:
     trained = train_adapter_task(cfg, round_ - 1)
     heldout = evaluate_task(cfg, round_ - 1)
     gen_units = stages.unit_names("gen", cfg.loop.candidates_per_round, cfg.loop.batch_size)
-    pool_units = stages.unit_names("pool", len(stages.round_pool(cfg, round_)), cfg.loop.batch_size)
+    n_pool = len(stages.round_pool(cfg, round_))
+    pool_units = stages.unit_names("pool", n_pool, cfg.loop.batch_size)
     progress = artifacts.Progress(round_, 3 * len(gen_units) + 2 * len(pool_units))
     generated = progress.run(generate_task, cfg, round_, gen_units)
     judged = progress.run(judge_task, cfg, round_, gen_units)
@@ -54,9 +55,12 @@ def improve_round(cfg: PipelineConfig, round_: int) -> dict:
                                       judge=judged + judged_pool, cycle=cycled + pooled)
     info = {"timings": timings, "train": trained.get("metrics", {}), "heldout": heldout["metrics"],
             "heldout_adapter": stages.adapter_id(round_ - 1), "candidates": cfg.loop.candidates_per_round,
-            "pool_used": len(stages.round_pool(cfg, round_))}
+            "pool_used": n_pool}
     committed = commit_task(cfg, round_, info)
     reported = report_task(cfg, round_) if cfg.loop.report else None
     artifacts.publish_round(cfg, round_, reported, heldout["metrics"])
-    get_run_logger().info("round %d: %s in %.1f s", round_, committed, time.perf_counter() - start)
-    return committed
+    wall = time.perf_counter() - start
+    get_run_logger().info("round %d committed (%s) in %.1f s", round_, committed, wall)
+    timings.update(commit=committed["seconds"], report=reported["seconds"] if reported else 0.0)
+    return {"round": round_, "skipped": False, "wall_s": wall, "timings": timings,
+            "task_runs": 4 + len(generated + judged + cycled + pooled + judged_pool) + bool(reported)}

@@ -40,3 +40,16 @@ def demo_config(store: str, inputs: dict[str, str], rounds: int = 3, overrides: 
     from flows.config import deep_merge
 
     return load_config(None, overrides=deep_merge(base, overrides or {}))
+
+
+def smoke_overrides(store: str, inputs: dict[str, str], rounds: int = 1) -> dict:
+    """The smallest useful loop (tests, the deployment check, the overhead bench): seconds per round."""
+    return {
+        "store": {"uri": store},
+        "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 1, "cycle_warmup_steps": 0},
+        "sample": {"steps": 2, "batch_size": 4},
+        "lora": {"rank": 2},
+        "loop": {"rounds": rounds, "seeds_path": inputs["seeds"], "pool_path": inputs["pool"],
+                 "candidates_per_round": 4, "pool_per_round": 2, "batch_size": 2, "eval_size": 2,
+                 "task_retries": 0},
+    }

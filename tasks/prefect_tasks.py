@@ -37,7 +37,7 @@ def gpu_slot(cfg: PipelineConfig) -> AbstractContextManager:
     """Hold the strict global concurrency slot around GPU work, so two flows never share one card."""
     from prefect.concurrency.sync import concurrency
 
-    return concurrency(cfg.loop.gpu_slot, occupy=1, strict=True)
+    return concurrency(cfg.loop.gpu_slot, occupy=1, strict=True, lease_duration=cfg.loop.gpu_lease_s)
 
 
 _COMMON = dict(persist_result=False, cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,

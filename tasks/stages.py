@@ -115,7 +115,7 @@ def ingest_seeds(cfg: PipelineConfig) -> dict:
     with timed({"round": 0}) as out:
         store = open_store(cfg)
         if 0 in store.committed_rounds():
-            out.update(skipped=True, **_counts(store.round_info(0)))
+            out.update(skipped=True, **_counts(store.round_info(0)), pool=ingest_pool(cfg))
             return out
         if not cfg.loop.seeds_path:
             raise ValueError("loop.seeds_path is not set and round 0 is not committed: point it at the "
@@ -123,7 +123,7 @@ def ingest_seeds(cfg: PipelineConfig) -> dict:
         from storage.ingest import ingest_seeds as ingest
 
         report = ingest(cfg.loop.seeds_path, store, cfg.store)
-        out.update(skipped=False, report=_jsonable(report))
+        out.update(skipped=False, report=_jsonable(report), pool=ingest_pool(cfg))
     return out
 
 
@@ -198,10 +198,13 @@ def train_work_dir(cfg: PipelineConfig, round_: int) -> str:
 def _train(cfg: PipelineConfig, round_: int, triplets: list[dict], captions: list[str]) -> dict:
     import shutil
 
+    from models.lora_io import unload_adapter
     from models.trainer import train_lora
 
     work = train_work_dir(cfg, round_)
-    result = train_lora(backbone(cfg), triplets, cfg.train, cfg.lora, work,
+    bb = backbone(cfg)
+    unload_adapter(bb)  # the shared backbone may still carry the adapter the last sampler loaded
+    result = train_lora(bb, triplets, cfg.train, cfg.lora, work,
                         init_adapter=_init_adapter(cfg, round_), captions=captions)
     aio.publish_dir(result.adapter_dir, open_store(cfg).adapter_uri(round_), last=WEIGHTS)
     shutil.rmtree(work, ignore_errors=True)
@@ -276,45 +279,29 @@ def generate(cfg: PipelineConfig, round_: int, unit: str) -> dict:
 
 # --- cycle: re-synthesis error of generated candidates, new triplets from the unlabeled pool ---------------
 
-def pool_ids(cfg: PipelineConfig) -> list[str]:
-    """Sorted ids of the unlabeled pool (<pool>/<id>/composite.png)."""
-    if not cfg.loop.pool_path or cfg.loop.pool_per_round == 0:
-        return []
-    import fsspec
+def ingest_pool(cfg: PipelineConfig) -> dict:
+    """Validate loop.pool_path into the store's versioned pool once (bad files are quarantined)."""
+    with timed({}) as out:
+        store = open_store(cfg)
+        if not cfg.loop.pool_path or len(store.read_pool()):
+            out.update(skipped=True, pool_size=int(len(store.read_pool())))
+            return out
+        from storage.ingest import ingest_pool as ingest
 
-    fs, root = fsspec.core.url_to_fs(cfg.loop.pool_path)
-    if not fs.isdir(root):
-        raise ValueError(f"loop.pool_path {cfg.loop.pool_path!r} is not a directory of <id>/composite.png")
-    names = (p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False) if fs.isdir(p))
-    return sorted(n for n in names if not n.startswith("."))  # hidden = a writer's temp folder
-
-
-def round_pool(cfg: PipelineConfig, round_: int) -> list[str]:
-    """This round's slice of the pool: the next pool_per_round ids, wrapping around."""
-    ids = pool_ids(cfg)
-    if not ids:
-        return []
-    n, start = min(cfg.loop.pool_per_round, len(ids)), (round_ - 1) * cfg.loop.pool_per_round
-    return [ids[(start + i) % len(ids)] for i in range(n)]
+        out.update(skipped=False, report=_jsonable(ingest(cfg.loop.pool_path, store, cfg.store)))
+        out["pool_size"] = int(len(store.read_pool()))
+    return out
 
 
-def _load_pool(cfg: PipelineConfig, ids: list[str]) -> list[tuple[str, Any]]:
-    """Validated pool composites; invalid ones are quarantined with their reason and skipped."""
-    import fsspec
+def round_pool(cfg: PipelineConfig, round_: int):
+    """This round's slice of the store's pool: the next pool_per_round rows by sample id, wrapping around."""
+    from storage import schema as S
 
-    from storage.errors import InvalidImage
-    from storage.validate import validate_image
-
-    store, good = open_store(cfg), []
-    for pid in ids:
-        uri = aio.join(cfg.loop.pool_path, f"{pid}/composite.png")
-        with fsspec.open(uri, "rb") as fh:
-            data = fh.read()
-        try:
-            good.append((pid, validate_image(data, name=uri, limits=cfg.store)))
-        except InvalidImage as exc:
-            store.quarantine(f"pool-{pid}", {"composite.png": data}, str(exc))
-    return good
+    rows = open_store(cfg).read_pool().sort_values(S.SAMPLE_ID, kind="stable").reset_index(drop=True)
+    if not len(rows) or cfg.loop.pool_per_round == 0:
+        return rows.iloc[:0]
+    n, start = min(cfg.loop.pool_per_round, len(rows)), (round_ - 1) * cfg.loop.pool_per_round
+    return rows.iloc[[(start + i) % len(rows) for i in range(n)]].reset_index(drop=True)
 
 
 def _cycle_errors(smp, composites: list) -> tuple[list[dict], list, list[float]]:
@@ -326,7 +313,7 @@ def _cycle_errors(smp, composites: list) -> tuple[list[dict], list, list[float]]
 
 
 def cycle_pool(cfg: PipelineConfig, round_: int, unit: str) -> dict:
-    """Decompose + re-synthesize one batch of pool composites; write the re-synthesized triplets."""
+    """Decompose + re-synthesize one batch of pool composites; write them as candidate triplets."""
     from storage import schema as S
 
     with timed({"unit": unit}) as out:
@@ -334,19 +321,22 @@ def cycle_pool(cfg: PipelineConfig, round_: int, unit: str) -> dict:
         if w.unit_done(unit):
             out.update(skipped=True, n=int((w.rows()[S.UNIT] == unit).sum()))
             return out
-        ids = round_pool(cfg, round_)
-        batch = _load_pool(cfg, [ids[i] for i in batch_slice(unit, len(ids), cfg.loop.batch_size)])
+        pool = round_pool(cfg, round_)
+        batch = pool.iloc[list(batch_slice(unit, len(pool), cfg.loop.batch_size))]
+        items = [(row, _decode({"composite": p["composite"]})["composite"])
+                 for row, p in open_store(cfg).load_panels(batch)]
         samples = []
-        if batch:
-            layers, again, errors = _cycle_errors(sampler(cfg, round_ - 1), [img for _, img in batch])
+        if items:
+            layers, again, errors = _cycle_errors(sampler(cfg, round_ - 1), [img for _, img in items])
             keep_original = cfg.loop.cycle_keep_composite == "original"
-            for (pid, original), lay, resynth, err in zip(batch, layers, again, errors):
-                row = _row(cfg, round_, f"r{round_:04d}-{unit}-{pid}", "cycle",
-                           **{S.CYCLE_ERROR: err, S.EXTRA_JSON: {"pool_id": pid}})
+            for (prow, original), lay, resynth, err in zip(items, layers, again, errors):
+                pid = prow[S.SAMPLE_ID]
+                row = _row(cfg, round_, f"r{round_:04d}-{unit}-{pid}", "cycle", **{
+                    S.CYCLE_ERROR: err, S.CAPTION: prow.get(S.CAPTION), S.KIND: prow.get(S.KIND),
+                    S.EXTRA_JSON: {"pool_id": pid}})
                 composite = original if keep_original else resynth
                 samples.append((row, _encode({"composite": composite, **lay})))
-        requested = len(batch_slice(unit, len(ids), cfg.loop.batch_size))
-        out.update(skipped=False, n=len(w.write_unit(unit, samples)), quarantined=requested - len(batch))
+        out.update(skipped=False, n=len(w.write_unit(unit, samples)))
     return out
 
 

@@ -1,0 +1,75 @@
+"""The plain stage functions, without Prefect: one round by hand, its lineage, and idempotent reruns."""
+from __future__ import annotations
+
+import pytest
+
+from tasks import stages
+
+
+def _run_round(cfg, r):
+    gen = stages.unit_names("gen", cfg.loop.candidates_per_round, cfg.loop.batch_size)
+    pool = stages.unit_names("pool", len(stages.round_pool(cfg, r)), cfg.loop.batch_size)
+    for unit in gen:
+        stages.generate(cfg, r, unit)
+        stages.judge(cfg, r, unit)
+        stages.cycle_generated(cfg, r, unit)
+    for unit in pool:
+        stages.cycle_pool(cfg, r, unit)
+        stages.judge(cfg, r, unit)
+    return stages.commit(cfg, r, {"timings": {"generate": 1.0}})
+
+
+def test_one_round_by_hand_has_exact_lineage(tiny_cfg):
+    from storage import schema as S
+
+    assert stages.ingest_seeds(tiny_cfg)["pool"]["pool_size"] == 6
+    trained = stages.train_adapter(tiny_cfg, 0)
+    assert trained["skipped"] is False and stages.adapter_exists(tiny_cfg, 0)
+    committed = _run_round(tiny_cfg, 1)
+    assert committed["skipped"] is False
+    store = stages.open_store(tiny_cfg)
+    assert store.committed_rounds() == [0, 1]
+    info = store.round_info(1)
+    assert (info["parent_round"], info["adapter_id"]) == (0, "round-0000")
+    assert len(info["info"]["prompt_set_sha256"]) == 64 and info["config"]["loop"]["candidates_per_round"] == 4
+    rows = store.read(1, "all")
+    assert sorted(rows[S.SOURCE].value_counts().items()) == [("cycle", 2), ("generated", 4)]
+    assert rows[S.SCORE_OVERALL].notna().all() and rows[S.CYCLE_ERROR].notna().all()
+    assert (rows[~rows[S.ACCEPTED]][S.REASON].str.len() > 0).all()  # every rejection says why
+    summary = stages.round_summary(tiny_cfg, 1)
+    assert summary["candidates"] == 6 and summary["accepted"] == int(rows[S.ACCEPTED].sum())
+
+
+def test_rerun_of_committed_round_changes_nothing(tiny_cfg):
+    stages.ingest_seeds(tiny_cfg)
+    stages.train_adapter(tiny_cfg, 0)
+    _run_round(tiny_cfg, 1)
+    store = stages.open_store(tiny_cfg)
+    before = (store.round_info(1)["committed_at"], store.read(1, "all").to_json())
+    again = [stages.ingest_seeds(tiny_cfg), stages.train_adapter(tiny_cfg, 0), stages.commit(tiny_cfg, 1, {})]
+    assert all(step["skipped"] for step in again)
+    assert (store.round_info(1)["committed_at"], store.read(1, "all").to_json()) == before
+
+
+def test_cycle_threshold_rejects_with_reason(tiny_cfg):
+    import pandas as pd
+
+    from storage import schema as S
+
+    rows = pd.DataFrame([S.empty_row(sample_id=f"s{i}", round=1, source="cycle", cycle_error=e,
+                                     **{c: 0.9 for c in S.SCORE_COLUMNS}) for i, e in enumerate([0.01, 0.5])])
+    cfg = tiny_cfg.model_copy(update={"loop": tiny_cfg.loop.model_copy(update={"cycle_error_threshold": 0.1})})
+    decided = stages.decide_rows(cfg, rows)
+    assert decided[S.ACCEPTED].tolist() == [True, False]
+    assert "cycle_error 0.5000 > 0.1000" in decided[S.REASON].iloc[1]
+
+
+def test_missing_seeds_path_is_a_clear_error(tiny_cfg):
+    cfg = tiny_cfg.model_copy(update={"loop": tiny_cfg.loop.model_copy(update={"seeds_path": None})})
+    with pytest.raises(ValueError, match="loop.seeds_path is not set"):
+        stages.ingest_seeds(cfg)
+
+
+def test_units_and_prompts_are_stable():
+    assert stages.unit_names("gen", 5, 2) == ["gen-0000", "gen-0001", "gen-0002"]
+    assert list(stages.batch_slice("gen-0002", 5, 2)) == [4]
