@@ -99,6 +99,15 @@ class Judge(ABC):
     def __init__(self, cfg: JudgeConfig):
         self.cfg = cfg
 
+    def __enter__(self) -> "Judge":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release what the backend holds (HTTP client, model memory); oracle and cycle hold nothing."""
+
     def score(self, items: list[JudgeItem]) -> list[JudgeResult]:
         """Score a batch; results come back in input order, one per item."""
         ids = [item.sample_id for item in items]

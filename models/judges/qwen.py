@@ -51,8 +51,19 @@ class QwenJudge(Judge):
         self.runtime = runtime
         self.questions = {c: (q.questions or DEFAULT_QUESTIONS)[c] + ANSWER_HINT for c in CRITERIA}
 
+    def close(self) -> None:
+        """Drop the model so its (GPU) memory is free for the next training round."""
+        import torch
+
+        self.runtime = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def _score_valid(self, items: list[JudgeItem]) -> list[JudgeResult]:
         import torch
+
+        if self.runtime is None:
+            raise ValueError("qwen judge is closed; build a new one")
 
         start = time.perf_counter()
         grids = [grid_image(it.triplet) for it in items]

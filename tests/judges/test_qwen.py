@@ -55,6 +55,13 @@ def test_scores_depend_on_the_image(qwen_dir, judge_items):
     assert res[0].scores["logo_clean"] != pytest.approx(res[3].scores["logo_clean"], abs=1e-7)
 
 
+def test_closed_judge_refuses_to_score(qwen_dir, judge_items):
+    with build_judge(qwen_cfg(qwen_dir, 4)) as judge:
+        assert judge.score(judge_items[:1])[0].error is None
+    with pytest.raises(ValueError, match="closed"):
+        judge.score(judge_items[:1])
+
+
 def test_one_visual_token_per_28px(qwen_dir):
     runtime = QwenVL(qwen_dir, max_pixels=112 * 112)
     _, grid, counts = runtime._vision([Image.new("RGB", (56, 56), "red"), Image.new("RGB", (112, 56), "blue")])
