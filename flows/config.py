@@ -38,7 +38,9 @@ class LoopConfig(BaseModel):
     rounds: int = Field(3, ge=1, le=1000, description="run rounds 1..rounds (round 0 is the seed round)")
     candidates_per_round: int = Field(16, ge=1, description="triplets generated with tau_G per round")
     prompts: list[str] | None = Field(
-        None, description="prompt set for generation; null = every product x logo pair of products/logos")
+        None, description="prompt set for generation; null = prompts_file, else every product x logo pair")
+    prompts_file: str | None = Field(
+        None, description="prompt-set JSON written by `layerloop prompts` (used when prompts is null)")
     products: list[str] = Field(default_factory=lambda: list(DEFAULT_PRODUCTS),
                                 description="product descriptions crossed with logos when prompts is null")
     logos: list[str] = Field(default_factory=lambda: list(DEFAULT_LOGOS),
@@ -61,6 +63,8 @@ class LoopConfig(BaseModel):
                                              "create it with: prefect gcl create gpu --limit 1")
     gpu_lease_s: float = Field(60.0, ge=60, le=86400, description="lease of a held gpu slot, renewed while the "
                                "task runs; after a kill -9 the slot frees within this + ~15 s (server minimum 60)")
+    gpu_wait_s: float | None = Field(3600.0, gt=0, description="give up waiting for the gpu slot after this "
+                                     "many seconds, with a message on how to inspect/reset it; null = forever")
     create_gpu_slot: bool = Field(True, description="create the gpu limit (limit 1) when the server lacks it")
     task_retries: int = Field(2, ge=0, le=10, description="retries of a task on a transient failure")
     task_retry_delay_s: float = Field(2.0, ge=0, description="seconds between task retries")
@@ -77,6 +81,10 @@ class LoopConfig(BaseModel):
         """The prompts of tau_G, in a stable order (its hash is recorded with every round)."""
         if self.prompts is not None:
             return list(self.prompts)
+        if self.prompts_file is not None:
+            from models.prompts import load_prompt_set
+
+            return list(load_prompt_set(self.prompts_file).prompts)
         return [f"a {p} with {logo}" for p in self.products for logo in self.logos]
 
 

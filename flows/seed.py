@@ -4,18 +4,18 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.config import PipelineConfig
-from tasks import publish as artifacts
-from tasks.prefect_tasks import evaluate_task, ingest_seeds_task, report_task, train_adapter_task
+from tasks import publish
+from tasks.prefect_tasks import configured
 
 
 @flow(name="seed", flow_run_name="seed", log_prints=True)
 def seed(config: PipelineConfig = PipelineConfig()) -> dict:
-    """Round 0: ingest the labeled seeds (once) and train the seed LoRA -> adapters/round-0000."""
-    cfg = config
-    artifacts.ensure_gpu_slot(cfg)
-    ingested = ingest_seeds_task(cfg)
-    trained = train_adapter_task(cfg, 0)
-    heldout = evaluate_task(cfg, 0)
-    reported = report_task(cfg, 0) if cfg.loop.report else None
-    artifacts.publish_round(cfg, 0, reported, heldout["metrics"])
+    """Round 0: ingest the labeled seeds and the pool (once), train the seed LoRA -> adapters/round-0000."""
+    cfg, t = config, configured(config)
+    publish.ensure_gpu_slot(cfg)
+    ingested = t.ingest_seeds(cfg)
+    trained = t.train(cfg, 0)
+    heldout = t.evaluate(cfg, 0)
+    reported = t.report(cfg, 0) if cfg.loop.report else None
+    publish.publish_round(cfg, 0, reported, heldout["metrics"])
     return {"ingest": ingested, "train": trained, "heldout": heldout["metrics"]}

@@ -1,4 +1,4 @@
-"""The self-improving loop as a Prefect flow: `self_improve` runs rounds 1..N (each a `round` subflow).
+"""The self-improving loop as a Prefect flow: `self_improve` runs rounds 1..N, each a `round` subflow.
 
 Round r: make sure adapter r-1 exists (trained on training_view(r-1)) -> generate candidates with it ->
 judge -> cycle (generated composites and a slice of the unlabeled pool) -> commit round r -> report ->
@@ -11,27 +11,25 @@ import time
 
 from prefect import flow, get_run_logger
 
-from flows.seed import seed
 from flows.config import PipelineConfig
-from tasks import stages
-from tasks import publish as artifacts
-from tasks.prefect_tasks import (commit_task, cycle_generated_task, cycle_pool_task, evaluate_task,
-                                 generate_task, judge_task, report_task, train_adapter_task)
+from flows.seed import seed
+from tasks import publish, stages
+from tasks.prefect_tasks import configured
 
 
 @flow(name="self-improve", log_prints=True)
 def self_improve(config: PipelineConfig = PipelineConfig()) -> list[dict]:
     """Run rounds after the latest committed one up to loop.rounds; returns the selection-rate rows."""
-    cfg = config
-    artifacts.ensure_gpu_slot(cfg)
+    cfg, t = config, configured(config)
+    publish.ensure_gpu_slot(cfg)
     if not stages.is_committed(cfg, 0):
         seed(cfg)
     for r in range(stages.next_round(cfg), cfg.loop.rounds + 1):
         improve_round(cfg, r)
     if cfg.loop.train_final:
-        train_adapter_task(cfg, cfg.loop.rounds)
-        evaluate_task(cfg, cfg.loop.rounds)
-    return artifacts.publish_table(cfg)
+        t.train(cfg, cfg.loop.rounds)
+        t.evaluate(cfg, cfg.loop.rounds)
+    return publish.publish_table(cfg)
 
 
 @flow(name="round", flow_run_name="round-{round_:04d}", log_prints=True)
@@ -39,26 +37,26 @@ def improve_round(cfg: PipelineConfig, round_: int) -> dict:
     """One round of the recipe; a committed round is never rewritten (rerun = no-op)."""
     if stages.is_committed(cfg, round_):
         return {"round": round_, "skipped": True}
-    start = time.perf_counter()
-    trained = train_adapter_task(cfg, round_ - 1)
-    heldout = evaluate_task(cfg, round_ - 1)
-    gen_units = stages.unit_names("gen", cfg.loop.candidates_per_round, cfg.loop.batch_size)
+    start, t = time.perf_counter(), configured(cfg)
+    trained = t.train(cfg, round_ - 1)
+    heldout = t.evaluate(cfg, round_ - 1)
     n_pool = len(stages.round_pool(cfg, round_))
+    gen_units = stages.unit_names("gen", cfg.loop.candidates_per_round, cfg.loop.batch_size)
     pool_units = stages.unit_names("pool", n_pool, cfg.loop.batch_size)
-    progress = artifacts.Progress(round_, 3 * len(gen_units) + 2 * len(pool_units))
-    generated = progress.run(generate_task, cfg, round_, gen_units)
-    judged = progress.run(judge_task, cfg, round_, gen_units)
-    cycled = progress.run(cycle_generated_task, cfg, round_, gen_units)
-    pooled = progress.run(cycle_pool_task, cfg, round_, pool_units)
-    judged_pool = progress.run(judge_task, cfg, round_, pool_units)
-    timings = artifacts.stage_seconds(train=[trained], evaluate=[heldout], generate=generated,
-                                      judge=judged + judged_pool, cycle=cycled + pooled)
+    progress = publish.Progress(round_, 3 * len(gen_units) + 2 * len(pool_units))
+    generated = progress.run(t.generate, cfg, round_, gen_units)
+    judged = progress.run(t.judge, cfg, round_, gen_units)
+    cycled = progress.run(t.cycle_generated, cfg, round_, gen_units)
+    pooled = progress.run(t.cycle_pool, cfg, round_, pool_units)
+    judged_pool = progress.run(t.judge, cfg, round_, pool_units)
+    timings = publish.stage_seconds(train=[trained], evaluate=[heldout], generate=generated,
+                                    judge=judged + judged_pool, cycle=cycled + pooled)
     info = {"timings": timings, "train": trained.get("metrics", {}), "heldout": heldout["metrics"],
             "heldout_adapter": stages.adapter_id(round_ - 1), "candidates": cfg.loop.candidates_per_round,
             "pool_used": n_pool}
-    committed = commit_task(cfg, round_, info)
-    reported = report_task(cfg, round_) if cfg.loop.report else None
-    artifacts.publish_round(cfg, round_, reported, heldout["metrics"])
+    committed = t.commit(cfg, round_, info)
+    reported = t.report(cfg, round_) if cfg.loop.report else None
+    publish.publish_round(cfg, round_, reported, heldout["metrics"])
     wall = time.perf_counter() - start
     get_run_logger().info("round %d committed (%s) in %.1f s", round_, committed, wall)
     timings.update(commit=committed["seconds"], report=reported["seconds"] if reported else 0.0)

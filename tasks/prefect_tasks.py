@@ -6,7 +6,9 @@ truth for resume (a rerun skips units whose output is already there).
 """
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Iterator
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -33,11 +35,27 @@ def _retry_transient(task_, task_run, state) -> bool:
     return False
 
 
-def gpu_slot(cfg: PipelineConfig) -> AbstractContextManager:
+class GpuSlotBusy(RuntimeError):
+    """The gpu slot stayed taken longer than loop.gpu_wait_s."""
+
+
+@contextmanager
+def gpu_slot(cfg: PipelineConfig) -> Iterator[None]:
     """Hold the strict global concurrency slot around GPU work, so two flows never share one card."""
+    from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError
     from prefect.concurrency.sync import concurrency
 
-    return concurrency(cfg.loop.gpu_slot, occupy=1, strict=True, lease_duration=cfg.loop.gpu_lease_s)
+    name = cfg.loop.gpu_slot
+    try:
+        with concurrency(name, occupy=1, strict=True, lease_duration=cfg.loop.gpu_lease_s,
+                         timeout_seconds=cfg.loop.gpu_wait_s):
+            yield
+    except AcquireConcurrencySlotTimeoutError:  # the body takes no slot, so this is the wait above
+        raise GpuSlotBusy(
+            f"waited {cfg.loop.gpu_wait_s:.0f} s for the global concurrency slot {name!r}: another run is using the "
+            f"GPU, or a crashed run still holds it (ephemeral servers keep leases in memory, so a dead one never "
+            f"frees its slot). Inspect: `prefect gcl inspect {name}`; reset when nothing runs: "
+            f"`prefect gcl update {name} --active-slots 0`") from None
 
 
 _COMMON = dict(persist_result=False, cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
@@ -99,3 +117,15 @@ def report_task(cfg: PipelineConfig, round_: int) -> dict:
 @task(name="selection-table", tags=["io"], task_run_name="selection-table", **_COMMON)
 def selection_table_task(cfg: PipelineConfig) -> list[dict]:
     return stages.selection_table(cfg)
+
+
+TASKS = {"ingest_seeds": ingest_seeds_task, "train": train_adapter_task, "evaluate": evaluate_task,
+         "generate": generate_task, "judge": judge_task, "cycle_generated": cycle_generated_task,
+         "cycle_pool": cycle_pool_task, "commit": commit_task, "report": report_task,
+         "selection_table": selection_table_task}
+
+
+def configured(cfg: PipelineConfig) -> SimpleNamespace:
+    """The tasks with the run's retry policy (loop.task_retries / task_retry_delay_s), by short name."""
+    opts = dict(retries=cfg.loop.task_retries, retry_delay_seconds=cfg.loop.task_retry_delay_s)
+    return SimpleNamespace(**{name: t.with_options(**opts) for name, t in TASKS.items()})

@@ -83,8 +83,8 @@ def publish_table(cfg: PipelineConfig) -> list[dict]:
     """The `selection-rate` table artifact over every committed round; returns its rows."""
     from prefect.artifacts import create_table_artifact
 
-    from tasks.prefect_tasks import selection_table_task
+    from tasks.prefect_tasks import configured
 
-    rows = selection_table_task(cfg)
+    rows = configured(cfg).selection_table(cfg)
     create_table_artifact(table=rows, key=TABLE_KEY, description="selection rate and held-out PSNR per round")
     return rows

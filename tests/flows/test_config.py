@@ -68,3 +68,11 @@ def test_prompt_set_is_product_by_logo_unless_given():
     assert len(cfg.loop.prompt_set()) == len(cfg.loop.products) * len(cfg.loop.logos)
     cfg2 = load_config(None, environ={}, overrides={"loop": {"prompts": ["x"]}})
     assert cfg2.loop.prompt_set() == ["x"]
+
+
+def test_prompt_set_from_file(tmp_path):
+    from models.prompts import PromptSet, write_prompt_set
+
+    path = write_prompt_set(PromptSet(["a cup with a star", "a hat with a moon"], "builtin", {}), tmp_path / "p.json")
+    cfg = load_config(None, environ={}, overrides={"loop": {"prompts_file": str(path)}})
+    assert cfg.loop.prompt_set() == ["a cup with a star", "a hat with a moon"]
