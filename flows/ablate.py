@@ -38,9 +38,9 @@ NO_CYCLE_FILTER = 1e9  # mean of the two layers' PSNR: the number the ordering v
 
 # Demo-sized tiny world: B, C, D x 2 seeds x (seed + 2 rounds + final) must fit in ~30 min on 2 CPU cores.
 ABLATION_DEFAULTS = {
-    "train": {"steps": 60, "batch_size": 4, "checkpoint_every": 30, "cycle_warmup_steps": 20},
+    "train": {"steps": 40, "batch_size": 4, "checkpoint_every": 20, "cycle_warmup_steps": 10},
     "sample": {"steps": 6, "batch_size": 8},
-    "loop": {"candidates_per_round": 16, "pool_per_round": 16, "batch_size": 8, "eval_size": 24},
+    "loop": {"candidates_per_round": 8, "pool_per_round": 8, "batch_size": 8, "eval_size": 16},
 }
 
 

@@ -103,3 +103,17 @@ def test_threshold_sources():
     cfg["thresholds"]["max_cycle_error"] = 0.02
     assert thresholds_from_config(cfg)["cycle_error"] == 0.02
     assert thresholds_from_config({}) == {}
+
+
+def test_report_command_rebuilds_and_refuses_unknown_rounds(two_round_store):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    html = Path(two_round_store.round_uri(0)) / "report.html"
+    assert not html.exists()
+    result = CliRunner().invoke(app, ["report", "0", "--store", two_round_store.uri])
+    assert result.exit_code == 0, result.output
+    assert f"html: {html}" in result.output and "layerloop — round 0" in html.read_text()
+    bad = CliRunner().invoke(app, ["report", "9", "--store", two_round_store.uri])
+    assert bad.exit_code == 2 and "round 9 is not committed" in bad.output
