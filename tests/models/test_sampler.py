@@ -105,3 +105,17 @@ def test_adapter_changes_outputs_and_none_restores_the_base(tiny_backbone, tmp_p
     restored = Sampler(tiny_backbone, None, CFG).decompose(comps)[0]
     assert not getattr(tiny_backbone.transformer, "peft_config", None)
     assert np.abs(_arr(restored["logo"]) - _arr(base["logo"])).max() <= 2.0
+
+
+def test_three_layer_schema_runs_through_the_same_code():
+    from models import tiny
+    from models.config import ModelConfig
+    from models.factory import build_backbone
+
+    backbone = build_backbone(ModelConfig(layers=["logo", "text", "object"]),
+                              allow_random_init=not tiny.assets_present(tiny.ASSET_DIR))
+    assert backbone.grid_size == (128, 32)
+    sampler = Sampler(backbone, None, CFG)
+    layers = sampler.decompose([_img(30)])[0]
+    assert list(layers) == ["logo", "text", "object"] and all(im.size == (32, 32) for im in layers.values())
+    assert sampler.synthesize([layers])[0].size == (32, 32)
