@@ -145,7 +145,9 @@ def score_summary(rows: pd.DataFrame, thresholds: dict[str, float]) -> dict[str,
 
 
 def _describe(values: pd.Series, threshold: float | None, *, lower_is_better: bool) -> dict:
-    hi = 1.0 if not lower_is_better else max(float(values.max()), threshold or 0.0, 1e-9)
+    top = max(float(values.max()), 1e-9)
+    # A threshold far above every value (a disabled rule) must not squash the histogram into one bin.
+    hi = 1.0 if not lower_is_better else max(top, min(threshold or 0.0, 2 * top))
     counts, edges = _histogram(values.to_list(), 0.0, hi, 10)
     described = {"n": int(len(values)), "mean": float(values.mean()), "threshold": threshold,
                  "hist_counts": counts, "hist_edges": edges}
@@ -227,7 +229,7 @@ def plot_histogram(name: str, summary: dict) -> bytes:
     plt, fig, ax = _figure()
     edges, counts = summary["hist_edges"], summary["hist_counts"]
     ax.bar(edges[:-1], counts, width=[b - a for a, b in zip(edges, edges[1:])], align="edge", edgecolor="k")
-    if summary.get("threshold") is not None:
+    if summary.get("threshold") is not None and summary["threshold"] <= edges[-1]:
         ax.axvline(summary["threshold"], color="red", linestyle="--", label=f"threshold {summary['threshold']:g}")
         ax.legend()
     ax.set(xlabel=name, ylabel="samples", title=f"{name} (n={summary['n']})")
@@ -382,7 +384,9 @@ def _summary_section(data: dict) -> str:
              None if x["selection_rate"] is None else f"{100 * x['selection_rate']:.1f} %",
              *[x.get("heldout", {}).get(k) for k in held]] for x in data["rounds"]]
     header = ["round", "accepted", "rejected", "candidates", "selection rate", *[f"held-out {k}" for k in held]]
-    return "<section><h2>Rounds</h2>" + _table(header, rows) + "</section>"
+    note = ("<p class='empty'>held-out metrics belong to the adapter that generated the round "
+            "(round r is made with adapter r-1)</p>") if held else ""
+    return "<section><h2>Rounds</h2>" + _table(header, rows) + note + "</section>"
 
 
 def _scores_section(data: dict, plots: dict[str, bytes]) -> str:
