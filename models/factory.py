@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ class Backbone:
     base_id: str = ""
     _pipe: Any = field(default=None, repr=False)
     _embeds: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    # pipeline calls mutate the shared scheduler (timesteps, step index): callers on threads hold this
+    lock: Any = field(default_factory=threading.RLock, repr=False)
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -70,17 +73,18 @@ class Backbone:
         """(prompt_embeds [1,L,D], pooled [1,P], text_ids [L,3]) via pipeline.encode_prompt, LRU-cached."""
         import torch
 
-        if prompt in self._embeds:
-            self._embeds.move_to_end(prompt)
-            return self._embeds[prompt]
-        with torch.no_grad():  # not inference_mode: the trainer feeds these into autograd graphs
-            out = self.pipeline().encode_prompt(
-                prompt=prompt, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
-            )
-        self._embeds[prompt] = out
-        if len(self._embeds) > _EMBED_CACHE_SIZE:
-            self._embeds.popitem(last=False)
-        return out
+        with self.lock:
+            if prompt in self._embeds:
+                self._embeds.move_to_end(prompt)
+                return self._embeds[prompt]
+            with torch.no_grad():  # not inference_mode: the trainer feeds these into autograd graphs
+                out = self.pipeline().encode_prompt(
+                    prompt=prompt, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
+                )
+            self._embeds[prompt] = out
+            if len(self._embeds) > _EMBED_CACHE_SIZE:
+                self._embeds.popitem(last=False)
+            return out
 
     def task_embeddings(self, task: str, caption: str | None = None):
         """Cached text conditioning of `task`'s prompt (T5 at 512 tokens is the expensive part on FLUX)."""

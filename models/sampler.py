@@ -27,10 +27,12 @@ class Sampler:
 
         self.backbone, self.cfg, self.adapter_dir = backbone, cfg, adapter_dir
         # the backbone is shared: make sure it carries exactly the adapter this sampler was asked for
-        if adapter_dir:
-            load_adapter(backbone, adapter_dir)
-        else:
-            unload_adapter(backbone)
+        # (one adapter at a time per backbone: build one backbone per concurrent sampler)
+        with backbone.lock:
+            if adapter_dir:
+                load_adapter(backbone, adapter_dir)
+            else:
+                unload_adapter(backbone)
 
     def decompose(self, composites: Sequence[Image.Image]) -> list[dict[str, Image.Image]]:
         """Composite -> its layers (tau_D); returns only the layer panels."""
@@ -83,13 +85,14 @@ class Sampler:
         embeds = [bb.task_embeddings(task, cap) for cap in captions]
         generators = [self._generator(task, g, cap) for g, cap in zip(grids, captions)]
         width, height = bb.grid_size
-        result = bb.pipeline()(
-            prompt_embeds=torch.cat([e[0] for e in embeds]),
-            pooled_prompt_embeds=torch.cat([e[1] for e in embeds]),
-            image=grids, mask_image=task_mask(task, schema, size), height=height, width=width,
-            latents=self._initial_noise(generators), num_inference_steps=self.cfg.steps,
-            guidance_scale=self.cfg.guidance, generator=generators, output_type="pil",
-        )
+        with bb.lock:
+            result = bb.pipeline()(
+                prompt_embeds=torch.cat([e[0] for e in embeds]),
+                pooled_prompt_embeds=torch.cat([e[1] for e in embeds]),
+                image=grids, mask_image=task_mask(task, schema, size), height=height, width=width,
+                latents=self._initial_noise(generators), num_inference_steps=self.cfg.steps,
+                guidance_scale=self.cfg.guidance, generator=generators, output_type="pil",
+            )
         return [self._assemble(task, c, img) for c, img in zip(chunk, result.images)]
 
     def _initial_noise(self, generators: list) -> "torch.Tensor":

@@ -119,3 +119,14 @@ def test_three_layer_schema_runs_through_the_same_code():
     layers = sampler.decompose([_img(30)])[0]
     assert list(layers) == ["logo", "text", "object"] and all(im.size == (32, 32) for im in layers.values())
     assert sampler.synthesize([layers])[0].size == (32, 32)
+
+
+def test_threads_sharing_a_backbone_get_the_sequential_results(sampler):
+    from concurrent.futures import ThreadPoolExecutor
+
+    comps = [[_img(40)], [_img(41)], [_img(42)]]
+    sequential = [sampler.decompose(c)[0] for c in comps]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        threaded = [r[0] for r in pool.map(sampler.decompose, comps)]
+    for a, b in zip(sequential, threaded):
+        assert np.abs(_arr(a["object"]) - _arr(b["object"])).max() <= 2.0
