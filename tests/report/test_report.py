@@ -117,3 +117,16 @@ def test_report_command_rebuilds_and_refuses_unknown_rounds(two_round_store):
     assert f"html: {html}" in result.output and "layerloop — round 0" in html.read_text()
     bad = CliRunner().invoke(app, ["report", "9", "--store", two_round_store.uri])
     assert bad.exit_code == 2 and "round 9 is not committed" in bad.output
+
+
+def test_disabled_cycle_rule_keeps_the_histogram_readable():
+    import pandas as pd
+
+    from tasks.report import score_summary
+
+    rows = pd.DataFrame({"cycle_error": [0.1, 0.2, 0.15]})
+    s = score_summary(rows, {"cycle_error": 1e9})["cycle_error"]
+    assert s["hist_edges"][-1] == pytest.approx(0.4) and s["pass_rate"] == 1.0
+    assert sum(c > 0 for c in s["hist_counts"]) >= 2  # not all in one bin
+    tight = score_summary(rows, {"cycle_error": 0.12})["cycle_error"]
+    assert tight["hist_edges"][-1] == pytest.approx(0.2) and tight["pass_rate"] == pytest.approx(1 / 3)
