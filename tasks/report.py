@@ -442,12 +442,3 @@ def build_report(store, round: int) -> dict[str, str]:
         "selection_rate_png": store.write_artifact(round, SELECTION_PNG, plots["selection_rate"]),
     }
 
-
-def report_markdown(paths: dict[str, str], data: dict) -> str:
-    """A short markdown summary for a Prefect artifact (links the HTML, lists the headline numbers)."""
-    lines = [f"# layerloop round {data['round']}", "", f"[HTML report]({paths['html']})", "",
-             "| round | accepted | rejected | selection rate |", "|---|---|---|---|"]
-    for x in data["rounds"]:
-        rate = "–" if x["selection_rate"] is None else f"{100 * x['selection_rate']:.1f} %"
-        lines.append(f"| {x['round']} | {x['n_accepted']} | {x['n_rejected']} | {rate} |")
-    return "\n".join(lines)
