@@ -9,7 +9,7 @@ on which batch it lands in (CPU kernels still differ by ~1e-4 between runs: comp
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from PIL import Image
 
@@ -17,6 +17,9 @@ from models.config import SampleConfig
 from models.grid import (
     COMPOSITE, GridError, fill_missing, generated_panels, given_panels, make_grid, split_grid, task_mask,
 )
+
+if TYPE_CHECKING:  # torch stays a lazy import at run time
+    import torch
 
 
 class Sampler:

@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 from models.config import SampleConfig
-from models.grid import GridError
 from models.sampler import Sampler
 
 CFG = SampleConfig(steps=2, guidance=30.0, seed=3, batch_size=2)
