@@ -109,9 +109,23 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
 
     rows = self_improve(cfg)
     print_table(rows)
-    final = stages.evaluate_adapter(cfg, rounds)["metrics"] if cfg.loop.train_final else {}
-    if final:
-        typer.echo(f"held-out of the final adapter {stages.adapter_id(rounds)} (trained on rounds 0..{rounds}): "
-                   + ", ".join(f"{k} {v:.2f}" for k, v in sorted(final.items()) if k.startswith("psnr_")))
+    if cfg.loop.eval_size:
+        _print_heldout("identity baseline (composite as every layer)", _identity(cfg))
+    if cfg.loop.train_final and cfg.loop.eval_size:
+        _print_heldout(f"final adapter {stages.adapter_id(rounds)} (trained on rounds 0..{rounds})",
+                       stages.evaluate_adapter(cfg, rounds)["metrics"])
     typer.echo(f"report: {stages.open_store(cfg).round_uri(rounds)}/report.html")
     typer.echo(f"demo took {time.perf_counter() - start:.0f} s")
+
+
+def _identity(cfg: PipelineConfig) -> dict:
+    from models.evaluation import identity_baseline
+    from models.synthetic import make_split
+
+    return identity_baseline(make_split("test", cfg.loop.eval_size, cfg.model.panel_size, cfg.loop.eval_seed))
+
+
+def _print_heldout(label: str, metrics: dict) -> None:
+    typer.echo(f"held-out PSNR, {label}: "
+               + ", ".join(f"{k.removeprefix('psnr_')} {v:.2f} dB" for k, v in sorted(metrics.items())
+                           if k.startswith("psnr_")))

@@ -31,10 +31,11 @@ def demo_config(store: str, inputs: dict[str, str], rounds: int = 3, overrides: 
     """Tiny-world config of the demo; `overrides` (nested dict) wins, env LAYERLOOP__* too."""
     base = {
         "store": {"uri": store},
-        "train": {"steps": 60, "batch_size": 4, "checkpoint_every": 20, "cycle_warmup_steps": 20},
-        "sample": {"steps": 6, "batch_size": 8},
+        # each adapter continues from the previous one, so adapter r has seen 30 * (r + 1) steps
+        "train": {"steps": 30, "batch_size": 4, "checkpoint_every": 10, "cycle_warmup_steps": 10},
+        "sample": {"steps": 6, "batch_size": 12},
         "loop": {"rounds": rounds, "seeds_path": inputs["seeds"], "pool_path": inputs["pool"],
-                 "candidates_per_round": 16, "pool_per_round": 16, "batch_size": 8, "eval_size": 12,
+                 "candidates_per_round": 12, "pool_per_round": 12, "batch_size": 12, "eval_size": 12,
                  "train_final": True},
     }
     from flows.config import deep_merge
