@@ -36,9 +36,14 @@ def _load(config: Path | None, overrides: dict) -> PipelineConfig:
         raise typer.Exit(2) from None
 
 
-def _quiet_prefect() -> None:
+def _prefect_env() -> None:
+    """Settings for local runs; must be set before prefect is imported."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Ephemeral servers keep slot leases in memory but the slot counts in the shared SQLite DB: a run
+    # killed while holding the gpu slot would leak it for good. On disk, any later server expires it.
+    os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE",
+                          "prefect.server.concurrency.lease_storage.filesystem")
 
 
 def print_table(rows: list[dict], title: str = "selection rate per round") -> None:
@@ -63,7 +68,7 @@ def run(config: Optional[Path] = CONFIG_OPT, rounds: Optional[int] = typer.Optio
         store: Optional[str] = STORE_OPT) -> None:
     """Run the self-improving loop: seed round if missing, then rounds up to loop.rounds."""
     cfg = _load(config, _overrides(store, rounds))
-    _quiet_prefect()
+    _prefect_env()
     from flows.self_improve import self_improve
 
     print_table(self_improve(cfg))
@@ -72,7 +77,7 @@ def run(config: Optional[Path] = CONFIG_OPT, rounds: Optional[int] = typer.Optio
 def seed(config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) -> None:
     """Ingest the labeled seeds as round 0 and train the seed LoRA (adapters/round-0000)."""
     cfg = _load(config, _overrides(store))
-    _quiet_prefect()
+    _prefect_env()
     from flows.seed import seed as seed_flow
 
     result = seed_flow(cfg)
@@ -97,7 +102,7 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
 
     if fresh and Path(store).exists():
         shutil.rmtree(store)
-    _quiet_prefect()
+    _prefect_env()
     start = time.perf_counter()
     try:
         cfg = demo_inputs.demo_config(store, demo_inputs.make_inputs(inputs), rounds)
