@@ -22,6 +22,7 @@ from tasks import artifacts_io as aio
 WEIGHTS = "pytorch_lora_weights.safetensors"
 EVAL_FILE = "heldout.json"
 _BACKBONES: dict[str, Any] = {}
+_JUDGES: dict[tuple, Any] = {}
 
 
 def adapter_id(round_: int) -> str:
@@ -377,9 +378,21 @@ def cycle_generated(cfg: PipelineConfig, round_: int, unit: str) -> dict:
 
 # --- judge ----------------------------------------------------------------------------------------------
 
+def judge_for(cfg: PipelineConfig, adapter_round: int):
+    """One judge per process, judge config and adapter: a VLM judge loads its weights once, not per unit."""
+    from models.judges.base import build_judge
+
+    smp = sampler(cfg, adapter_round)  # (re)loads this adapter into the shared backbone a cached judge uses
+    key = (cfg.judge.model_dump_json(), cfg.sample.model_dump_json(), smp.adapter_dir, id(smp.backbone))
+    if key not in _JUDGES:
+        _JUDGES.clear()
+        _JUDGES[key] = build_judge(cfg.judge, sampler=smp)
+    return _JUDGES[key]
+
+
 def judge(cfg: PipelineConfig, round_: int, unit: str) -> dict:
     """Score one unit's triplets with the configured judge; scores are stored, thresholds come later."""
-    from models.judges.base import JudgeItem, build_judge, results_to_frame
+    from models.judges.base import JudgeItem, results_to_frame
     from storage import schema as S
 
     with timed({"unit": unit}) as out:
@@ -389,8 +402,7 @@ def judge(cfg: PipelineConfig, round_: int, unit: str) -> dict:
             return out
         items = [JudgeItem(sample_id=row[S.SAMPLE_ID], triplet=_decode(panels), prompt=str(row[S.PROMPT] or ""))
                  for row, panels in w.load_panels(_unit_rows(w, unit))]
-        judge_ = build_judge(cfg.judge, sampler=sampler(cfg, round_ - 1))
-        frame = results_to_frame(judge_.score(items) if items else [])
+        frame = results_to_frame(judge_for(cfg, round_ - 1).score(items) if items else [])
         w.put_part("judge", unit, frame)
         out.update(skipped=False, n=len(items), failed=int(frame["judge_error"].notna().sum()) if len(frame) else 0)
     return out
