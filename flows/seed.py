@@ -5,7 +5,7 @@ from prefect import flow
 
 from flows.config import PipelineConfig
 from tasks import publish
-from tasks.prefect_tasks import configured
+from tasks.prefect_tasks import configured, gpu_slot
 
 
 @flow(name="seed", flow_run_name="seed", log_prints=True)
@@ -14,8 +14,9 @@ def seed(config: PipelineConfig = PipelineConfig()) -> dict:
     cfg, t = config, configured(config)
     publish.ensure_gpu_slot(cfg)
     ingested = t.ingest_seeds(cfg)
-    trained = t.train(cfg, 0)
-    heldout = t.evaluate(cfg, 0)
+    with gpu_slot(cfg):
+        trained = t.train(cfg, 0)
+        heldout = t.evaluate(cfg, 0)
     reported = t.report(cfg, 0) if cfg.loop.report else None
     publish.publish_round(cfg, 0, reported, heldout["metrics"])
     return {"ingest": ingested, "train": trained, "heldout": heldout["metrics"]}

@@ -3,7 +3,7 @@
 Round r: make sure adapter r-1 exists (trained on training_view(r-1)) -> generate candidates with it ->
 judge -> cycle (generated composites and a slice of the unlabeled pool) -> commit round r -> report ->
 artifacts. The work lives in tasks/stages.py; these bodies only sequence task calls. Units run one after
-another on purpose: every unit holds the strict `gpu` slot, and the model is shared per process.
+another on purpose: the round holds the strict `gpu` slot around them, and the model is shared per process.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from flows.config import PipelineConfig
 from flows.seed import seed
 from tasks import publish, stages
-from tasks.prefect_tasks import configured
+from tasks.prefect_tasks import configured, gpu_slot
 
 
 @flow(name="self-improve", log_prints=True)
@@ -27,8 +27,9 @@ def self_improve(config: PipelineConfig = PipelineConfig()) -> list[dict]:
     for r in range(stages.next_round(cfg), cfg.loop.rounds + 1):
         improve_round(cfg, r)
     if cfg.loop.train_final:
-        t.train(cfg, cfg.loop.rounds)
-        t.evaluate(cfg, cfg.loop.rounds)
+        with gpu_slot(cfg):
+            t.train(cfg, cfg.loop.rounds)
+            t.evaluate(cfg, cfg.loop.rounds)
     return publish.publish_table(cfg)
 
 
@@ -38,17 +39,18 @@ def improve_round(cfg: PipelineConfig, round_: int) -> dict:
     if stages.is_committed(cfg, round_):
         return {"round": round_, "skipped": True}
     start, t = time.perf_counter(), configured(cfg)
-    trained = t.train(cfg, round_ - 1)
-    heldout = t.evaluate(cfg, round_ - 1)
     n_pool = len(stages.round_pool(cfg, round_))
     gen_units = stages.unit_names("gen", cfg.loop.candidates_per_round, cfg.loop.batch_size)
     pool_units = stages.unit_names("pool", n_pool, cfg.loop.batch_size)
     progress = publish.Progress(round_, 3 * len(gen_units) + 2 * len(pool_units))
-    generated = progress.run(t.generate, cfg, round_, gen_units)
-    judged = progress.run(t.judge, cfg, round_, gen_units)
-    cycled = progress.run(t.cycle_generated, cfg, round_, gen_units)
-    pooled = progress.run(t.cycle_pool, cfg, round_, pool_units)
-    judged_pool = progress.run(t.judge, cfg, round_, pool_units)
+    with gpu_slot(cfg):
+        trained = t.train(cfg, round_ - 1)
+        heldout = t.evaluate(cfg, round_ - 1)
+        generated = progress.run(t.generate, cfg, round_, gen_units)
+        judged = progress.run(t.judge, cfg, round_, gen_units)
+        cycled = progress.run(t.cycle_generated, cfg, round_, gen_units)
+        pooled = progress.run(t.cycle_pool, cfg, round_, pool_units)
+        judged_pool = progress.run(t.judge, cfg, round_, pool_units)
     timings = publish.stage_seconds(train=[trained], evaluate=[heldout], generate=generated,
                                     judge=judged + judged_pool, cycle=cycled + pooled)
     info = {"timings": timings, "train": trained.get("metrics", {}), "heldout": heldout["metrics"],

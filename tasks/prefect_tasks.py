@@ -1,8 +1,9 @@
 """Thin Prefect @task wrappers over tasks/stages.py: retries for transient failures, tags, the GPU slot.
 
-Each wrapper runs one stage on one unit (a batch), never one image. Results are small JSON-able dicts
-(ids, URIs, counts, seconds); nothing is persisted by Prefect because the round store is the source of
-truth for resume (a rerun skips units whose output is already there).
+Each wrapper runs one stage on one unit (a batch), never one image. The strict `gpu` slot is held by
+the flow around its GPU stages (see gpu_slot); the tasks only carry a `gpu` tag for the UI. Results are
+small JSON-able dicts (ids, URIs, counts, seconds); nothing is persisted by Prefect because the round
+store is the source of truth for resume (a rerun skips units whose output is already there).
 """
 from __future__ import annotations
 
@@ -41,7 +42,11 @@ class GpuSlotBusy(RuntimeError):
 
 @contextmanager
 def gpu_slot(cfg: PipelineConfig) -> Iterator[None]:
-    """Hold the strict global concurrency slot around GPU work, so two flows never share one card."""
+    """Hold the strict global concurrency slot around GPU work, so two flows never share one card.
+
+    Flows take it once around a round's GPU stages, not per task: inside a task run, Prefect 3.9 frees
+    a slot asynchronously, so the next task's acquire waited 2-6 s here (vs ~30 ms from the flow body).
+    """
     from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError
     from prefect.concurrency.sync import concurrency
 
@@ -69,39 +74,32 @@ def ingest_seeds_task(cfg: PipelineConfig) -> dict:
 
 @task(name="train-adapter", tags=["gpu", "train"], task_run_name="train-adapter-{round_}", **_COMMON)
 def train_adapter_task(cfg: PipelineConfig, round_: int) -> dict:
-    with gpu_slot(cfg):
-        return stages.train_adapter(cfg, round_)
+    return stages.train_adapter(cfg, round_)
 
 
 @task(name="evaluate-adapter", tags=["gpu", "eval"], task_run_name="evaluate-adapter-{round_}", **_COMMON)
 def evaluate_task(cfg: PipelineConfig, round_: int) -> dict:
-    with gpu_slot(cfg):
-        return stages.evaluate_adapter(cfg, round_)
+    return stages.evaluate_adapter(cfg, round_)
 
 
 @task(name="generate", tags=["gpu", "generate"], task_run_name="generate-{round_}-{unit}", **_COMMON)
 def generate_task(cfg: PipelineConfig, round_: int, unit: str) -> dict:
-    with gpu_slot(cfg):
-        return stages.generate(cfg, round_, unit)
+    return stages.generate(cfg, round_, unit)
 
 
 @task(name="judge", tags=["gpu", "judge"], task_run_name="judge-{round_}-{unit}", **_COMMON)
 def judge_task(cfg: PipelineConfig, round_: int, unit: str) -> dict:
-    # every judge backend here runs a model on the card (the cycle judge uses the sampler)
-    with gpu_slot(cfg):
-        return stages.judge(cfg, round_, unit)
+    return stages.judge(cfg, round_, unit)
 
 
 @task(name="cycle-generated", tags=["gpu", "cycle"], task_run_name="cycle-{round_}-{unit}", **_COMMON)
 def cycle_generated_task(cfg: PipelineConfig, round_: int, unit: str) -> dict:
-    with gpu_slot(cfg):
-        return stages.cycle_generated(cfg, round_, unit)
+    return stages.cycle_generated(cfg, round_, unit)
 
 
 @task(name="cycle-pool", tags=["gpu", "cycle"], task_run_name="cycle-{round_}-{unit}", **_COMMON)
 def cycle_pool_task(cfg: PipelineConfig, round_: int, unit: str) -> dict:
-    with gpu_slot(cfg):
-        return stages.cycle_pool(cfg, round_, unit)
+    return stages.cycle_pool(cfg, round_, unit)
 
 
 @task(name="commit-round", tags=["io"], task_run_name="commit-{round_}", **_COMMON)
