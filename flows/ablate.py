@@ -192,7 +192,7 @@ def _write(result: dict, root: Path) -> dict[str, str]:
 
 
 @flow(name="ablate", log_prints=True)
-def ablate(config: PipelineConfig | None = None, seeds: list[int] | None = None, rounds: int = 2,
+def ablate(config: PipelineConfig | None = None, seeds: list[int] | None = None, rounds: int = 1,
            work_dir: str = "ablation") -> dict:
     """Prefect entry point: the ablation as one parent flow (each run is a self-improve subflow)."""
     from prefect.artifacts import create_markdown_artifact

@@ -299,7 +299,7 @@ def synthesize_cmd(logo: Path = typer.Argument(..., help="logo image"),
 
 
 def ablate_cmd(seeds: list[int] = typer.Option([0, 1], "--seed", help="repeat with these seeds (>= 2 for spread)"),
-               rounds: int = typer.Option(2, "--rounds", help="self-improving rounds of the iterative configs"),
+               rounds: int = typer.Option(1, "--rounds", help="self-improving rounds of the iterative configs"),
                out: Path = typer.Option(Path("ablation"), "--out", "-o", help="work + result directory"),
                config: Optional[Path] = typer.Option(None, "--config", "-c",
                                                      help="base config (default: demo-sized tiny world)")) -> None:
