@@ -447,10 +447,9 @@ def decide_rows(cfg: PipelineConfig, rows):
 
 
 def _apply_review(cfg: PipelineConfig, rows):
-    try:
-        from tasks.review import apply_overrides, load_overrides
-    except ImportError:  # review module of the judges area not present: nothing to override
-        return rows
+    """Human review decisions (`layerloop review`) win over thresholds; the reason records who decided."""
+    from tasks.review import apply_overrides, load_overrides
+
     return apply_overrides(rows, load_overrides(open_store(cfg)))
 
 
