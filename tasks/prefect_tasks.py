@@ -1,7 +1,8 @@
-"""Thin Prefect @task wrappers over tasks/stages.py: retries for transient failures, tags, the GPU slot.
+"""Thin Prefect @task wrappers over tasks/stages.py: retries for transient failures, the GPU slot.
 
 Each wrapper runs one stage on one unit (a batch), never one image. The strict `gpu` slot is held by
-the flow around its GPU stages (see gpu_slot); the tasks only carry a `gpu` tag for the UI. Results are
+the flow around its GPU stages (see gpu_slot). No tags: Prefect 3.9 asks the server for a tag concurrency
+slot on every tagged task run (~80 ms each here, half of a small round's overhead). Results are
 small JSON-able dicts (ids, URIs, counts, seconds); nothing is persisted by Prefect because the round
 store is the source of truth for resume (a rerun skips units whose output is already there).
 """
@@ -67,52 +68,52 @@ _COMMON = dict(persist_result=False, cache_policy=NO_CACHE, retries=2, retry_del
                retry_condition_fn=_retry_transient)
 
 
-@task(name="ingest-seeds", tags=["io"], task_run_name="ingest-seeds", **_COMMON)
+@task(name="ingest-seeds", task_run_name="ingest-seeds", **_COMMON)
 def ingest_seeds_task(cfg: PipelineConfig) -> dict:
     return stages.ingest_seeds(cfg)
 
 
-@task(name="train-adapter", tags=["gpu", "train"], task_run_name="train-adapter-{round_}", **_COMMON)
+@task(name="train-adapter", task_run_name="train-adapter-{round_}", **_COMMON)
 def train_adapter_task(cfg: PipelineConfig, round_: int) -> dict:
     return stages.train_adapter(cfg, round_)
 
 
-@task(name="evaluate-adapter", tags=["gpu", "eval"], task_run_name="evaluate-adapter-{round_}", **_COMMON)
+@task(name="evaluate-adapter", task_run_name="evaluate-adapter-{round_}", **_COMMON)
 def evaluate_task(cfg: PipelineConfig, round_: int) -> dict:
     return stages.evaluate_adapter(cfg, round_)
 
 
-@task(name="generate", tags=["gpu", "generate"], task_run_name="generate-{round_}-{unit}", **_COMMON)
+@task(name="generate", task_run_name="generate-{round_}-{unit}", **_COMMON)
 def generate_task(cfg: PipelineConfig, round_: int, unit: str) -> dict:
     return stages.generate(cfg, round_, unit)
 
 
-@task(name="judge", tags=["gpu", "judge"], task_run_name="judge-{round_}-{unit}", **_COMMON)
+@task(name="judge", task_run_name="judge-{round_}-{unit}", **_COMMON)
 def judge_task(cfg: PipelineConfig, round_: int, unit: str) -> dict:
     return stages.judge(cfg, round_, unit)
 
 
-@task(name="cycle-generated", tags=["gpu", "cycle"], task_run_name="cycle-{round_}-{unit}", **_COMMON)
+@task(name="cycle-generated", task_run_name="cycle-{round_}-{unit}", **_COMMON)
 def cycle_generated_task(cfg: PipelineConfig, round_: int, unit: str) -> dict:
     return stages.cycle_generated(cfg, round_, unit)
 
 
-@task(name="cycle-pool", tags=["gpu", "cycle"], task_run_name="cycle-{round_}-{unit}", **_COMMON)
+@task(name="cycle-pool", task_run_name="cycle-{round_}-{unit}", **_COMMON)
 def cycle_pool_task(cfg: PipelineConfig, round_: int, unit: str) -> dict:
     return stages.cycle_pool(cfg, round_, unit)
 
 
-@task(name="commit-round", tags=["io"], task_run_name="commit-{round_}", **_COMMON)
+@task(name="commit-round", task_run_name="commit-{round_}", **_COMMON)
 def commit_task(cfg: PipelineConfig, round_: int, info: dict) -> dict:
     return stages.commit(cfg, round_, info)
 
 
-@task(name="report", tags=["io"], task_run_name="report-{round_}", **_COMMON)
+@task(name="report", task_run_name="report-{round_}", **_COMMON)
 def report_task(cfg: PipelineConfig, round_: int) -> dict:
     return stages.report(cfg, round_)
 
 
-@task(name="selection-table", tags=["io"], task_run_name="selection-table", **_COMMON)
+@task(name="selection-table", task_run_name="selection-table", **_COMMON)
 def selection_table_task(cfg: PipelineConfig) -> list[dict]:
     return stages.selection_table(cfg)
 
