@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -61,7 +62,7 @@ def print_table(rows: list[dict], title: str = "selection rate per round") -> No
         cells = [r["round"], r["candidates"], r["accepted"], rate, r["cycle_kept"], r["dataset_size"]]
         cells += [f"{r[c]:.2f}" if r.get(c) is not None else "-" for c in psnr_cols]
         table.add_row(*[str(c) for c in cells])
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)  # pipes default to 80 columns
 
 
 def run(config: Optional[Path] = CONFIG_OPT, rounds: Optional[int] = typer.Option(None, help="last round to run"),

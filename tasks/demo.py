@@ -28,7 +28,7 @@ def make_inputs(root: str, *, n_seeds: int = DEMO_SEEDS, n_pool: int = DEMO_POOL
 
 
 def demo_config(store: str, inputs: dict[str, str], rounds: int = 3, overrides: dict | None = None) -> PipelineConfig:
-    """Tiny-world config of the demo; `overrides` (nested dict) wins, env LAYERLOOP__* too."""
+    """Tiny-world config of the demo: demo sizes < env LAYERLOOP__* < `overrides` (nested dict)."""
     base = {
         "store": {"uri": store},
         # each adapter continues from the previous one, so adapter r has seen 30 * (r + 1) steps
@@ -38,9 +38,9 @@ def demo_config(store: str, inputs: dict[str, str], rounds: int = 3, overrides: 
                  "candidates_per_round": 12, "pool_per_round": 12, "batch_size": 12, "eval_size": 12,
                  "train_final": True},
     }
-    from flows.config import deep_merge
+    from flows.config import deep_merge, env_overrides
 
-    return load_config(None, overrides=deep_merge(base, overrides or {}))
+    return load_config(None, environ={}, overrides=deep_merge(deep_merge(base, env_overrides()), overrides or {}))
 
 
 def smoke_overrides(store: str, inputs: dict[str, str], rounds: int = 1) -> dict:
