@@ -310,6 +310,10 @@ class CycleTrainer:
 
         self.backbone, self.cache, self.codec, self.cfg = backbone, cache, codec, cfg
         self.params = params
+        if backbone.device.type == "cuda":
+            # cuDNN's fused attention backward failed on an H100 (torch 2.11+cu130: "mha_graph.execute ...
+            # is_good()", then illegal memory access); the flash / memory-efficient SDPA kernels train fine.
+            torch.backends.cuda.enable_cudnn_sdp(False)
         self.names = sorted(params)
         self.optimizer = torch.optim.AdamW([params[n] for n in self.names], lr=cfg.lr, weight_decay=0.0)
         self.n = cache.x0.shape[0]

@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop the transformer phase after this many seconds of the whole run (0 = none)")
     p.add_argument("--eval-n", type=int, default=48, help="held-out triplets for the recorded metrics")
     p.add_argument("--eval-steps", type=int, default=8, help="sampler steps for the inpainting metric")
+    p.add_argument("--related", type=float, default=0.0,
+                   help="share of grids whose panels are generic transforms of one panel (in-context prior)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--smoke", action="store_true", help="tiny run (few steps) to check the script works")
@@ -119,6 +121,36 @@ def make_batch(panels, rng: np.random.Generator, batch: int, n_panels: int, kind
     return grids, masks, idx[:, 0]
 
 
+def related_grids(source, rng: np.random.Generator, n_panels: int):
+    """Grids whose panels are generic transforms of ONE panel, with whole panels masked.
+
+    FLUX learned from web images that the panels of a grid relate (diptychs, repeated products); a base
+    trained only on unrelated panels has no reason to look across panels, and no LoRA budget teaches that.
+    The relations here are generic — exact copy, mirror, colour-channel swap, brightness gain — never
+    logo removal or extraction, so the decomposition relation itself is still left to the LoRA.
+    """
+    import torch
+
+    b = source.shape[0]
+    panels = []
+    for _ in range(n_panels):
+        x = source.clone()
+        kind = torch.from_numpy(rng.choice(4, size=b, p=(0.4, 0.2, 0.2, 0.2))).to(x.device)
+        x = torch.where((kind == 1)[:, None, None, None], x.flip(-1), x)
+        perm = torch.from_numpy(np.stack([rng.permutation(3) for _ in range(b)])).to(x.device)
+        swapped = x.gather(1, perm[:, :, None, None].expand_as(x))
+        x = torch.where((kind == 2)[:, None, None, None], swapped, x)
+        gain = torch.from_numpy(rng.uniform(0.6, 1.3, size=b).astype(np.float32)).to(x.device)
+        x = torch.where((kind == 3)[:, None, None, None], ((x + 1) * gain[:, None, None, None] - 1).clamp(-1, 1), x)
+        panels.append(x)
+    masks = torch.zeros(b, 1, PANEL, PANEL * n_panels, device=source.device)
+    for row in range(b):
+        hidden = rng.permutation(n_panels)[: rng.integers(1, n_panels)]  # at least one panel stays visible
+        for i in hidden:
+            masks[row, :, :, i * PANEL:(i + 1) * PANEL] = 1.0
+    return torch.cat(panels, dim=3), masks
+
+
 class TrainData:
     """Panels and a bank of masks kept on the training device, so a step draws a batch by indexing only.
 
@@ -126,10 +158,10 @@ class TrainData:
     per grid width, drawn once, gives the same distribution.
     """
 
-    def __init__(self, panels, rng: np.random.Generator, device, bank_size: int):
+    def __init__(self, panels, rng: np.random.Generator, device, bank_size: int, related: float = 0.0):
         import torch
 
-        self.panels, self.rng, self.device = panels.to(device), rng, device
+        self.panels, self.rng, self.device, self.related = panels.to(device), rng, device, related
         self.banks = {n: torch.from_numpy(np.stack([random_mask(rng, n) for _ in range(size)]))[:, None].to(device)
                       for n, size in ((3, bank_size), (4, max(1, bank_size // 4)))}
 
@@ -142,6 +174,9 @@ class TrainData:
         grids = torch.cat([self.panels[pick[:, i]] for i in range(n_panels)], dim=3)
         bank = self.banks[n_panels]
         masks = bank[torch.from_numpy(self.rng.integers(0, bank.shape[0], size=batch)).to(self.device)]
+        n_rel = int(round(self.related * batch))
+        if n_rel:
+            grids[:n_rel], masks[:n_rel] = related_grids(self.panels[pick[:n_rel, 0]], self.rng, n_panels)
         return grids, masks, idx[:, 0]
 
 
@@ -257,7 +292,7 @@ def train_transformer(pipe, panels, captions, args, rng, log, started: float) ->
     text = {**encode_captions(pipe, captions, args.device), "captions": captions}
     opt = torch.optim.AdamW(tr.parameters(), lr=args.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(args.seed + 1)
-    data = TrainData(panels, rng, args.device, bank_size=min(args.steps * args.batch, 8192))
+    data = TrainData(panels, rng, args.device, bank_size=min(args.steps * args.batch, 8192), related=args.related)
     clock, done = _Clock(args.steps, _remaining(args, started, share=1.0)), 0
     for step in range(1, args.steps + 1):
         progress = clock.progress(step)
@@ -336,7 +371,7 @@ def eval_inpainting(backbone, panels, args) -> dict:
     unpredictable (mean fill is near PSNR-optimal there), boxes and strokes show the inpainting itself.
     """
     out = _eval_masks(backbone, panels, args, kind=None, suffix="")
-    for kind in MASK_KINDS:
+    for kind in (*MASK_KINDS, "related"):
         out.update(_eval_masks(backbone, panels, args, kind=kind, suffix=f"_{kind}"))
     return {**out, "inpaint_eval_steps": args.eval_steps, "inpaint_eval_n": args.eval_n}
 
@@ -345,7 +380,10 @@ def _eval_masks(backbone, panels, args, kind: str | None, suffix: str) -> dict:
     import torch
 
     rng = np.random.default_rng(args.seed + 7)
-    grids, masks, _ = make_batch(panels, rng, args.eval_n, 3, kind)
+    if kind == "related":
+        grids, masks = related_grids(panels[: args.eval_n], rng, 3)
+    else:
+        grids, masks, _ = make_batch(panels, rng, args.eval_n, 3, kind)
     to_pil = lambda x: Image.fromarray(((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8))  # noqa: E731
     truth = [np.asarray(to_pil(g), dtype=np.float64) for g in grids]
     m = masks[:, 0].numpy()
