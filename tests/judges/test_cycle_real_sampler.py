@@ -27,11 +27,12 @@ def test_cycle_judge_with_the_real_sampler(real_sampler):
 
     items = synthetic_calibration_set(3, seed=0)
     results = build_judge(JudgeConfig(), sampler=real_sampler).score(items)
-    for item, res in zip(items, results):
+    # Same batch as the judge: the sampler seeds noise from each item's content, and a one-level pixel
+    # difference between batch sizes (CPU kernels are not bit-exact) would re-seed the re-synthesis.
+    again = real_sampler.synthesize(real_sampler.decompose([it.triplet["composite"] for it in items]))
+    for item, res, back in zip(items, results, again):
         assert res.error is None and res.backend == "cycle"
         assert all(0.0 <= res.scores[c] <= 1.0 for c in CRITERIA) and 0.0 <= res.overall <= 1.0
-        again = real_sampler.synthesize(real_sampler.decompose([item.triplet["composite"]]))[0]
-        # the sampler seeds noise per item content, so the judge's round trip is reproducible (CPU ~1e-4)
-        assert res.details["cycle_error"] == pytest.approx(cycle_error(item.triplet["composite"], again), abs=2e-3)
+        assert res.details["cycle_error"] == pytest.approx(cycle_error(item.triplet["composite"], back), abs=2e-3)
     decided = apply_thresholds(results_to_frame(results), ThresholdConfig())
     assert decided["reason"].map(lambda r: r == "" or r.startswith("below threshold")).all()
