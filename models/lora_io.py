@@ -128,7 +128,16 @@ def load_adapter(backbone: Any, adapter_dir: str) -> None:
     read_adapter_state(adapter_dir)  # refuse foreign key layouts with a clear message before diffusers does
     unload_adapter(backbone)
     pipe = backbone.pipeline()
-    pipe.load_lora_weights(str(adapter_dir), weight_name=WEIGHTS_NAME, adapter_name=LOADED_NAME)
+    from diffusers.utils import logging as diffusers_logging
+
+    # Our files hold transformer keys only; diffusers warns once per load that the CLIP text encoder got
+    # none, which floods every round's log. Errors still surface.
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        pipe.load_lora_weights(str(adapter_dir), weight_name=WEIGHTS_NAME, adapter_name=LOADED_NAME)
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def unload_adapter(backbone: Any) -> None:

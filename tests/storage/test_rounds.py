@@ -180,3 +180,39 @@ def test_manifest_reads_with_pandas_duckdb_and_webdataset(tmp_path):
     for key, s in got.items():
         assert {"composite.png", "logo.png", "object.png", "json"} <= set(s)
         assert json.loads(s["json"])["sample_id"] == key
+
+
+def _plant_claim(store: RoundStore, round_: int, **holder):
+    from storage.fsutil import put_if_absent
+
+    w = store.begin(round_, parent_round=None, adapter_id=None, config={})
+    w.write_unit("u0", samples("c", 2))
+    claim = f"{store.round_uri(round_)}/_work/CLAIM"
+    assert put_if_absent(w.fs, claim, json.dumps({"writer": "other", "at": "2026-01-01T00:00:00", **holder}).encode())
+    return w
+
+
+def test_claim_of_a_dead_local_writer_is_taken_over(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    store = RoundStore(str(tmp_path / "store"))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    w = _plant_claim(store, 0, host=socket.gethostname(), pid=int(gone.stdout))
+    w.commit(w.rows())  # a kill -9 during commit no longer blocks the resumed run until gc
+    assert store.committed_rounds() == [0]
+
+
+@pytest.mark.parametrize("holder", ["live-pid", "other-host", "no-pid"])
+def test_claim_of_a_live_or_remote_writer_still_conflicts(tmp_path, holder):
+    import os
+    import socket
+
+    store = RoundStore(str(tmp_path / "store"))
+    fields = {"live-pid": {"host": socket.gethostname(), "pid": os.getppid()},
+              "other-host": {"host": "elsewhere.invalid", "pid": 999999}, "no-pid": {}}[holder]
+    w = _plant_claim(store, 0, **fields)
+    with pytest.raises(CommitConflictError, match="being committed by writer other"):
+        w.commit(w.rows())
+    assert store.committed_rounds() == []
