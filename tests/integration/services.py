@@ -99,7 +99,22 @@ def _kill_group(pgid: int, sig: int) -> None:
         pass  # already gone
 
 
-class PostgresServer:
+class _Service:
+    """Context-manager protocol shared by the servers: a failed start still stops what it began."""
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class PostgresServer(_Service):
     """A private PostgreSQL cluster on 127.0.0.1:<port>, trust auth, with the `prefect` database.
 
     initdb refuses to run as root, so as root every server command runs as the `postgres` user
@@ -121,17 +136,6 @@ class PostgresServer:
     @property
     def url(self) -> str:
         return db_url("127.0.0.1", self.port)
-
-    def __enter__(self) -> "PostgresServer":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         cmd = [str(self.bin / args[0]), *args[1:]]
@@ -184,7 +188,7 @@ class PostgresServer:
                 pass
 
 
-class PrefectServer:
+class PrefectServer(_Service):
     """`prefect server start` against a database URL, on a free port, with its own PREFECT_HOME."""
 
     def __init__(self, base_dir: str | os.PathLike, database_url: str, port: int | None = None,
@@ -212,17 +216,6 @@ class PrefectServer:
             ENV_HOME: str(self.base / "prefect-home"),
         })
         return env
-
-    def __enter__(self) -> "PrefectServer":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def start(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
