@@ -239,6 +239,13 @@ def eval_cmd(adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a"
     typer.echo(f"written: {', '.join(paths.values())}")
 
 
+def _fit_and_config(fit: str, config: Optional[Path], store: Optional[str]):
+    """The --fit mode checked before anything is loaded, then the pipeline config."""
+    if fit not in FIT_MODES:
+        _fail(f"--fit must be one of {FIT_MODES}; got {fit!r}")
+    return _config(config, store)
+
+
 def decompose_cmd(images: list[Path] = typer.Argument(..., help="composite images (any size)"),
                   out: Path = typer.Option(..., "--out", "-o", help="output directory"),
                   adapter: Optional[str] = _ADAPTER,
@@ -248,9 +255,7 @@ def decompose_cmd(images: list[Path] = typer.Argument(..., help="composite image
     from flows.evaluate import AdapterNotFound
     from models.grid import LayerSchema
 
-    if fit not in FIT_MODES:
-        _fail(f"--fit must be one of {FIT_MODES}; got {fit!r}")
-    cfg = _config(config, store)
+    cfg = _fit_and_config(fit, config, store)
     try:
         label, sampler = _sampler(cfg, adapter or _latest_adapter(cfg))
     except AdapterNotFound as exc:
@@ -273,9 +278,7 @@ def synthesize_cmd(logo: Path = typer.Argument(..., help="logo image"),
     """Print LOGO onto OBJECT: writes the composite at the object's size (+ FILE.json sidecar)."""
     from flows.evaluate import AdapterNotFound
 
-    if fit not in FIT_MODES:
-        _fail(f"--fit must be one of {FIT_MODES}; got {fit!r}")
-    cfg = _config(config, store)
+    cfg = _fit_and_config(fit, config, store)
     if list(cfg.model.layers) != ["logo", "object"]:
         _fail(f"synthesize takes LOGO OBJECT; this config's layers are {cfg.model.layers}")
     limits = {"max_pixels": cfg.store.max_image_pixels, "max_bytes": cfg.store.max_file_bytes}

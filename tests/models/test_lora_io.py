@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from models.config import LoraConfig, ModelConfig
+from models.config import LoraConfig
 from models.grid import make_grid, task_mask
 from models.lora_io import (
     AdapterError, WEIGHTS_NAME, load_adapter, read_adapter_metadata, read_adapter_state, save_adapter,
@@ -17,14 +17,9 @@ from models.trainer import attach_lora, detach_lora
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    """The tiny backbone's real classes, randomly initialised: these tests check the trainer's mechanics,
-    not the shipped base's quality, so they do not depend on models/assets."""
-    from models.factory import build_backbone
-
-    torch.set_num_threads(1)
-    empty = tmp_path_factory.mktemp("no-base")
-    return build_backbone(ModelConfig(path=str(empty)), allow_random_init=True)
+def backbone(random_tiny_backbone):
+    """A module's own randomly initialised tiny backbone (the tests attach and detach LoRAs on it)."""
+    return random_tiny_backbone
 
 
 def _fill_call(backbone) -> np.ndarray:

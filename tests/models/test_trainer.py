@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from models.config import LoraConfig, ModelConfig, TrainConfig
+from models.config import LoraConfig, TrainConfig
 from models.lora_io import read_adapter_state
 from models.trainer import (
     ADAPTER_NAME, CycleTrainer, FillCodec, TrainError, attach_lora, build_cache, detach_lora,
@@ -21,14 +21,9 @@ PANELS = ("composite", "logo", "object")
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    """The tiny backbone's real classes, randomly initialised: these tests check the trainer's mechanics,
-    not the shipped base's quality, so they do not depend on models/assets."""
-    from models.factory import build_backbone
-
-    torch.set_num_threads(1)
-    empty = tmp_path_factory.mktemp("no-base")
-    return build_backbone(ModelConfig(path=str(empty)), allow_random_init=True)
+def backbone(random_tiny_backbone):
+    """A module's own randomly initialised tiny backbone (the tests attach and detach LoRAs on it)."""
+    return random_tiny_backbone
 
 
 def _triplets(n: int, size: int = 32, seed: int = 0) -> list[dict]:
