@@ -91,6 +91,9 @@ class TrainConfig(_Section):
 
     steps: int = Field(200, ge=1)
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="cosine: decay to 0 at `steps` (changing `steps` then changes the schedule)")
+    lr_warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 over this many steps")
     batch_size: int = Field(4, ge=1)
     seed: int = 0
     cycle_weight: float = Field(0.5, ge=0)
@@ -103,8 +106,12 @@ class TrainConfig(_Section):
     logit_mean: float = 0.0
     logit_std: float = Field(1.0, gt=0)
     grad_clip: float = Field(1.0, gt=0)
+    loss_region: Literal["all", "generated"] = Field(
+        "generated", description="all: every grid token (ICEdit); generated: only the panels the task generates")
     checkpoint_every: int = Field(100, ge=1)
     continue_from_previous: bool = True
+    compile_blocks: bool = Field(
+        False, description="regional torch.compile of the transformer blocks while training (GPU speed-up)")
 
 
 class SampleConfig(_Section):
@@ -114,3 +121,5 @@ class SampleConfig(_Section):
     guidance: float = Field(30.0, ge=0)
     seed: int = 0
     batch_size: int = Field(8, ge=1)
+    compile_blocks: bool = Field(
+        False, description="regional torch.compile of the transformer blocks while sampling (GPU speed-up)")

@@ -45,18 +45,43 @@ def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return diff.pow(2).flatten(1).mean(dim=1)
 
 
-def flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """L_rec: || v_theta(x_t) - (noise - x0) ||^2, averaged over the batch and every token of the grid."""
-    return per_sample_mse(v_pred, velocity_target(x0, noise)).mean()
+def weighted_mse(a: torch.Tensor, b: torch.Tensor, token_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Batch mean of per-sample MSE; with token_weight (batch, tokens) a weighted mean over tokens."""
+    if token_weight is None:
+        return per_sample_mse(a, b).mean()
+    if token_weight.shape != a.shape[:2]:
+        raise ValueError(f"token_weight must be (batch, tokens) = {tuple(a.shape[:2])}; got {tuple(token_weight.shape)}")
+    per_token = (a.float() - b.float()).pow(2).mean(dim=-1)
+    w = token_weight.to(per_token.device, per_token.dtype)
+    return ((per_token * w).sum(dim=1) / w.sum(dim=1).clamp_min(1e-8)).mean()
 
 
-def cycle_loss(v_real: torch.Tensor, v_cycled: torch.Tensor) -> torch.Tensor:
+def flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
+                       token_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """L_rec: || v_theta(x_t) - (noise - x0) ||^2 over every token, or the tokens token_weight selects."""
+    return weighted_mse(v_pred, velocity_target(x0, noise), token_weight)
+
+
+def cycle_loss(v_real: torch.Tensor, v_cycled: torch.Tensor, token_weight: torch.Tensor | None = None) -> torch.Tensor:
     """One L_cyc term: || v(x_t^real, M, t, tau) - v(x_t^cycled, M, t, tau) ||^2.
 
     Both velocities must come from the same noise and t; the cycled input must already be detached
     (no gradient through the generated intermediate). Zero when both inputs are equal.
     """
-    return per_sample_mse(v_real, v_cycled).mean()
+    return weighted_mse(v_real, v_cycled, token_weight)
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
+    """Multiplier of the base learning rate at 0-based `step`: linear warm-up, then constant or cosine."""
+    import math
+
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr schedule must be 'constant' or 'cosine'; got {schedule!r}")
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if schedule == "constant":
+        return warm
+    progress = min(1.0, step / max(1, total))
+    return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def cycle_weight_at(step: int, weight: float, warmup_steps: int) -> float:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from PIL import Image
 
+from models.acceleration import compiled_blocks
 from models.config import SampleConfig
 from models.grid import (
     COMPOSITE, GridError, fill_missing, generated_panels, given_panels, make_grid, split_grid, task_mask,
@@ -88,7 +89,7 @@ class Sampler:
         embeds = [bb.task_embeddings(task, cap) for cap in captions]
         generators = [self._generator(task, g, cap) for g, cap in zip(grids, captions)]
         width, height = bb.grid_size
-        with bb.lock:
+        with bb.lock, compiled_blocks(bb.transformer, self.cfg.compile_blocks):
             result = bb.pipeline()(
                 prompt_embeds=torch.cat([e[0] for e in embeds]),
                 pooled_prompt_embeds=torch.cat([e[1] for e in embeds]),

@@ -6,7 +6,8 @@ is built by FluxFillPipeline's own methods (`FillCodec`), so training and sampli
 
 Loss per step (paper, Sec. "Loss & Training"):
   L = L_rec + w * L_cyc
-  L_rec = || v(x_t, M, t, tau) - (noise - x0) ||^2 over every token of the grid
+  L_rec = || v(x_t, M, t, tau) - (noise - x0) ||^2 over every token of the grid (or, with
+          loss_region "generated", over the tokens of the panels the task generates; L_cyc likewise)
   L_cyc = || v(x_t^I, M_D, t, tau_D) - v(x_t^{I*}, M_D, t, tau_D) ||^2          (I* = synth(A, B))
         + || v(x_t^{AB}, M_C, t, tau_C) - v(x_t^{A'B'}, M_C, t, tau_C) ||^2     ((A', B') = decomp(I))
 Each cycle term reuses the L_rec forward of a sample as its "real" side (same noise, same t), and the
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from models import losses
+from models.acceleration import compiled_blocks
 from models.config import LoraConfig, TrainConfig
 from models.grid import generated_panels, make_grid, panel_size_of, task_mask
 
@@ -70,6 +72,8 @@ class FillCodec:
     """
 
     def __init__(self, backbone: Any):
+        import torch
+
         self.backbone = backbone
         self.pipe = backbone.pipeline()
         self.schema = backbone.schema
@@ -86,6 +90,17 @@ class FillCodec:
                                                       height=self.height, width=self.width)
             for task in ("decompose", "synthesize", "generate")
         }
+        patch = 2 * scale  # one packed token covers patch x patch pixels, in _pack_latents' row-major order
+        self._token_masks = {
+            task: (torch.nn.functional.avg_pool2d(m.float(), patch).flatten() > 0.5).float().to(self.device)
+            for task, m in self._masks.items()
+        }
+
+    def generated_tokens(self, tasks: list[str]) -> "torch.Tensor":
+        """(B, tokens) float: 1 on the tokens of the panels each task generates, 0 on the given ones."""
+        import torch
+
+        return torch.stack([self._token_masks[t] for t in tasks])
 
     def pixels(self, grids: list["Image.Image"]) -> "torch.Tensor":
         """(B, 3, H, W) float32 in [-1, 1], via the pipeline's image processor."""
@@ -413,9 +428,13 @@ class CycleTrainer:
         sel = [k for k, task in enumerate(b.tasks) if task in OPPOSITE] if weight > 0 else []
         if not sel:
             v = self.codec.velocity(b.x_t, b.cond, b.t, b.embeds, self.cfg.guidance)
-            return self._combine(v, b.x0, b.noise, {}, weight)
+            return self._combine(v, b.x0, b.noise, {}, weight, self.token_weight(b.tasks))
         v, terms = self.cycle_forward(b, sel, gen)
-        return self._combine(v, b.x0, b.noise, terms, weight)
+        return self._combine(v, b.x0, b.noise, terms, weight, self.token_weight(b.tasks))
+
+    def token_weight(self, tasks: list[str]) -> "torch.Tensor | None":
+        """None (every token) or the generated panels' tokens, per TrainConfig.loss_region."""
+        return self.codec.generated_tokens(tasks) if self.cfg.loss_region == "generated" else None
 
     def batch(self, step: int, gen: "torch.Generator") -> "_Batch":
         """Step `step`'s samples: indices, tasks, x0, conditioning, text, t, noise and x_t."""
@@ -448,12 +467,13 @@ class CycleTrainer:
         for task, name in CYCLE_TERMS.items():
             rows = [j for j, k in enumerate(sel) if b.tasks[k] == task]
             if rows:
-                terms[name] = losses.cycle_loss(v[[sel[j] for j in rows]], v_cyc[rows])
+                w = self.token_weight([task] * len(rows))
+                terms[name] = losses.cycle_loss(v[[sel[j] for j in rows]], v_cyc[rows], w)
         return v, terms
 
     @staticmethod
-    def _combine(v, x0, noise, terms: dict, weight: float) -> dict:
-        loss_fm = losses.flow_matching_loss(v, x0, noise)
+    def _combine(v, x0, noise, terms: dict, weight: float, token_weight) -> dict:
+        loss_fm = losses.flow_matching_loss(v, x0, noise, token_weight)
         loss_cyc = sum(terms.values()) if terms else None
         loss = loss_fm if loss_cyc is None else loss_fm + weight * loss_cyc
         return {"loss": loss, "loss_fm": loss_fm, "loss_cyc": loss_cyc, **terms}
@@ -463,6 +483,9 @@ class CycleTrainer:
         import torch
 
         self.optimizer.zero_grad(set_to_none=True)
+        lr = self.cfg.lr * losses.lr_factor(step, self.cfg.steps, self.cfg.lr_schedule, self.cfg.lr_warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         out = self.losses(step)
         out["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_([self.params[n] for n in self.names], self.cfg.grad_clip)
@@ -471,6 +494,7 @@ class CycleTrainer:
         for k, val in out.items():
             row[k] = None if val is None else float(val.detach())
         row["grad_norm"] = float(grad_norm)
+        row["lr"] = lr
         return row
 
 
@@ -573,7 +597,8 @@ def train_lora(backbone, triplets: list[dict], cfg: TrainConfig, lora: LoraConfi
         cache = build_cache(codec, triplets, captions, cfg.seed, cfg.generate_fraction > 0)
         fingerprint = _run_fingerprint(cfg, lora, cache.fingerprint, init_adapter)
         trainer = CycleTrainer(backbone, cache, codec, cfg, params)
-        return _run(trainer, out, fingerprint, init_adapter, progress, card or {})
+        with compiled_blocks(backbone.transformer, cfg.compile_blocks):
+            return _run(trainer, out, fingerprint, init_adapter, progress, card or {})
     finally:
         backbone.transformer.eval()
         detach_lora(backbone.transformer)
@@ -592,7 +617,7 @@ def _check_inputs(triplets, cfg: TrainConfig, lora: LoraConfig, captions, init_a
 
 def _run_fingerprint(cfg: TrainConfig, lora: LoraConfig, data_fp: str, init_adapter: str | None) -> str:
     # `steps` and `checkpoint_every` are left out so a finished run can be extended by raising steps
-    relevant = cfg.model_dump(exclude={"steps", "checkpoint_every", "continue_from_previous"})
+    relevant = cfg.model_dump(exclude={"steps", "checkpoint_every", "continue_from_previous", "compile_blocks"})
     blob = json.dumps([relevant, lora.model_dump(), data_fp, _file_digest(init_adapter)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

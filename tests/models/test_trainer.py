@@ -262,3 +262,63 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(trainer, backbone)
     assert plain and set(plain) == set(checkpointed)
     for n in plain:
         assert torch.allclose(plain[n], checkpointed[n], atol=1e-5, rtol=1e-3), n
+
+
+def test_generated_tokens_mark_the_panels_each_task_generates(backbone):
+    codec = FillCodec(backbone)
+    w = codec.generated_tokens(["decompose", "synthesize"]).cpu()
+    rows, cols = codec.lat_h // 2, codec.lat_w // 2
+    per_panel = cols // 3
+    grid = w.view(2, rows, cols)
+    assert grid[0, :, :per_panel].sum() == 0 and bool((grid[0, :, per_panel:] == 1).all())
+    assert bool((grid[1, :, :per_panel] == 1).all()) and grid[1, :, per_panel:].sum() == 0
+
+
+def test_loss_region_generated_ignores_the_given_panels(trainer, backbone):
+    """With loss on generated panels only, the loss is the mean over those tokens of the same forward."""
+    from models.trainer import _mix
+
+    trainer.cfg = trainer.cfg.model_copy(update={"loss_region": "generated", "cycle_weight": 0.0})
+    b = trainer.batch(0, torch.Generator().manual_seed(_mix(trainer.cfg.seed, 0)))  # step 0's own draws
+    with torch.no_grad():
+        v = trainer.codec.velocity(b.x_t, b.cond, b.t, b.embeds, trainer.cfg.guidance)
+        w = trainer.codec.generated_tokens(b.tasks)
+        per_token = (v - (b.noise - b.x0)).pow(2).mean(-1)
+        expected = ((per_token * w).sum(1) / w.sum(1)).mean()
+        got = trainer.losses(0)["loss_fm"]
+    assert got.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert got.item() != pytest.approx(per_token.mean().item(), rel=1e-3)
+
+
+def test_cosine_schedule_is_applied_and_recorded(backbone, tmp_path):
+    res = train_lora(backbone, _triplets(3), _cfg(steps=4, lr_schedule="cosine", lr_warmup_steps=2, cycle_weight=0.0),
+                     LoraConfig(rank=2), str(tmp_path))
+    lrs = [r["lr"] for r in res.loss_curve]
+    assert lrs == pytest.approx([1e-2 * losses.lr_factor(s, 4, "cosine", 2) for s in range(4)], abs=1e-6)  # curve keeps 6 decimals
+    assert lrs[1] > lrs[3] > 0.0
+    with pytest.raises(ValidationError):
+        TrainConfig(loss_region="composite")
+
+
+def test_compiled_blocks_give_the_eager_loss_and_are_removed_afterwards(trainer, backbone):
+    """Regional compilation (dynamo with the eager backend here: no C++ toolchain needed) keeps the maths."""
+    from models.acceleration import compiled_blocks, repeated_blocks
+
+    eager = trainer.losses(0)["loss"].item()
+    with compiled_blocks(backbone.transformer, True, backend="eager"):
+        blocks = repeated_blocks(backbone.transformer)
+        assert len(blocks) == 6 and all(b._compiled_call_impl is not None for b in blocks)
+        compiled = trainer.losses(0)["loss"].item()
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    assert all(getattr(m, "_compiled_call_impl", None) is None for m in backbone.transformer.modules())
+
+
+def test_compiled_blocks_restore_eager_blocks_on_error_and_refuse_models_without_blocks(backbone):
+    from models.acceleration import compiled_blocks, repeated_blocks
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with compiled_blocks(backbone.transformer, True, backend="eager"):
+            raise RuntimeError("boom")
+    assert all(getattr(m, "_compiled_call_impl", None) is None for m in backbone.transformer.modules())
+    with pytest.raises(ValueError, match="_repeated_blocks"):
+        repeated_blocks(backbone.vae)
