@@ -8,7 +8,8 @@ a 3x512 triptych (3,072 image tokens + 512 cached text tokens) with gradient che
   * flow-matching step (cycle weight 0) and flow-matching + cycle step (one-step intermediate);
   * step seconds, peak GPU memory, MFU against 790 TFLOP/s, counting the transformer FLOPs the
     step really performs (NOTES.md: forward ~ 2*6.45e9*T + 4*57*3072*T^2 per sample, backward 2x);
-  * triptych inference seconds at 28 steps through FluxFillPipeline, eager and torch.compile'd.
+  * batch 1 and 2, and the step with every transformer block regionally torch.compile'd;
+  * triptych inference seconds at 28 steps through FluxFillPipeline, eager and with compiled blocks.
 
 Goals (issue #3): >= 35 % MFU, <= 40 GB peak, <= 3 s compiled inference on one H100.
 
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.acceleration import compile_blocks, uncompile_blocks  # noqa: E402
 
 PEAK_TFLOPS = 790.0
 FLUX_FILL_TRANSFORMER = dict(
@@ -46,16 +49,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--panel", type=int, default=512)
     p.add_argument("--text-len", type=int, default=512)
     p.add_argument("--rank", type=int, default=32)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 2], help="flow-matching step batch sizes to time")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per variant")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--infer-steps", type=int, default=28)
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--no-checkpointing", action="store_true")
+    p.add_argument("--fp8", action="store_true", help="also time inference with torchao FP8 linears (last)")
+    p.add_argument("--no-compile-train", action="store_true",
+                   help="skip the regionally compiled training step (each block compiled once, LoRA inside)")
     args = p.parse_args(argv)
     if args.quick:
         args.panel, args.text_len, args.rank, args.steps, args.warmup, args.infer_steps = 32, 16, 4, 2, 1, 2
-        args.no_compile = True
+        args.no_compile = args.no_compile_train = True
+        args.batch = [1]
     return args
 
 
@@ -122,16 +129,16 @@ def random_grids(n: int, backbone):
     return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def make_trainer(backbone, args, cycle: bool):
+def make_trainer(backbone, args, cycle: bool, batch: int):
     from models.config import LoraConfig, TrainConfig
     from models.trainer import CycleTrainer, DataCache, FillCodec, attach_lora, encode_views
 
     codec = FillCodec(backbone)
-    grids = random_grids(max(4, args.batch), backbone)
+    grids = random_grids(max(4, batch), backbone)
     x0, cond = encode_views(codec, grids, ["decompose", "synthesize"], seed=0, chunk=1)
     cache = DataCache(grids, x0, cond, cached_embeddings(backbone, args), [None] * len(grids), "bench")
     params = attach_lora(backbone.transformer, LoraConfig(rank=args.rank), seed=0)
-    cfg = TrainConfig(batch_size=args.batch, cycle_weight=0.5 if cycle else 0.0, cycle_warmup_steps=0, lr=1e-4)
+    cfg = TrainConfig(batch_size=batch, cycle_weight=0.5 if cycle else 0.0, cycle_warmup_steps=0, lr=1e-4)
     return CycleTrainer(backbone, cache, codec, cfg, params)
 
 
@@ -147,14 +154,16 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def time_training(backbone, args, cycle: bool) -> dict:
+def time_training(backbone, args, cycle: bool, batch: int, compiled: bool = False) -> dict:
     """Seconds per step and peak memory of CycleTrainer.step; the LoRA is removed afterwards."""
     import torch
 
     from models.trainer import detach_lora
 
-    trainer = make_trainer(backbone, args, cycle)
+    trainer = make_trainer(backbone, args, cycle, batch)
     backbone.transformer.train()
+    if compiled:  # what TrainConfig(compile_blocks=True) does around the training loop
+        compile_blocks(backbone.transformer)
     try:
         for k in range(args.warmup):
             trainer.step(k)
@@ -169,27 +178,29 @@ def time_training(backbone, args, cycle: bool) -> dict:
     finally:
         backbone.transformer.eval()
         trainer.optimizer.zero_grad(set_to_none=True)
+        uncompile_blocks(backbone.transformer)
         detach_lora(backbone.transformer)
     peak = torch.cuda.max_memory_allocated() / 2**30 if backbone.device.type == "cuda" else float("nan")
     tokens = trainer.cache.x0.shape[1] + args.text_len
     # FM: fwd+bwd on B; cycle: + a no-grad fwd on B (intermediate) + fwd+bwd on the B cycled samples
-    fwd_equiv = 3 * args.batch + ((1 + 3) * args.batch if cycle else 0)
+    fwd_equiv = 3 * batch + ((1 + 3) * batch if cycle else 0)
     flops = fwd_equiv * flops_forward(tokens)
     return {"sec": sec, "peak_gb": peak, "tflops": flops / sec / 1e12, "mfu": flops / sec / (PEAK_TFLOPS * 1e12),
             "tokens": tokens}
 
 
-def time_inference(backbone, args, compiled: bool) -> dict:
+def time_inference(backbone, args, compiled: bool, fused: bool = False) -> dict:
     """Seconds of one decomposition triptych through FluxFillPipeline at `infer_steps` steps."""
     import torch
 
     from models.grid import task_mask
 
     pipe = backbone.pipeline()
-    original = pipe.transformer
     compile_s = 0.0
+    if fused:
+        pipe.transformer.fuse_qkv_projections()
     if compiled:
-        pipe.transformer = torch.compile(original, fullgraph=False)
+        compile_blocks(pipe.transformer)
     emb = cached_embeddings(backbone, args)[("decompose", None)]
     grid = random_grids(1, backbone)[0]
     w, h = backbone.schema.grid_size(backbone.panel_size)
@@ -207,8 +218,17 @@ def time_inference(backbone, args, compiled: bool) -> dict:
             _sync(backbone.device)
             sec = time.perf_counter() - t0
     finally:
-        pipe.transformer = original
+        uncompile_blocks(pipe.transformer)
+        if fused:
+            pipe.transformer.unfuse_qkv_projections()
     return {"sec": sec, "warmup_s": compile_s}
+
+
+def quantize_fp8(transformer) -> None:
+    """FP8 (e4m3) weights and dynamic per-row FP8 activations in every Linear (torchao); irreversible."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
 
 
 def main(argv=None) -> list[dict]:
@@ -221,26 +241,44 @@ def main(argv=None) -> list[dict]:
     n_params = sum(p.numel() for p in backbone.transformer.parameters())
     device_name = torch.cuda.get_device_name() if backbone.device.type == "cuda" else "cpu"
     print(f"device {device_name}; transformer {n_params / 1e9:.2f} B params; build {time.perf_counter() - t_start:.1f} s;"
-          f" triptych 3x{args.panel}, batch {args.batch}, LoRA rank {args.rank},"
-          f" checkpointing {not args.no_checkpointing}", flush=True)
+          f" triptych 3x{args.panel}, LoRA rank {args.rank}, checkpointing {not args.no_checkpointing}", flush=True)
     rows = []
-    for cycle in (False, True):
-        r = time_training(backbone, args, cycle)
-        rows.append({"what": "train step, flow matching" + (" + cycle (one-step)" if cycle else ""), **r})
+    plan = [(False, b, False) for b in args.batch] + [(True, 1, False)]
+    if not args.no_compile_train:
+        plan.append((False, max(args.batch), True))
+    for cycle, batch, compiled in plan:
+        r = _attempt(time_training, backbone, args, cycle, batch, compiled)
+        what = "flow matching" + (" + cycle (one-step)" if cycle else "") + (", compiled blocks" if compiled else "")
+        rows.append({"what": f"train step batch {batch}, {what}", **r})
         print(rows[-1], flush=True)
-    for compiled in ([False] if args.no_compile else [False, True]):
-        r = time_inference(backbone, args, compiled)
-        rows.append({"what": f"inference {args.infer_steps} steps, " + ("torch.compile" if compiled else "eager"), **r})
+    variants = [(False, False)] if args.no_compile else [(False, False), (True, False), (True, True)]
+    for compiled, fused in variants:
+        r = _attempt(time_inference, backbone, args, compiled, fused)
+        what = ("compiled blocks" if compiled else "eager") + (", fused QKV" if fused else "")
+        rows.append({"what": f"inference {args.infer_steps} steps, {what}", **r})
+        print(rows[-1], flush=True)
+    if args.fp8:  # last: quantization replaces the weights in place
+        r = _attempt(lambda *a: (quantize_fp8(backbone.transformer), time_inference(*a))[1], backbone, args, True, False)
+        rows.append({"what": f"inference {args.infer_steps} steps, FP8 weights+activations (torchao), compiled blocks", **r})
         print(rows[-1], flush=True)
     print_table(rows, device_name, time.perf_counter() - t_start)
     return rows
+
+
+def _attempt(fn, *args) -> dict:
+    """One variant's numbers, or its error as a row (a compiler failure must not hide the other rows)."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - reported in the table, the benchmark goes on
+        print(f"{fn.__name__}{args[2:]} failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+        return {"sec": float("nan"), "error": type(exc).__name__}
 
 
 def print_table(rows: list[dict], device_name: str, total_s: float) -> None:
     print(f"\n| {device_name} | seconds | peak GB | TFLOP/s | MFU (of {PEAK_TFLOPS:.0f}) | warm-up s |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        cells = [f"{r['sec']:.3f}", _fmt(r.get("peak_gb"), ".1f"), _fmt(r.get("tflops"), ".1f"),
+        cells = [_fmt(r["sec"], ".3f"), _fmt(r.get("peak_gb"), ".1f"), _fmt(r.get("tflops"), ".1f"),
                  _fmt(r.get("mfu"), ".1%"), _fmt(r.get("warmup_s"), ".1f")]
         print(f"| {r['what']} | " + " | ".join(cells) + " |")
     print(f"\ntotal wall time {total_s:.0f} s; goals: MFU >= 35 %, peak <= 40 GB, compiled inference <= 3 s")
