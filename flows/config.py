@@ -59,6 +59,9 @@ class LoopConfig(BaseModel):
     eval_size: int = Field(16, ge=0, description="held-out synthetic test triplets for per-layer PSNR; 0 = off")
     eval_seed: int = Field(1234, description="seed of the held-out split")
     train_final: bool = Field(False, description="after the last round, train and evaluate its adapter too")
+    round_train_steps: int | None = Field(
+        None, ge=1, description="training steps of an adapter that continues from the previous round's "
+                                "(train.continue_from_previous); null = train.steps, as the seed adapter")
     gpu_slot: str = Field("gpu", description="global concurrency limit (strict) held around GPU stages; "
                                              "create it with: prefect gcl create gpu --limit 1")
     gpu_lease_s: float = Field(60.0, ge=60, le=86400, description="lease of a held gpu slot, renewed while the "

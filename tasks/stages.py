@@ -181,6 +181,14 @@ def _init_adapter(cfg: PipelineConfig, round_: int) -> str | None:
     return aio.local_dir(open_store(cfg).adapter_uri(round_ - 1))
 
 
+def train_config(cfg: PipelineConfig, *, continues: bool):
+    """train.steps for an adapter trained from scratch; loop.round_train_steps (when set) for one that
+    continues from the previous round's adapter, which needs fewer steps to take in the new data."""
+    if continues and cfg.loop.round_train_steps is not None:
+        return cfg.train.model_copy(update={"steps": cfg.loop.round_train_steps})
+    return cfg.train
+
+
 def train_work_dir(cfg: PipelineConfig, round_: int) -> str:
     """Where training of adapter round_ writes checkpoints: kept across a crash so a rerun resumes."""
     import hashlib
@@ -205,8 +213,9 @@ def _train(cfg: PipelineConfig, round_: int, triplets: list[dict], captions: lis
     work = train_work_dir(cfg, round_)
     bb = backbone(cfg)
     unload_adapter(bb)  # the shared backbone may still carry the adapter the last sampler loaded
-    result = train_lora(bb, triplets, cfg.train, cfg.lora, work,
-                        init_adapter=_init_adapter(cfg, round_), captions=captions)
+    init = _init_adapter(cfg, round_)
+    result = train_lora(bb, triplets, train_config(cfg, continues=init is not None), cfg.lora, work,
+                        init_adapter=init, captions=captions)
     aio.publish_dir(result.adapter_dir, open_store(cfg).adapter_uri(round_), last=WEIGHTS)
     shutil.rmtree(work, ignore_errors=True)
     return _summary(dict(result.metrics))

@@ -73,3 +73,11 @@ def test_missing_seeds_path_is_a_clear_error(tiny_cfg):
 def test_units_and_prompts_are_stable():
     assert stages.unit_names("gen", 5, 2) == ["gen-0000", "gen-0001", "gen-0002"]
     assert list(stages.batch_slice("gen-0002", 5, 2)) == [4]
+
+
+def test_adapters_that_continue_train_round_train_steps(tiny_cfg):
+    cfg = tiny_cfg.model_copy(update={"loop": tiny_cfg.loop.model_copy(update={"round_train_steps": 7})})
+    assert stages.train_config(cfg, continues=False).steps == tiny_cfg.train.steps
+    assert stages.train_config(cfg, continues=True).steps == 7
+    assert stages.train_config(tiny_cfg, continues=True).steps == tiny_cfg.train.steps
+    assert cfg.train.steps == tiny_cfg.train.steps, "the run's own config is not changed"
