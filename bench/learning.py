@@ -49,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile-blocks", action="store_true", help="regional torch.compile while training (GPU)")
     p.add_argument("--cycle-weight", type=float, default=0.1)
     p.add_argument("--cycle-warmup", type=int, default=2000, help="steps before the cycle term starts")
+    p.add_argument("--cycle-intermediate", choices=["one_step", "sampler"], default=t.cycle_intermediate)
+    p.add_argument("--cycle-sampler-steps", type=int, default=t.cycle_sampler_steps)
     p.add_argument("--sample-steps", type=int, default=s.steps)
     p.add_argument("--guidance", type=float, nargs="+", default=[s.guidance],
                    help="sampler guidance; several values evaluate every model at each (rows 'name g=G')")
@@ -92,7 +94,8 @@ def train(backbone, triplets, args, seed: int, cycle: bool, out_dir: str) -> tup
                       cycle_weight=args.cycle_weight if cycle else 0.0, cycle_warmup_steps=args.cycle_warmup,
                       checkpoint_every=max(args.steps, 1), lr_schedule=args.lr_schedule,
                       lr_warmup_steps=args.lr_warmup, loss_region=args.loss_region, guidance=args.train_guidance,
-                      logit_mean=args.logit_mean, compile_blocks=args.compile_blocks)
+                      logit_mean=args.logit_mean, compile_blocks=args.compile_blocks,
+                      cycle_intermediate=args.cycle_intermediate, cycle_sampler_steps=args.cycle_sampler_steps)
     t0 = time.perf_counter()
     res = train_lora(backbone, triplets, cfg, LoraConfig(rank=args.rank), out_dir)
     return res.adapter_dir, time.perf_counter() - t0
