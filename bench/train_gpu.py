@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.acceleration import compile_blocks, uncompile_blocks  # noqa: E402
+from models.acceleration import compiled_blocks  # noqa: E402
 
 PEAK_TFLOPS = 790.0
 FLUX_FILL_TRANSFORMER = dict(
@@ -162,23 +162,22 @@ def time_training(backbone, args, cycle: bool, batch: int, compiled: bool = Fals
 
     trainer = make_trainer(backbone, args, cycle, batch)
     backbone.transformer.train()
-    if compiled:  # what TrainConfig(compile_blocks=True) does around the training loop
-        compile_blocks(backbone.transformer)
     try:
-        for k in range(args.warmup):
-            trainer.step(k)
-        _sync(backbone.device)
-        if backbone.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        for k in range(args.warmup, args.warmup + args.steps):
-            trainer.step(k)
-        _sync(backbone.device)
-        sec = (time.perf_counter() - t0) / args.steps
+        # compiled: what TrainConfig(compile_blocks=True) does around the training loop
+        with compiled_blocks(backbone.transformer, compiled):
+            for k in range(args.warmup):
+                trainer.step(k)
+            _sync(backbone.device)
+            if backbone.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            for k in range(args.warmup, args.warmup + args.steps):
+                trainer.step(k)
+            _sync(backbone.device)
+            sec = (time.perf_counter() - t0) / args.steps
     finally:
         backbone.transformer.eval()
         trainer.optimizer.zero_grad(set_to_none=True)
-        uncompile_blocks(backbone.transformer)
         detach_lora(backbone.transformer)
     peak = torch.cuda.max_memory_allocated() / 2**30 if backbone.device.type == "cuda" else float("nan")
     tokens = trainer.cache.x0.shape[1] + args.text_len
@@ -196,39 +195,37 @@ def time_inference(backbone, args, compiled: bool, fused: bool = False) -> dict:
     from models.grid import task_mask
 
     pipe = backbone.pipeline()
-    compile_s = 0.0
-    if fused:
-        pipe.transformer.fuse_qkv_projections()
-    if compiled:
-        compile_blocks(pipe.transformer)
     emb = cached_embeddings(backbone, args)[("decompose", None)]
     grid = random_grids(1, backbone)[0]
     w, h = backbone.schema.grid_size(backbone.panel_size)
     kwargs = dict(image=grid, mask_image=task_mask("decompose", backbone.schema, backbone.panel_size),
                   prompt_embeds=emb[0], pooled_prompt_embeds=emb[1], height=h, width=w, guidance_scale=30.0,
                   max_sequence_length=args.text_len, output_type="pil")
+    if fused:
+        pipe.transformer.fuse_qkv_projections()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), compiled_blocks(pipe.transformer, compiled):
             t0 = time.perf_counter()
             pipe(num_inference_steps=2, generator=torch.Generator().manual_seed(0), **kwargs)  # warm-up / compile
             _sync(backbone.device)
-            compile_s = time.perf_counter() - t0
+            warmup_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             pipe(num_inference_steps=args.infer_steps, generator=torch.Generator().manual_seed(0), **kwargs)
             _sync(backbone.device)
             sec = time.perf_counter() - t0
     finally:
-        uncompile_blocks(pipe.transformer)
         if fused:
             pipe.transformer.unfuse_qkv_projections()
-    return {"sec": sec, "warmup_s": compile_s}
+    return {"sec": sec, "warmup_s": warmup_s}
 
 
-def quantize_fp8(transformer) -> None:
-    """FP8 (e4m3) weights and dynamic per-row FP8 activations in every Linear (torchao); irreversible."""
+def time_fp8_inference(backbone, args) -> dict:
+    """Compiled inference after FP8 (e4m3) weights + dynamic per-row FP8 activations in every Linear
+    (torchao). Irreversible: the benchmark's last row. The warm-up column is the compile run only."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    quantize_(backbone.transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    return time_inference(backbone, args, compiled=True)
 
 
 def main(argv=None) -> list[dict]:
@@ -249,17 +246,20 @@ def main(argv=None) -> list[dict]:
     for cycle, batch, compiled in plan:
         r = _attempt(time_training, backbone, args, cycle, batch, compiled)
         what = "flow matching" + (" + cycle (one-step)" if cycle else "") + (", compiled blocks" if compiled else "")
-        rows.append({"what": f"train step batch {batch}, {what}", **r})
+        base = f"train step batch {batch}, flow matching" if compiled else None
+        rows.append({"what": f"train step batch {batch}, {what}", "vs": base, **r})
         print(rows[-1], flush=True)
+    eager_inference = f"inference {args.infer_steps} steps, eager"
     variants = [(False, False)] if args.no_compile else [(False, False), (True, False), (True, True)]
     for compiled, fused in variants:
         r = _attempt(time_inference, backbone, args, compiled, fused)
         what = ("compiled blocks" if compiled else "eager") + (", fused QKV" if fused else "")
-        rows.append({"what": f"inference {args.infer_steps} steps, {what}", **r})
+        rows.append({"what": f"inference {args.infer_steps} steps, {what}", "vs": eager_inference if compiled else None, **r})
         print(rows[-1], flush=True)
     if args.fp8:  # last: quantization replaces the weights in place
-        r = _attempt(lambda *a: (quantize_fp8(backbone.transformer), time_inference(*a))[1], backbone, args, True, False)
-        rows.append({"what": f"inference {args.infer_steps} steps, FP8 weights+activations (torchao), compiled blocks", **r})
+        r = _attempt(time_fp8_inference, backbone, args)
+        rows.append({"what": f"inference {args.infer_steps} steps, FP8 weights+activations (torchao), compiled blocks",
+                     "vs": eager_inference, **r})
         print(rows[-1], flush=True)
     print_table(rows, device_name, time.perf_counter() - t_start)
     return rows
@@ -275,10 +275,13 @@ def _attempt(fn, *args) -> dict:
 
 
 def print_table(rows: list[dict], device_name: str, total_s: float) -> None:
-    print(f"\n| {device_name} | seconds | peak GB | TFLOP/s | MFU (of {PEAK_TFLOPS:.0f}) | warm-up s |")
-    print("|---|---|---|---|---|---|")
+    """The table; 'speed-up' is the row's eager counterpart's seconds over its own, from this same run."""
+    seconds = {r["what"]: r["sec"] for r in rows}
+    print(f"\n| {device_name} | seconds | speed-up | peak GB | TFLOP/s | MFU (of {PEAK_TFLOPS:.0f}) | warm-up s |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        cells = [_fmt(r["sec"], ".3f"), _fmt(r.get("peak_gb"), ".1f"), _fmt(r.get("tflops"), ".1f"),
+        speedup = seconds.get(r.get("vs"), float("nan")) / r["sec"] if r.get("vs") else None
+        cells = [_fmt(r["sec"], ".3f"), _fmt(speedup, ".2f"), _fmt(r.get("peak_gb"), ".1f"), _fmt(r.get("tflops"), ".1f"),
                  _fmt(r.get("mfu"), ".1%"), _fmt(r.get("warmup_s"), ".1f")]
         print(f"| {r['what']} | " + " | ".join(cells) + " |")
     print(f"\ntotal wall time {total_s:.0f} s; goals: MFU >= 35 %, peak <= 40 GB, compiled inference <= 3 s")
