@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--mask-mix must be three non-negative shares summing to 1; got {args.mask_mix}")
     if not 0.0 <= args.related <= 1.0:
         p.error(f"--related must be a share in [0, 1]; got {args.related}")
+    if args.init_from and not tiny.assets_present(Path(args.init_from)):
+        p.error(f"--init-from {args.init_from} is not a tiny base: it needs {tiny.BASE_META} and "
+                f"{', '.join(c + '.safetensors' for c in tiny.COMPONENTS)} (a directory this script wrote)")
     return args
 
 
@@ -447,7 +450,7 @@ def main(argv: list[str] | None = None) -> dict:
     panels, captions = render_pool(args.n_triplets, args.seed)
     held_out, _ = render_pool(args.eval_n, args.seed, split="test")
     log(f"rendered {panels.shape[0]} training panels, {held_out.shape[0]} held-out panels")
-    modules, vocab, factors, vae_steps_done = build_or_init(args, panels, captions, rng, log, started)
+    modules, vocab, factors, vae_steps_done, init_record = build_or_init(args, panels, captions, rng, log, started)
     vae_psnr = eval_vae(modules["vae"], held_out, args.device)
     log(f"VAE held-out PSNR {vae_psnr:.2f} dB, latent factors {factors}")
 
@@ -458,7 +461,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_s = time.time() - started
 
     out = Path(args.out)
-    record = {"args": vars(args), "vae_steps_done": vae_steps_done, "init_from": _init_record(args), "transformer_steps_done": steps_done, "train_wall_s": round(train_s, 1),
+    record = {"args": vars(args), "init_from": init_record, "vae_steps_done": vae_steps_done,
+              "transformer_steps_done": steps_done, "train_wall_s": round(train_s, 1),
               "torch": torch.__version__, "device": args.device}
     tiny.save_base(modules, out, {"vocab": vocab, "vae_factors": factors, "record": record})
     metrics = {"vae_psnr_heldout": vae_psnr, **evaluate_saved(out, held_out, args)}
@@ -470,33 +474,35 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def build_or_init(args, panels, captions, rng, log, started: float):
-    """Fresh modules with a trained VAE, or (--init-from) every weight of an existing base, VAE phase skipped."""
+    """Fresh modules with a trained VAE, or (--init-from) every weight of an existing base, VAE phase skipped.
+
+    Returns (modules, vocab, VAE factors, VAE steps done, where an --init-from run started or None).
+    """
     if args.init_from:
-        meta = tiny.read_meta(Path(args.init_from))
-        modules = tiny.build_modules(meta)
-        tiny.load_weights(modules, Path(args.init_from))
-        for name in tiny.COMPONENTS:
-            modules[name].to(args.device)
-        log(f"initialised from {args.init_from} (VAE phase skipped)")
-        return modules, meta["vocab"], meta["vae_factors"], 0
+        return _init_from(args, log)
     vocab = tiny.build_vocab([*DEFAULT_PROMPT_TEMPLATES.values(), *captions, *synthetic.WORDS, *synthetic.KINDS])
     modules = tiny.build_modules({"vocab": vocab, "vae_factors": {}})
     for name in tiny.COMPONENTS:
         modules[name].to(args.device)
     vae_steps_done = train_vae(modules["vae"], panels, args, rng, log, started)
     factors = set_latent_factors(modules["vae"], panels, args.device)
-    return modules, vocab, factors, vae_steps_done
+    return modules, vocab, factors, vae_steps_done, None
 
 
-def _init_record(args) -> dict | None:
-    """Where an --init-from run started: that base's own record and the sha256 of its transformer."""
+def _init_from(args, log):
+    """Every weight of the base in --init-from, and its record: its own record and its transformer's sha256."""
     import hashlib
 
-    if not args.init_from:
-        return None
-    meta = tiny.read_meta(Path(args.init_from))
-    digest = hashlib.sha256((Path(args.init_from) / "transformer.safetensors").read_bytes()).hexdigest()
-    return {"path": str(args.init_from), "transformer_sha256": digest, "record": meta.get("record")}
+    src = Path(args.init_from)
+    meta = tiny.read_meta(src)
+    record = {"path": str(src), "record": meta.get("record"),
+              "transformer_sha256": hashlib.sha256((src / "transformer.safetensors").read_bytes()).hexdigest()}
+    modules = tiny.build_modules(meta)
+    tiny.load_weights(modules, src)
+    for name in tiny.COMPONENTS:
+        modules[name].to(args.device)
+    log(f"initialised from {src} (VAE phase skipped)")
+    return modules, meta["vocab"], meta["vae_factors"], 0, record
 
 
 def evaluate_only(args, log) -> dict:

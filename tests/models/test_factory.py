@@ -128,6 +128,29 @@ def test_pretraining_masks_are_binary_nonempty_and_varied():
     assert coverage[0] < 0.2 and coverage[-1] > 0.6  # small holes and whole panels both occur
 
 
+def test_pretraining_refuses_bad_arguments_saying_which(tmp_path, capsys):
+    pre = _pretrain_module()
+    cases = {("--init-from", str(tmp_path)): "is not a tiny base", ("--mask-mix", "0.5", "0.5", "0.5"): "sum",
+             ("--related", "1.5"): "share in [0, 1]"}
+    for argv, message in cases.items():
+        with pytest.raises(SystemExit):
+            pre.parse_args(list(argv))
+        assert message in capsys.readouterr().err
+
+
+def test_related_grids_copy_one_panel_and_keep_one_visible():
+    import torch
+
+    pre = _pretrain_module()
+    source = torch.rand(64, 3, 32, 32) * 2 - 1
+    grids, masks = pre.related_grids(source, np.random.default_rng(0), 3)
+    panels = grids.view(64, 3, 32, 3, 32).permute(0, 3, 1, 2, 4)  # (batch, panel, C, H, W)
+    exact = (panels == source[:, None]).flatten(2).all(-1)
+    assert exact.float().mean() > 0.5  # copies dominate (70 % of panels)
+    hidden = masks.view(64, 1, 32, 3, 32).amax(dim=(1, 2, 4))
+    assert bool((hidden.sum(1) >= 1).all()) and bool((hidden.sum(1) <= 2).all())
+
+
 def test_shipped_tiny_base_is_small_and_documents_its_metrics():
     import json
 
