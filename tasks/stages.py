@@ -293,8 +293,9 @@ def ingest_pool(cfg: PipelineConfig) -> dict:
     """Validate loop.pool_path into the store's versioned pool once (bad files are quarantined)."""
     with timed({}) as out:
         store = open_store(cfg)
-        if not cfg.loop.pool_path or len(store.read_pool()):
-            out.update(skipped=True, pool_size=int(len(store.read_pool())))
+        size = len(store.read_pool())
+        if not cfg.loop.pool_path or size:
+            out.update(skipped=True, pool_size=int(size))
             return out
         from storage.ingest import ingest_pool as ingest
 
