@@ -14,7 +14,15 @@ import time
 import uuid
 from typing import Any
 
-from storage.shards import TMP_PREFIX, is_local
+# Temporary names start with this, so readers skip them and `gc` can find a crashed writer's debris.
+TMP_PREFIX = ".tmp-"
+
+
+def is_local(fs: Any) -> bool:
+    """True for fsspec's local filesystem, where rename is atomic and temp-then-rename applies."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
 
 
 def open_store_fs(uri: str, storage_options: dict | None = None) -> tuple[Any, str]:

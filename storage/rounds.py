@@ -28,9 +28,9 @@ from typing import Any, Iterable, Iterator
 
 from storage import schema as S
 from storage.errors import CommitConflictError, CorruptShardError, RoundExistsError, RoundNotFoundError
-from storage.fsutil import (age_s, open_store_fs, put_if_absent, read_json, read_table, table_bytes,
-                            write_bytes, write_json)
-from storage.shards import TMP_PREFIX, ShardReader, ShardWriter, sha256_hex, verify_group
+from storage.fsutil import (TMP_PREFIX, age_s, is_local, open_store_fs, put_if_absent, read_json, read_table,
+                            table_bytes, write_bytes, write_json)
+from storage.shards import ShardReader, ShardWriter, sha256_hex, verify_group
 
 COMMITTED = "COMMITTED"
 MANIFEST = "manifest.parquet"
@@ -88,8 +88,6 @@ class RoundStore:
         return f"{self.root}/{rel}"
 
     def _url(self, path: str) -> str:
-        from storage.shards import is_local
-
         return path if is_local(self.fs) else self.fs.unstrip_protocol(path)
 
     def _area_dir(self, area: tuple[str, str], n: int) -> str:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Iterator
 
 from storage.errors import CorruptShardError, UnsafeMemberError
+from storage.fsutil import TMP_PREFIX, is_local
 
-TMP_PREFIX = ".tmp-"
 SHARD_SUFFIX = ".tar"
 MAX_MEMBER_BYTES = 512 * 2**20
 _SAFE_MEMBER = re.compile(r"^[A-Za-z0-9_-]{1,128}(\.[A-Za-z0-9_-]{1,64})+$")
@@ -31,13 +31,6 @@ _BLOCK = 512
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def is_local(fs: Any) -> bool:
-    """True for fsspec's local filesystem, where rename is atomic and temp-then-rename applies."""
-    from fsspec.implementations.local import LocalFileSystem
-
-    return isinstance(fs, LocalFileSystem)
 
 
 def split_member(name: str) -> tuple[str, str]:
