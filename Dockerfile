@@ -15,6 +15,7 @@ RUN pip install --index-url "$TORCH_INDEX" "$TORCH_CPU_PIN"
 
 WORKDIR /app
 COPY pyproject.toml README.md prefect.yaml ./
+COPY layerloop ./layerloop
 COPY flows ./flows
 COPY tasks ./tasks
 COPY models ./models

@@ -26,7 +26,7 @@ def _items(n: int, size: int, prefix: str):
     import numpy as np
     from PIL import Image
 
-    from models.judges.base import JudgeItem
+    from layerloop.models.judges.base import JudgeItem
 
     rng = np.random.default_rng(0)
     panel = lambda: Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))  # noqa: E731
@@ -37,7 +37,7 @@ class ServerProcess:
     """The scripted server in a child process; its base URL is the first line it prints."""
 
     def __init__(self, latency: float):
-        self.proc = subprocess.Popen([sys.executable, "-m", "models.judges.scripted_server", "--latency",
+        self.proc = subprocess.Popen([sys.executable, "-m", "layerloop.models.judges.scripted_server", "--latency",
                                       str(latency)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.base_url = self.proc.stdout.readline().strip()
 
@@ -51,8 +51,8 @@ class ServerProcess:
 
 
 def run(concurrency: int, latency: float, n: int, size: int) -> dict:
-    from models.judges.base import build_judge
-    from models.judges.config import JudgeConfig
+    from layerloop.models.judges.base import build_judge
+    from layerloop.models.judges.config import JudgeConfig
 
     server = ServerProcess(latency)
     try:

@@ -27,7 +27,7 @@ LAYERS = ("logo", "object")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from models.config import SampleConfig, TrainConfig
+    from layerloop.models.config import SampleConfig, TrainConfig
 
     t, s = TrainConfig(), SampleConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,9 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def evaluate(backbone, adapter_dir, items, args, seed: int) -> dict[float, dict]:
     """Scores of one model per sampler guidance."""
-    from models.config import SampleConfig
-    from models.evaluation import evaluate_decomposition
-    from models.sampler import Sampler
+    from layerloop.models.config import SampleConfig
+    from layerloop.models.evaluation import evaluate_decomposition
+    from layerloop.models.sampler import Sampler
 
     out = {}
     for g in args.guidance:
@@ -87,8 +87,8 @@ def _add(results: dict, name: str, by_guidance: dict[float, dict], extra: dict |
 
 
 def train(backbone, triplets, args, seed: int, cycle: bool, out_dir: str) -> tuple[str, float]:
-    from models.config import LoraConfig, TrainConfig
-    from models.trainer import train_lora
+    from layerloop.models.config import LoraConfig, TrainConfig
+    from layerloop.models.trainer import train_lora
 
     cfg = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch, seed=seed,
                       cycle_weight=args.cycle_weight if cycle else 0.0, cycle_warmup_steps=args.cycle_warmup,
@@ -102,10 +102,10 @@ def train(backbone, triplets, args, seed: int, cycle: bool, out_dir: str) -> tup
 
 
 def run(args) -> dict[str, list[dict]]:
-    from models.config import ModelConfig
-    from models.evaluation import identity_baseline
-    from models.factory import build_backbone
-    from models.synthetic import make_split
+    from layerloop.models.config import ModelConfig
+    from layerloop.models.evaluation import identity_baseline
+    from layerloop.models.factory import build_backbone
+    from layerloop.models.synthetic import make_split
 
     backbone = build_backbone(ModelConfig(path=args.model_path), allow_random_init=args.random_base)
     print(f"base {backbone.base_id}", flush=True)

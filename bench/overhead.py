@@ -24,8 +24,8 @@ os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "prefect.serve
 
 
 def _config(size: str, root: str):
-    from flows.config import deep_merge, load_config
-    from tasks.demo import demo_config, make_inputs, smoke_overrides
+    from layerloop.flows.config import deep_merge, load_config
+    from layerloop.tasks.demo import demo_config, make_inputs, smoke_overrides
 
     inputs = make_inputs(str(Path(root) / "in"), n_seeds=12, n_pool=16)
     if size == "demo":
@@ -38,8 +38,8 @@ def _config(size: str, root: str):
 
 def measure(size: str) -> dict:
     """Seed (untimed), then one timed round; returns wall, plain and overhead numbers."""
-    from flows.seed import seed
-    from flows.self_improve import improve_round
+    from layerloop.flows.seed import seed
+    from layerloop.flows.self_improve import improve_round
 
     with tempfile.TemporaryDirectory(prefix="layerloop-bench-") as root:
         cfg = _config(size, root)

@@ -57,8 +57,8 @@ def bare_loop(images, path: str) -> float:
 
 
 def store_write(images, root: str, unit_size: int = 64):
-    from storage import schema as S
-    from storage.rounds import RoundStore
+    from layerloop.storage import schema as S
+    from layerloop.storage.rounds import RoundStore
 
     store = RoundStore(root)
     start = time.perf_counter()
@@ -77,7 +77,7 @@ def big_manifest(rows: int, path: str) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from storage import schema as S
+    from layerloop.storage import schema as S
 
     rng = np.random.default_rng(0)
 
@@ -147,7 +147,7 @@ def main() -> None:
 
 def manifest_bench(store, rows: int) -> None:
     """Commit-shaped 1M-row manifest written by the store's own Parquet writer, then loaded back."""
-    from storage.fsutil import table_bytes, write_bytes
+    from layerloop.storage.fsutil import table_bytes, write_bytes
 
     import pyarrow.parquet as pq
 

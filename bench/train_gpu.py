@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.acceleration import compiled_blocks  # noqa: E402
+from layerloop.models.acceleration import compiled_blocks  # noqa: E402
 
 PEAK_TFLOPS = 790.0
 FLUX_FILL_TRANSFORMER = dict(
@@ -71,12 +71,12 @@ def build(args):
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
-    from models.config import DEFAULT_PROMPT_TEMPLATES
-    from models.factory import Backbone
-    from models.grid import LayerSchema
+    from layerloop.models.config import DEFAULT_PROMPT_TEMPLATES
+    from layerloop.models.factory import Backbone
+    from layerloop.models.grid import LayerSchema
 
     if args.quick:
-        from models import tiny
+        from layerloop.models import tiny
 
         t_cfg, v_cfg, s_cfg = tiny.transformer_config(), tiny.vae_config(), tiny.scheduler_config()
         device, dtype = torch.device("cpu"), torch.float32
@@ -130,8 +130,8 @@ def random_grids(n: int, backbone):
 
 
 def make_trainer(backbone, args, cycle: bool, batch: int):
-    from models.config import LoraConfig, TrainConfig
-    from models.trainer import CycleTrainer, DataCache, FillCodec, attach_lora, encode_views
+    from layerloop.models.config import LoraConfig, TrainConfig
+    from layerloop.models.trainer import CycleTrainer, DataCache, FillCodec, attach_lora, encode_views
 
     codec = FillCodec(backbone)
     grids = random_grids(max(4, batch), backbone)
@@ -158,7 +158,7 @@ def time_training(backbone, args, cycle: bool, batch: int, compiled: bool = Fals
     """Seconds per step and peak memory of CycleTrainer.step; the LoRA is removed afterwards."""
     import torch
 
-    from models.trainer import detach_lora
+    from layerloop.models.trainer import detach_lora
 
     trainer = make_trainer(backbone, args, cycle, batch)
     backbone.transformer.train()
@@ -192,7 +192,7 @@ def time_inference(backbone, args, compiled: bool, fused: bool = False) -> dict:
     """Seconds of one decomposition triptych through FluxFillPipeline at `infer_steps` steps."""
     import torch
 
-    from models.grid import task_mask
+    from layerloop.models.grid import task_mask
 
     pipe = backbone.pipeline()
     emb = cached_embeddings(backbone, args)[("decompose", None)]

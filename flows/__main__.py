@@ -1,5 +1,5 @@
-"""`python -m flows ...` = the `layerloop` command (handy where the console script is not on PATH)."""
-from flows.cli import main
+"""`python -m layerloop.flows ...` = the `layerloop` command (handy where the console script is not on PATH)."""
+from layerloop.flows.cli import main
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.config import PipelineConfig, deep_merge, validate_config
+from layerloop.flows.config import PipelineConfig, deep_merge, validate_config
 
 CONFIG_ORDER = ("A", "B", "C", "D")
 LABELS = {
@@ -46,7 +46,7 @@ ABLATION_DEFAULTS = {
 
 def default_base(path: str | None = None) -> PipelineConfig:
     """The ablation's base config: ABLATION_DEFAULTS under the user's file (the file wins)."""
-    from flows.config import env_overrides, read_yaml
+    from layerloop.flows.config import env_overrides, read_yaml
 
     data = deep_merge(ABLATION_DEFAULTS, read_yaml(path) if path else {})
     return validate_config(deep_merge(data, env_overrides()), path or "ablation defaults")
@@ -81,8 +81,8 @@ def run_config(base: PipelineConfig, name: str, seed: int, rounds: int, work_dir
 
 def run_one(cfg: PipelineConfig) -> dict[str, str]:
     """Run the loop for one config (resumable: committed rounds and trained adapters are skipped)."""
-    from flows.evaluate import resolve_adapter
-    from flows.self_improve import self_improve
+    from layerloop.flows.evaluate import resolve_adapter
+    from layerloop.flows.self_improve import self_improve
 
     self_improve(cfg)
     return {"round0": resolve_adapter(0, cfg)[1], "final": resolve_adapter(cfg.loop.rounds, cfg)[1]}
@@ -95,7 +95,7 @@ def _with_headline(row: dict) -> dict:
 
 def score_runs(base: PipelineConfig, adapters: dict[tuple[str, int], str], items: list[tuple]) -> list[dict]:
     """Held-out metrics of every (configuration, seed) adapter on the same items."""
-    from flows.evaluate import score_adapter
+    from layerloop.flows.evaluate import score_adapter
 
     rows = []
     for (name, seed), adapter_dir in sorted(adapters.items()):
@@ -157,8 +157,8 @@ def to_markdown(summary: list[dict], steps: list[dict], identity: dict) -> str:
 def run_ablation(base: PipelineConfig, *, seeds: list[int], rounds: int, work_dir: str,
                  n_seeds: int = 24, n_pool: int = 48) -> dict:
     """Run B, C, D for every seed, score A-D on the held-out split, write ablation.md/.json."""
-    from flows.evaluate import heldout_items, score_identity
-    from tasks.demo import make_inputs
+    from layerloop.flows.evaluate import heldout_items, score_identity
+    from layerloop.tasks.demo import make_inputs
 
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise ValueError(f"give at least two distinct --seed values to measure run-to-run spread; got {seeds}")

@@ -16,7 +16,7 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from flows import cli_data, cli_judge, cli_report, cli_run
+    from layerloop.flows import cli_data, cli_judge, cli_report, cli_run
 
     for module in (cli_data, cli_judge, cli_run, cli_report):
         module.register(app)

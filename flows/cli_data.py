@@ -28,11 +28,11 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _store_config(store: Optional[str], config: Optional[Path]):
     """StoreConfig from the config file (if any) with --store / $LAYERLOOP_STORE applied."""
-    from storage.config import StoreConfig
+    from layerloop.storage.config import StoreConfig
 
     path = config if config is not None else (Path("layerloop.yaml") if Path("layerloop.yaml").is_file() else None)
     if path is not None:
-        from flows.config import ConfigError, load_config
+        from layerloop.flows.config import ConfigError, load_config
 
         try:
             cfg = load_config(path).store
@@ -44,7 +44,7 @@ def _store_config(store: Optional[str], config: Optional[Path]):
 
 
 def _open(store: Optional[str], config: Optional[Path]):
-    from storage.rounds import RoundStore
+    from layerloop.storage.rounds import RoundStore
 
     cfg = _store_config(store, config)
     try:
@@ -70,7 +70,7 @@ def init(store: Optional[str] = STORE_OPT,
          config_out: Path = typer.Option(Path("layerloop.yaml"), "--config-out", help="where to write the config"),
          force: bool = typer.Option(False, help="overwrite an existing config file")) -> None:
     """Create the store folders and write a commented default layerloop.yaml."""
-    from flows.config import default_yaml_text
+    from layerloop.flows.config import default_yaml_text
 
     st, _ = _open(store, None)
     root = st.init()
@@ -95,7 +95,7 @@ def synth(split: str = typer.Argument(..., help="seeds (labeled triplets), pool 
         _fail(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from models.synthetic import write_split
+    from layerloop.models.synthetic import write_split
 
     with Progress(SpinnerColumn(), TextColumn(f"rendering {n} {split} items"), TimeElapsedColumn()) as bar:
         bar.add_task("synth", total=None)
@@ -107,8 +107,8 @@ def synth(split: str = typer.Argument(..., help="seeds (labeled triplets), pool 
 
 
 def _ingest(kind: str, path: str, store: Optional[str], config: Optional[Path]) -> None:
-    from storage.errors import RoundExistsError
-    from storage.ingest import IngestError, ingest_pool, ingest_seeds
+    from layerloop.storage.errors import RoundExistsError
+    from layerloop.storage.ingest import IngestError, ingest_pool, ingest_seeds
 
     st, cfg = _open(store, config)
     fn = ingest_seeds if kind == "seeds" else ingest_pool
@@ -162,7 +162,7 @@ def rounds_show(round: int = typer.Argument(..., help="round number, e.g. 0"),
                 store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT,
                 as_json: bool = typer.Option(False, "--json", help="print round.json as JSON")) -> None:
     """Describe one committed round: lineage, counts by source and reason, shards, size, conversions."""
-    from storage.errors import RoundNotFoundError
+    from layerloop.storage.errors import RoundNotFoundError
 
     st, _ = _open(store, config)
     try:
@@ -179,7 +179,7 @@ def rounds_show(round: int = typer.Argument(..., help="round number, e.g. 0"),
 
 def describe_round(info: dict, rows: Any) -> list[str]:
     """Human summary lines of a round (used by `rounds show`)."""
-    from storage import schema as S
+    from layerloop.storage import schema as S
 
     acc = rows[rows[S.ACCEPTED].astype(bool)]
     lines = [f"round {info['round']:04d} at {info['uri']}",
@@ -208,7 +208,7 @@ def verify(round: Optional[int] = typer.Option(None, "--round", help="only this 
     """Re-hash every shard member against the manifests; exit 1 when anything does not match."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from storage.errors import RoundNotFoundError
+    from layerloop.storage.errors import RoundNotFoundError
 
     st, _ = _open(store, config)
     with Progress(SpinnerColumn(), TextColumn("verifying"), TimeElapsedColumn()) as bar:

@@ -23,7 +23,7 @@ def _fail(message: str) -> None:
 
 
 def _config(config: Optional[Path]):
-    from flows.config import ConfigError, load_config
+    from layerloop.flows.config import ConfigError, load_config
 
     path = config if config is not None else (Path("layerloop.yaml") if Path("layerloop.yaml").is_file() else None)
     try:
@@ -33,7 +33,7 @@ def _config(config: Optional[Path]):
 
 
 def _store(cfg, store: Optional[str]):
-    from storage.rounds import RoundStore
+    from layerloop.storage.rounds import RoundStore
 
     return RoundStore(store or cfg.store.uri, cfg.store.storage_options or None)
 
@@ -44,7 +44,7 @@ def prompts(n: int = typer.Option(..., "--n", min=1, help="how many prompts"),
             seed: int = typer.Option(0, "--seed", help="builtin generator seed"),
             config: Optional[Path] = CONFIG_OPT) -> None:
     """Write a versioned product x logo prompt set for candidate generation."""
-    from models.prompts import builtin_prompts, openai_prompts, write_prompt_set
+    from layerloop.models.prompts import builtin_prompts, openai_prompts, write_prompt_set
 
     try:
         if backend == "builtin":
@@ -60,12 +60,12 @@ def prompts(n: int = typer.Option(..., "--n", min=1, help="how many prompts"),
 
 
 def _judge(cfg, name: str):
-    from models.judges.base import build_judge
+    from layerloop.models.judges.base import build_judge
 
     judge_cfg = cfg.judge.model_copy(update={"backend": name})
     sampler = None
     if name == "cycle":
-        from tasks.stages import sampler as make_sampler
+        from layerloop.tasks.stages import sampler as make_sampler
 
         latest = _store(cfg, None).latest_round()
         if latest is None:
@@ -79,7 +79,7 @@ def _round_items(store, round_: int, ids: set[str]):
 
     from PIL import Image
 
-    from models.judges.base import JudgeItem
+    from layerloop.models.judges.base import JudgeItem
 
     rows = store.read(round_, "all")
     rows = rows[rows["sample_id"].isin(ids)]
@@ -90,7 +90,7 @@ def _round_items(store, round_: int, ids: set[str]):
 
 def _scores_and_labels(cfg, judge: str, labels: str, round_: Optional[int], store_uri: Optional[str],
                        n: int, seed: int, label_threshold: float, criterion: str):
-    from models.judges.calibration import oracle_labels, read_labels, synthetic_calibration_set
+    from layerloop.models.judges.calibration import oracle_labels, read_labels, synthetic_calibration_set
 
     column = f"score_{criterion}"
     if labels == "synthetic":
@@ -123,8 +123,8 @@ def calibrate(judge: str = typer.Option(..., "--judge", help="oracle | cycle | q
               json_out: Optional[Path] = typer.Option(None, "--json-out"),
               config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) -> None:
     """Precision, recall and ROC-AUC of a judge against truth, and the threshold for a target precision."""
-    from models.judges.calibration import calibration_report
-    from models.judges.config import CRITERIA
+    from layerloop.models.judges.calibration import calibration_report
+    from layerloop.models.judges.config import CRITERIA
 
     if criterion not in ("overall", *CRITERIA):
         _fail(f"--criterion must be overall or one of {list(CRITERIA)}")
@@ -152,7 +152,7 @@ def review_export(round_: int = typer.Argument(..., metavar="ROUND", help="a com
                   seed: int = typer.Option(0, "--seed"),
                   config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) -> None:
     """Write a review sheet (HTML with thumbnails + CSV to fill) of a round's borderline and random samples."""
-    from tasks.review import export_review
+    from layerloop.tasks.review import export_review
 
     cfg = _config(config)
     try:
@@ -168,7 +168,7 @@ def review_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, 
                   reviewer: Optional[str] = typer.Option(None, "--reviewer", help="for rows without a reviewer"),
                   config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) -> None:
     """Record review decisions; they override the judge in the next commit (committed rounds stay as they are)."""
-    from tasks.review import import_review
+    from layerloop.tasks.review import import_review
 
     cfg = _config(config)
     try:

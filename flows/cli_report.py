@@ -33,7 +33,7 @@ class InputImageError(ValueError):
 
 def _config(config: Optional[Path], store: Optional[str]):
     """PipelineConfig from --config (or ./layerloop.yaml when present) with --store applied."""
-    from flows.config import load_config
+    from layerloop.flows.config import load_config
 
     path = config
     if path is None and Path("layerloop.yaml").is_file():
@@ -120,16 +120,16 @@ def restore_from_panel(panel: Image.Image, record: dict) -> Image.Image:
 
 
 def _sampler(cfg, adapter: str):
-    from flows.evaluate import resolve_adapter
-    from models.sampler import Sampler
-    from tasks.stages import backbone
+    from layerloop.flows.evaluate import resolve_adapter
+    from layerloop.models.sampler import Sampler
+    from layerloop.tasks.stages import backbone
 
     label, adapter_dir = resolve_adapter(adapter, cfg)
     return label, Sampler(backbone(cfg), adapter_dir, cfg.sample)
 
 
 def _latest_adapter(cfg) -> str:
-    from flows.evaluate import adapter_rounds
+    from layerloop.flows.evaluate import adapter_rounds
 
     rounds = adapter_rounds(cfg)
     if not rounds:
@@ -153,7 +153,7 @@ def _unique_stems(paths: list[Path]) -> dict[Path, str]:
 def decompose_files(sampler, paths: list[Path], out: Path, *, panel_size: int, schema, fit: str,
                     max_pixels: int, max_bytes: int, adapter_label: str) -> dict[str, str]:
     """Decompose each readable file; returns {input: error} for the ones that failed."""
-    from models.grid import make_grid
+    from layerloop.models.grid import make_grid
 
     out.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
@@ -201,8 +201,8 @@ _ADAPTER = typer.Option(None, "--adapter", "-a", help="round number or adapter d
 def report_cmd(round: int = typer.Argument(..., help="committed round to report on"),
                store: Optional[str] = _STORE, config: Optional[Path] = _CONFIG) -> None:
     """Rebuild report.html / report.json / selection_rate.png of a committed round."""
-    from storage.rounds import RoundStore
-    from tasks.report import build_report
+    from layerloop.storage.rounds import RoundStore
+    from layerloop.tasks.report import build_report
 
     cfg = _config(config, store)
     try:
@@ -222,7 +222,7 @@ def eval_cmd(adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a"
              prefect: bool = typer.Option(True, "--prefect/--no-prefect", help="run as a Prefect flow (artifact)"),
              store: Optional[str] = _STORE, config: Optional[Path] = _CONFIG) -> None:
     """Held-out table: identity baseline, round 0, each round, final (markdown, CSV, Prefect artifact)."""
-    from flows import evaluate as ev
+    from layerloop.flows import evaluate as ev
 
     cfg = _config(config, store)
     try:
@@ -252,8 +252,8 @@ def decompose_cmd(images: list[Path] = typer.Argument(..., help="composite image
                   fit: str = typer.Option("pad", "--fit", help="pad (letterbox, keeps aspect) or resize (stretch)"),
                   store: Optional[str] = _STORE, config: Optional[Path] = _CONFIG) -> None:
     """Split composites into <name>.logo.png, <name>.object.png, <name>.grid.png (+ <name>.json sidecar)."""
-    from flows.evaluate import AdapterNotFound
-    from models.grid import LayerSchema
+    from layerloop.flows.evaluate import AdapterNotFound
+    from layerloop.models.grid import LayerSchema
 
     cfg = _fit_and_config(fit, config, store)
     try:
@@ -276,7 +276,7 @@ def synthesize_cmd(logo: Path = typer.Argument(..., help="logo image"),
                    fit: str = typer.Option("pad", "--fit", help="pad (letterbox) or resize (stretch)"),
                    store: Optional[str] = _STORE, config: Optional[Path] = _CONFIG) -> None:
     """Print LOGO onto OBJECT: writes the composite at the object's size (+ FILE.json sidecar)."""
-    from flows.evaluate import AdapterNotFound
+    from layerloop.flows.evaluate import AdapterNotFound
 
     cfg = _fit_and_config(fit, config, store)
     if list(cfg.model.layers) != ["logo", "object"]:
@@ -307,7 +307,7 @@ def ablate_cmd(seeds: list[int] = typer.Option([0, 1], "--seed", help="repeat wi
                config: Optional[Path] = typer.Option(None, "--config", "-c",
                                                      help="base config (default: demo-sized tiny world)")) -> None:
     """The paper's four configurations on the same seeds, with the held-out comparison table."""
-    from flows.ablate import default_base, run_ablation
+    from layerloop.flows.ablate import default_base, run_ablation
 
     cfg = default_base(str(config) if config else None)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

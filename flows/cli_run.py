@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from flows.config import ConfigError, PipelineConfig, load_config
+from layerloop.flows.config import ConfigError, PipelineConfig, load_config
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="layerloop.yaml (default: built-in defaults)")
 STORE_OPT = typer.Option(None, "--store", help="store root; default: $LAYERLOOP_STORE or store.uri")
@@ -70,7 +70,7 @@ def run(config: Optional[Path] = CONFIG_OPT, rounds: Optional[int] = typer.Optio
     """Run the self-improving loop: seed round if missing, then rounds up to loop.rounds."""
     cfg = _load(config, _overrides(store, rounds))
     _prefect_env()
-    from flows.self_improve import self_improve
+    from layerloop.flows.self_improve import self_improve
 
     print_table(self_improve(cfg))
 
@@ -79,7 +79,7 @@ def seed(config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) 
     """Ingest the labeled seeds as round 0 and train the seed LoRA (adapters/round-0000)."""
     cfg = _load(config, _overrides(store))
     _prefect_env()
-    from flows.seed import seed as seed_flow
+    from layerloop.flows.seed import seed as seed_flow
 
     result = seed_flow(cfg)
     typer.echo(f"seed round committed; held-out metrics of the seed LoRA: {result['heldout']}")
@@ -99,7 +99,7 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
     """Tiny world on CPU: synthesize seeds + pool, run seed + N rounds, print the per-round table."""
     import time
 
-    from tasks import demo as demo_inputs
+    from layerloop.tasks import demo as demo_inputs
 
     if fresh and Path(store).exists():
         shutil.rmtree(store)
@@ -110,8 +110,8 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
     except ConfigError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from None
-    from flows.self_improve import self_improve
-    from tasks import stages
+    from layerloop.flows.self_improve import self_improve
+    from layerloop.tasks import stages
 
     rows = self_improve(cfg)
     print_table(rows)
@@ -125,8 +125,8 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
 
 
 def _identity(cfg: PipelineConfig) -> dict:
-    from models.evaluation import identity_baseline
-    from models.synthetic import make_split
+    from layerloop.models.evaluation import identity_baseline
+    from layerloop.models.synthetic import make_split
 
     return identity_baseline(make_split("test", cfg.loop.eval_size, cfg.model.panel_size, cfg.loop.eval_seed))
 

@@ -15,9 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from models.config import LoraConfig, ModelConfig, SampleConfig, TrainConfig
-from models.judges.config import JudgeConfig, ThresholdConfig
-from storage.config import StoreConfig
+from layerloop.models.config import LoraConfig, ModelConfig, SampleConfig, TrainConfig
+from layerloop.models.judges.config import JudgeConfig, ThresholdConfig
+from layerloop.storage.config import StoreConfig
 
 ENV_PREFIX = "LAYERLOOP__"
 
@@ -85,7 +85,7 @@ class LoopConfig(BaseModel):
         if self.prompts is not None:
             return list(self.prompts)
         if self.prompts_file is not None:
-            from models.prompts import load_prompt_set
+            from layerloop.models.prompts import load_prompt_set
 
             return list(load_prompt_set(self.prompts_file).prompts)
         return [f"a {p} with {logo}" for p in self.products for logo in self.logos]

@@ -19,7 +19,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows.config import PipelineConfig
+from layerloop.flows.config import PipelineConfig
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 METRIC_ORDER = ("psnr_logo", "psnr_object", "ssim_logo", "ssim_object", "vqa_logo", "vqa_object", "vlm_score")
@@ -37,7 +37,7 @@ class AdapterNotFound(ValueError):
 
 def resolve_adapter(spec: str | int, cfg: PipelineConfig) -> tuple[str, str]:
     """(label, local adapter dir) for a round number or a path; AdapterNotFound says what exists."""
-    from tasks import artifacts_io as aio
+    from layerloop.tasks import artifacts_io as aio
 
     text = str(spec).strip()
     if re.fullmatch(r"\d+", text):
@@ -55,7 +55,7 @@ def resolve_adapter(spec: str | int, cfg: PipelineConfig) -> tuple[str, str]:
 
 def adapter_rounds(cfg: PipelineConfig) -> list[int]:
     """Rounds whose adapter directory holds finished weights, ascending."""
-    from tasks import artifacts_io as aio
+    from layerloop.tasks import artifacts_io as aio
 
     store = _store(cfg)
     candidates = sorted(set(store.committed_rounds()) | {r + 1 for r in store.committed_rounds()})
@@ -73,7 +73,7 @@ def default_rows(cfg: PipelineConfig) -> list[tuple[str, str]]:
 
 
 def _store(cfg: PipelineConfig):
-    from storage.rounds import RoundStore
+    from layerloop.storage.rounds import RoundStore
 
     return RoundStore(cfg.store.uri, cfg.store.storage_options)
 
@@ -83,7 +83,7 @@ def _store(cfg: PipelineConfig):
 
 def heldout_items(cfg: PipelineConfig, n: int | None = None, seed: int | None = None) -> list[tuple]:
     """The held-out synthetic test split at the model's panel size."""
-    from models.synthetic import make_split
+    from layerloop.models.synthetic import make_split
 
     n = cfg.loop.eval_size if n is None else n
     if n < 1:
@@ -103,14 +103,14 @@ def vlm_scorers(cfg: PipelineConfig) -> tuple[Any, Any]:
         return _SCORERS[key]
     if cfg.judge.backend not in VLM_BACKENDS:
         return None, None
-    from models.judges.base import build_judge
+    from layerloop.models.judges.base import build_judge
 
     if cfg.judge.backend == "openai":
         scorers = (None, build_judge(cfg.judge))
     else:
-        from models.judges.qwen import QwenJudge
-        from models.judges.qwen_runtime import QwenVL
-        from models.judges.vqascore import VQAScorer
+        from layerloop.models.judges.qwen import QwenJudge
+        from layerloop.models.judges.qwen_runtime import QwenVL
+        from layerloop.models.judges.vqascore import VQAScorer
 
         q = cfg.judge.qwen
         runtime = QwenVL(q.path, device=q.device, dtype=q.dtype, min_pixels=q.min_pixels,
@@ -122,7 +122,7 @@ def vlm_scorers(cfg: PipelineConfig) -> tuple[Any, Any]:
 
 
 def score_identity(cfg: PipelineConfig, items: list[tuple]) -> dict:
-    from models.evaluation import identity_baseline
+    from layerloop.models.evaluation import identity_baseline
 
     vqa, judge = vlm_scorers(cfg)
     return {"method": "identity baseline", "adapter": "", **identity_baseline(items, vqa=vqa, judge=judge)}
@@ -132,9 +132,9 @@ def score_adapter(cfg: PipelineConfig, label: str, adapter_dir: str, items: list
     """Decompose the held-out items with one adapter and return its table row."""
     import torch
 
-    from models.evaluation import evaluate_decomposition
-    from models.sampler import Sampler
-    from tasks.stages import backbone
+    from layerloop.models.evaluation import evaluate_decomposition
+    from layerloop.models.sampler import Sampler
+    from layerloop.tasks.stages import backbone
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     sampler = Sampler(backbone(cfg), adapter_dir, cfg.sample)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.config import PipelineConfig
-from tasks import publish
-from tasks.prefect_tasks import configured, gpu_slot
+from layerloop.flows.config import PipelineConfig
+from layerloop.tasks import publish
+from layerloop.tasks.prefect_tasks import configured, gpu_slot
 
 
 @flow(name="seed", flow_run_name="seed", log_prints=True)

@@ -11,10 +11,10 @@ import time
 
 from prefect import flow, get_run_logger
 
-from flows.config import PipelineConfig
-from flows.seed import seed
-from tasks import publish, stages
-from tasks.prefect_tasks import configured, gpu_slot
+from layerloop.flows.config import PipelineConfig
+from layerloop.flows.seed import seed
+from layerloop.tasks import publish, stages
+from layerloop.tasks.prefect_tasks import configured, gpu_slot
 
 
 @flow(name="self-improve", log_prints=True)

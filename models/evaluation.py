@@ -37,7 +37,7 @@ def _unpack(item: Sequence) -> tuple[str, dict[str, Image.Image], dict]:
 
 def score_layers(truth: dict[str, Image.Image], predicted: dict[str, Image.Image]) -> dict[str, float]:
     """PSNR and SSIM of each predicted layer against its ground truth, keyed psnr_<layer> / ssim_<layer>."""
-    from models.metrics import psnr, ssim
+    from layerloop.models.metrics import psnr, ssim
 
     scores: dict[str, float] = {}
     for layer in _layers_of(truth):
@@ -175,7 +175,7 @@ def _call_vqa(vqa, images: list[Image.Image], texts: list[str]) -> list[float | 
 
 def _add_judge(rows, unpacked, predictions, judge) -> None:
     """VLMScore: the judge's overall score of [input composite | predicted layers]."""
-    from models.judges.base import JudgeItem
+    from layerloop.models.judges.base import JudgeItem
 
     judge_items = [
         JudgeItem(sample_id=sid, triplet={"composite": t["composite"], **pred}, prompt=str(meta.get("caption", "")))

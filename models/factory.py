@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.config import ModelConfig
-from models.grid import LayerSchema, task_prompt, validate_templates
+from layerloop.models.config import ModelConfig
+from layerloop.models.grid import LayerSchema, task_prompt, validate_templates
 
 if TYPE_CHECKING:  # heavy imports stay lazy; these are for readers and type checkers only
     import torch
@@ -146,7 +146,7 @@ def _freeze(backbone: Backbone) -> None:
 
 
 def _tiny_asset_dir(cfg: ModelConfig) -> Path:
-    from models import tiny
+    from layerloop.models import tiny
 
     return Path(cfg.path).expanduser() if cfg.path else tiny.ASSET_DIR
 
@@ -154,7 +154,7 @@ def _tiny_asset_dir(cfg: ModelConfig) -> Path:
 def _tiny_modules(cfg: ModelConfig, device, allow_random_init: bool, templates: dict[str, str]):
     import torch
 
-    from models import tiny
+    from layerloop.models import tiny
 
     asset_dir = _tiny_asset_dir(cfg)
     if tiny.assets_present(asset_dir):

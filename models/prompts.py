@@ -73,7 +73,7 @@ def load_prompt_set(path: str | Path) -> PromptSet:
 
 
 def _vocab() -> dict[str, tuple[str, ...]]:
-    from models.synthetic import COLOURS, KINDS, SHAPES, WORDS
+    from layerloop.models.synthetic import COLOURS, KINDS, SHAPES, WORDS
 
     return {"kinds": KINDS, "shapes": SHAPES, "words": WORDS, "colours": tuple(COLOURS)}
 
@@ -114,7 +114,7 @@ def _request_messages(k: int, avoid: list[str]) -> list[dict]:
 
 
 def _parse_items(text, finish) -> list[str]:
-    from models.judges.openai_judge import BadResponse, extract_json
+    from layerloop.models.judges.openai_judge import BadResponse, extract_json
 
     value = extract_json(text, finish)
     items = value.get("items") if isinstance(value, dict) else value
@@ -129,7 +129,7 @@ def _parse_items(text, finish) -> list[str]:
 
 def openai_prompts(n: int, cfg, *, chunk: int = 25, max_requests: int | None = None) -> PromptSet:
     """`n` distinct prompts from an OpenAI-compatible server; `cfg` is an OpenAIJudgeConfig."""
-    from models.judges.openai_judge import ChatCaller, resolve_api_key, run_sync, structured_output_kwargs
+    from layerloop.models.judges.openai_judge import ChatCaller, resolve_api_key, run_sync, structured_output_kwargs
 
     if n < 1:
         raise ValueError(f"n must be >= 1; got {n}")

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from PIL import Image
 
-from models.acceleration import compiled_blocks
-from models.config import SampleConfig
-from models.grid import (
+from layerloop.models.acceleration import compiled_blocks
+from layerloop.models.config import SampleConfig
+from layerloop.models.grid import (
     COMPOSITE, GridError, fill_missing, generated_panels, given_panels, make_grid, split_grid, task_mask,
 )
 
@@ -27,7 +27,7 @@ class Sampler:
     """Runs the grid tasks on a backbone; `adapter_dir=None` means the base model without any LoRA."""
 
     def __init__(self, backbone: Any, adapter_dir: str | None, cfg: SampleConfig):
-        from models.lora_io import load_adapter, unload_adapter
+        from layerloop.models.lora_io import load_adapter, unload_adapter
 
         self.backbone, self.cfg, self.adapter_dir = backbone, cfg, adapter_dir
         # the backbone is shared: make sure it carries exactly the adapter this sampler was asked for

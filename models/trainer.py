@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from models import losses
-from models.acceleration import compiled_blocks
-from models.config import LoraConfig, TrainConfig
-from models.grid import generated_panels, make_grid, panel_size_of, task_mask
+from layerloop.models import losses
+from layerloop.models.acceleration import compiled_blocks
+from layerloop.models.config import LoraConfig, TrainConfig
+from layerloop.models.grid import generated_panels, make_grid, panel_size_of, task_mask
 
 if TYPE_CHECKING:
     import torch
@@ -235,7 +235,7 @@ def attach_lora(transformer, lora: LoraConfig, seed: int) -> dict[str, "torch.nn
     if getattr(transformer, "peft_config", None):
         raise TrainError(
             f"the transformer already carries adapters {list(transformer.peft_config)}; call "
-            "models.lora_io.unload_adapter(backbone) before training (pass init_adapter= to continue from one)"
+            "layerloop.models.lora_io.unload_adapter(backbone) before training (pass init_adapter= to continue from one)"
         )
     transformer.requires_grad_(False)
     config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.effective_alpha, target_modules=list(lora.targets),
@@ -274,7 +274,7 @@ def _clear_stale_peft_flag(transformer) -> None:
 
 def load_init_adapter(transformer, adapter_dir: str, params: dict) -> None:
     """Copy a previous adapter's weights into the fresh one; rank/targets must match."""
-    from models.lora_io import read_adapter_metadata, read_adapter_state
+    from layerloop.models.lora_io import read_adapter_metadata, read_adapter_state
     from peft.utils import set_peft_model_state_dict
 
     state = read_adapter_state(adapter_dir)
@@ -581,7 +581,7 @@ def train_lora(backbone, triplets: list[dict], cfg: TrainConfig, lora: LoraConfi
     An adapter a Sampler loaded is unloaded first (training on top of it would train the wrong model);
     the backbone comes back without adapters: load the result with lora_io.load_adapter / a new Sampler.
     """
-    from models.lora_io import unload_adapter
+    from layerloop.models.lora_io import unload_adapter
 
     _check_inputs(triplets, cfg, lora, captions, init_adapter)
     out = Path(out_dir)
@@ -630,7 +630,7 @@ def _file_digest(adapter_dir: str | None) -> str | None:
 
 def _run(trainer: CycleTrainer, out: Path, fingerprint: str, init_adapter, progress: ProgressFn | None,
          card_extra: dict) -> TrainResult:
-    from models.lora_io import save_adapter
+    from layerloop.models.lora_io import save_adapter
 
     cfg = trainer.cfg
     start, curve = 0, []

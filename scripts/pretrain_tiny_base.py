@@ -30,9 +30,9 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import synthetic, tiny  # noqa: E402
-from models.config import DEFAULT_PROMPT_TEMPLATES  # noqa: E402
-from models.grid import LayerSchema  # noqa: E402
+from layerloop.models import synthetic, tiny  # noqa: E402
+from layerloop.models.config import DEFAULT_PROMPT_TEMPLATES  # noqa: E402
+from layerloop.models.grid import LayerSchema  # noqa: E402
 
 PANEL = 32
 MASK_KINDS = ("panels", "boxes", "strokes")
@@ -284,7 +284,7 @@ def transformer_step(pipe, text, batch, gen, rng, args):
     """One flow-matching loss on a batch of inpainting grids."""
     import torch
 
-    from models.losses import logit_normal_t, noisy_sample, velocity_target
+    from layerloop.models.losses import logit_normal_t, noisy_sample, velocity_target
 
     grids, masks, cap_idx = batch
     grids, masks = grids.to(args.device), masks.to(args.device)
@@ -507,8 +507,8 @@ def _init_from(args, log):
 
 def evaluate_only(args, log) -> dict:
     """Recompute the recorded metrics of an existing base (prints them; base.json is left as it is)."""
-    from models.config import ModelConfig
-    from models.factory import build_backbone
+    from layerloop.models.config import ModelConfig
+    from layerloop.models.factory import build_backbone
 
     held_out, _ = render_pool(args.eval_n, args.seed, split="test")
     vae = build_backbone(ModelConfig(path=args.out, device=args.device)).vae
@@ -519,8 +519,8 @@ def evaluate_only(args, log) -> dict:
 
 def evaluate_saved(out: Path, held_out, args) -> dict:
     """Metrics of the base as the factory loads it (proves the saved files are what was trained)."""
-    from models.config import ModelConfig
-    from models.factory import build_backbone
+    from layerloop.models.config import ModelConfig
+    from layerloop.models.factory import build_backbone
 
     backbone = build_backbone(ModelConfig(path=str(out), device=args.device))
     if backbone.schema != LayerSchema():

@@ -26,11 +26,11 @@ import socket
 import uuid
 from typing import Any, Iterable, Iterator
 
-from storage import schema as S
-from storage.errors import CommitConflictError, CorruptShardError, RoundExistsError, RoundNotFoundError
-from storage.fsutil import (TMP_PREFIX, age_s, is_local, open_store_fs, put_if_absent, read_json, read_table,
-                            table_bytes, write_bytes, write_json)
-from storage.shards import ShardReader, ShardWriter, sha256_hex, verify_group
+from layerloop.storage import schema as S
+from layerloop.storage.errors import CommitConflictError, CorruptShardError, RoundExistsError, RoundNotFoundError
+from layerloop.storage.fsutil import (TMP_PREFIX, age_s, is_local, open_store_fs, put_if_absent, read_json,
+                                      read_table, table_bytes, write_bytes, write_json)
+from layerloop.storage.shards import ShardReader, ShardWriter, sha256_hex, verify_group
 
 COMMITTED = "COMMITTED"
 MANIFEST = "manifest.parquet"

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage.errors import InvalidImage
+from layerloop.storage.errors import InvalidImage
 
 # Stable reason codes (each one distinct and tested).
 EMPTY_FILE = "empty_file"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.config import PipelineConfig, load_config
+from layerloop.flows.config import PipelineConfig, load_config
 
 DEMO_SEEDS = 100  # the paper's seed set size
 DEMO_POOL = 48
@@ -18,7 +18,7 @@ DEMO_SEED = 7
 def make_inputs(root: str, *, n_seeds: int = DEMO_SEEDS, n_pool: int = DEMO_POOL, panel_size: int = 32,
                 seed: int = DEMO_SEED) -> dict[str, str]:
     """Render labeled seeds and an unlabeled pool under root (idempotent: same files every time)."""
-    from models.synthetic import write_split
+    from layerloop.models.synthetic import write_split
 
     paths = {"seeds": str(Path(root) / "seeds"), "pool": str(Path(root) / "pool")}
     for split, n in (("seeds", n_seeds), ("pool", n_pool)):
@@ -41,7 +41,7 @@ def demo_config(store: str, inputs: dict[str, str], rounds: int = 3, overrides: 
                  "candidates_per_round": 12, "pool_per_round": 12, "batch_size": 12, "eval_size": 12,
                  "train_final": True, "round_train_steps": 300},
     }
-    from flows.config import deep_merge, env_overrides
+    from layerloop.flows.config import deep_merge, env_overrides
 
     return load_config(None, environ={}, overrides=deep_merge(deep_merge(base, env_overrides()), overrides or {}))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from flows.config import ConfigError, PipelineConfig
-from tasks import stages
+from layerloop.flows.config import ConfigError, PipelineConfig
+from layerloop.tasks import stages
 
 TABLE_KEY = "selection-rate"
 
@@ -83,7 +83,7 @@ def publish_table(cfg: PipelineConfig) -> list[dict]:
     """The `selection-rate` table artifact over every committed round; returns its rows."""
     from prefect.artifacts import create_table_artifact
 
-    from tasks.prefect_tasks import configured
+    from layerloop.tasks.prefect_tasks import configured
 
     rows = configured(cfg).selection_table(cfg)
     create_table_artifact(table=rows, key=TABLE_KEY, description="selection rate and held-out PSNR per round")

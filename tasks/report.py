@@ -31,7 +31,7 @@ REPORT_JSON, REPORT_HTML, SELECTION_PNG = "report.json", "report.html", "selecti
 
 
 def _schema():
-    from storage import schema
+    from layerloop.storage import schema
 
     return schema
 

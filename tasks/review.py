@@ -144,7 +144,7 @@ def import_review(store, path: str | Path, *, reviewer: str | None = None) -> di
     """Record a filled review CSV under <store>/reviews/ (a new file per import); returns path and count."""
     import pyarrow as pa
 
-    from storage.fsutil import table_bytes, write_bytes
+    from layerloop.storage.fsutil import table_bytes, write_bytes
 
     overrides = read_review_csv(path, reviewer=reviewer)
     if overrides.empty:
@@ -159,7 +159,7 @@ def load_overrides(store):
     """Every recorded decision, the latest per sample_id: DataFrame(sample_id, accepted, reviewer, ...)."""
     import pandas as pd
 
-    from storage.fsutil import read_table
+    from layerloop.storage.fsutil import read_table
 
     directory = f"{store.root}/{REVIEWS_DIR}"
     files = sorted(store.fs.glob(f"{directory}/review-*.parquet")) if store.fs.exists(directory) else []

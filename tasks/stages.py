@@ -16,8 +16,8 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from flows.config import PipelineConfig, prompt_set_hash
-from tasks import artifacts_io as aio
+from layerloop.flows.config import PipelineConfig, prompt_set_hash
+from layerloop.tasks import artifacts_io as aio
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 EVAL_FILE = "heldout.json"
@@ -54,14 +54,14 @@ def timed(result: dict) -> Iterator[dict]:
 # --- shared handles -------------------------------------------------------------------------------------
 
 def open_store(cfg: PipelineConfig):
-    from storage.rounds import RoundStore
+    from layerloop.storage.rounds import RoundStore
 
     return RoundStore(cfg.store.uri, cfg.store.storage_options)
 
 
 def backbone(cfg: PipelineConfig):
     """One backbone per process and model config: building it dominates a small batch's cost."""
-    from models.factory import build_backbone
+    from layerloop.models.factory import build_backbone
 
     key = cfg.model.model_dump_json()
     if key not in _BACKBONES:
@@ -71,7 +71,7 @@ def backbone(cfg: PipelineConfig):
 
 
 def sampler(cfg: PipelineConfig, adapter_round: int):
-    from models.sampler import Sampler
+    from layerloop.models.sampler import Sampler
 
     local = aio.local_dir(open_store(cfg).adapter_uri(adapter_round))
     return Sampler(backbone(cfg), local, cfg.sample)
@@ -121,7 +121,7 @@ def ingest_seeds(cfg: PipelineConfig) -> dict:
         if not cfg.loop.seeds_path:
             raise ValueError("loop.seeds_path is not set and round 0 is not committed: point it at the "
                              "labeled seed triplets (folder of <id>/{composite,logo,object}.png or a CSV)")
-        from storage.ingest import ingest_seeds as ingest
+        from layerloop.storage.ingest import ingest_seeds as ingest
 
         report = ingest(cfg.loop.seeds_path, store, cfg.store)
         out.update(skipped=False, report=_jsonable(report), pool=ingest_pool(cfg))
@@ -146,7 +146,7 @@ def _jsonable(obj: Any) -> Any:
 
 def training_triplets(cfg: PipelineConfig, up_to: int) -> tuple[list[dict], list[str]]:
     """Accepted triplets of rounds <= up_to (deduplicated by the store) and their captions."""
-    from storage import schema as S
+    from layerloop.storage import schema as S
 
     store = open_store(cfg)
     rows = store.training_view(up_to=up_to)
@@ -207,8 +207,8 @@ def train_work_dir(cfg: PipelineConfig, round_: int) -> str:
 def _train(cfg: PipelineConfig, round_: int, triplets: list[dict], captions: list[str]) -> dict:
     import shutil
 
-    from models.lora_io import unload_adapter
-    from models.trainer import train_lora
+    from layerloop.models.lora_io import unload_adapter
+    from layerloop.models.trainer import train_lora
 
     work = train_work_dir(cfg, round_)
     bb = backbone(cfg)
@@ -241,8 +241,8 @@ def evaluate_adapter(cfg: PipelineConfig, round_: int) -> dict:
         if cached and cached.get("key") == key:
             out.update(skipped=True, metrics=cached["metrics"])
             return out
-        from models.evaluation import evaluate_decomposition
-        from models.synthetic import make_split
+        from layerloop.models.evaluation import evaluate_decomposition
+        from layerloop.models.synthetic import make_split
 
         items = list(make_split("test", cfg.loop.eval_size, cfg.model.panel_size, cfg.loop.eval_seed))
         metrics = _summary(evaluate_decomposition(sampler(cfg, round_), items))
@@ -263,7 +263,7 @@ def round_prompts(cfg: PipelineConfig, round_: int) -> list[str]:
 
 
 def _row(cfg: PipelineConfig, round_: int, sample_id: str, source: str, **fields: Any) -> dict:
-    from storage import schema as S
+    from layerloop.storage import schema as S
 
     return S.empty_row(**{S.SAMPLE_ID: sample_id, S.ROUND: round_, S.SOURCE: source,
                           S.PARENT_ROUND: round_ - 1, S.ADAPTER_ID: adapter_id(round_ - 1)}, **fields)
@@ -271,7 +271,7 @@ def _row(cfg: PipelineConfig, round_: int, sample_id: str, source: str, **fields
 
 def generate(cfg: PipelineConfig, round_: int, unit: str) -> dict:
     """tau_G on one batch of prompts with adapter r-1; writes the unit's shard (skipped when done)."""
-    from storage import schema as S
+    from layerloop.storage import schema as S
 
     with timed({"unit": unit}) as out:
         w = writer(cfg, round_)
@@ -297,7 +297,7 @@ def ingest_pool(cfg: PipelineConfig) -> dict:
         if not cfg.loop.pool_path or size:
             out.update(skipped=True, pool_size=int(size))
             return out
-        from storage.ingest import ingest_pool as ingest
+        from layerloop.storage.ingest import ingest_pool as ingest
 
         out.update(skipped=False, report=_jsonable(ingest(cfg.loop.pool_path, store, cfg.store)))
         out["pool_size"] = int(len(store.read_pool()))
@@ -306,7 +306,7 @@ def ingest_pool(cfg: PipelineConfig) -> dict:
 
 def round_pool(cfg: PipelineConfig, round_: int):
     """This round's slice of the store's pool: the next pool_per_round rows by sample id, wrapping around."""
-    from storage import schema as S
+    from layerloop.storage import schema as S
 
     rows = open_store(cfg).read_pool().sort_values(S.SAMPLE_ID, kind="stable").reset_index(drop=True)
     if not len(rows) or cfg.loop.pool_per_round == 0:
@@ -316,7 +316,7 @@ def round_pool(cfg: PipelineConfig, round_: int):
 
 
 def _cycle_errors(smp, composites: list) -> tuple[list[dict], list, list[float]]:
-    from models.metrics import cycle_error
+    from layerloop.models.metrics import cycle_error
 
     layers = smp.decompose(composites)
     again = smp.synthesize(layers)
@@ -325,7 +325,7 @@ def _cycle_errors(smp, composites: list) -> tuple[list[dict], list, list[float]]
 
 def cycle_pool(cfg: PipelineConfig, round_: int, unit: str) -> dict:
     """Decompose + re-synthesize one batch of pool composites; write them as candidate triplets."""
-    from storage import schema as S
+    from layerloop.storage import schema as S
 
     with timed({"unit": unit}) as out:
         w = writer(cfg, round_)
@@ -352,7 +352,7 @@ def cycle_pool(cfg: PipelineConfig, round_: int, unit: str) -> dict:
 
 
 def _unit_rows(w, unit: str):
-    from storage import schema as S
+    from layerloop.storage import schema as S
 
     rows = w.rows()
     return rows[rows[S.UNIT] == unit]
@@ -362,7 +362,7 @@ def cycle_generated(cfg: PipelineConfig, round_: int, unit: str) -> dict:
     """Cycle error of generated candidates (composite -> layers -> composite), stored as a stage part."""
     import pandas as pd
 
-    from storage import schema as S
+    from layerloop.storage import schema as S
 
     with timed({"unit": unit}) as out:
         w = writer(cfg, round_)
@@ -390,7 +390,7 @@ def cycle_generated(cfg: PipelineConfig, round_: int, unit: str) -> dict:
 
 def judge_for(cfg: PipelineConfig, adapter_round: int):
     """One judge per process, judge config and adapter: a VLM judge loads its weights once, not per unit."""
-    from models.judges.base import build_judge
+    from layerloop.models.judges.base import build_judge
 
     smp = sampler(cfg, adapter_round)  # (re)loads this adapter into the shared backbone a cached judge uses
     key = (cfg.judge.model_dump_json(), cfg.sample.model_dump_json(), smp.adapter_dir, id(smp.backbone))
@@ -402,8 +402,8 @@ def judge_for(cfg: PipelineConfig, adapter_round: int):
 
 def judge(cfg: PipelineConfig, round_: int, unit: str) -> dict:
     """Score one unit's triplets with the configured judge; scores are stored, thresholds come later."""
-    from models.judges.base import JudgeItem, results_to_frame
-    from storage import schema as S
+    from layerloop.models.judges.base import JudgeItem, results_to_frame
+    from layerloop.storage import schema as S
 
     with timed({"unit": unit}) as out:
         w = writer(cfg, round_)
@@ -424,7 +424,7 @@ def _merge_parts(w, rows):
     """Round rows with judge scores and generated candidates' cycle errors joined in by sample id."""
     import pandas as pd
 
-    from storage import schema as S
+    from layerloop.storage import schema as S
 
     rows = rows.copy()
     for stage, keep in (("judge", [*S.SCORE_COLUMNS, S.JUDGE_BACKEND, "judge_error"]), ("cycle", [S.CYCLE_ERROR])):
@@ -442,8 +442,8 @@ def _merge_parts(w, rows):
 
 def decide_rows(cfg: PipelineConfig, rows):
     """Thresholds on stored scores, then the loop's cycle rule, then human review overrides."""
-    from models.judges.thresholds import apply_thresholds
-    from storage import schema as S
+    from layerloop.models.judges.thresholds import apply_thresholds
+    from layerloop.storage import schema as S
 
     if "judge_error" not in rows.columns:
         rows["judge_error"] = None
@@ -458,7 +458,7 @@ def decide_rows(cfg: PipelineConfig, rows):
 
 def _apply_review(cfg: PipelineConfig, rows):
     """Human review decisions (`layerloop review`) win over thresholds; the reason records who decided."""
-    from tasks.review import apply_overrides, load_overrides
+    from layerloop.tasks.review import apply_overrides, load_overrides
 
     return apply_overrides(rows, load_overrides(open_store(cfg)))
 
@@ -483,7 +483,7 @@ def commit(cfg: PipelineConfig, round_: int, info: dict) -> dict:
 def report(cfg: PipelineConfig, round_: int) -> dict:
     """HTML/JSON report of a committed round (tasks.report); returns the written paths."""
     with timed({"round": round_}) as out:
-        from tasks.report import build_report
+        from layerloop.tasks.report import build_report
 
         out["paths"] = dict(build_report(open_store(cfg), round_))
     return out
@@ -491,8 +491,8 @@ def report(cfg: PipelineConfig, round_: int) -> dict:
 
 def round_summary(cfg: PipelineConfig, round_: int) -> dict:
     """One row of the `selection-rate` table for a committed round."""
-    from models.judges.config import CRITERIA
-    from storage import schema as S
+    from layerloop.models.judges.config import CRITERIA
+    from layerloop.storage import schema as S
 
     store = open_store(cfg)
     rows = store.read(round_, "all")

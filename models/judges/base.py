@@ -12,7 +12,7 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any
 
-from models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
+from layerloop.models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
 
 PANELS = ("composite", "logo", "object")
 
@@ -140,21 +140,21 @@ class Judge(ABC):
 def build_judge(cfg: JudgeConfig, *, sampler=None) -> Judge:
     """The judge `cfg.backend` names. `sampler` (decompose/synthesize) is required by the cycle judge."""
     if cfg.backend == "cycle":
-        from models.judges.cycle import CycleJudge
+        from layerloop.models.judges.cycle import CycleJudge
 
         if sampler is None:
             raise ValueError("judge backend 'cycle' needs a sampler (an object with decompose/synthesize)")
         return CycleJudge(cfg, sampler)
     if cfg.backend == "oracle":
-        from models.judges.oracle import OracleJudge
+        from layerloop.models.judges.oracle import OracleJudge
 
         return OracleJudge(cfg)
     if cfg.backend == "qwen":
-        from models.judges.qwen import QwenJudge
+        from layerloop.models.judges.qwen import QwenJudge
 
         return QwenJudge(cfg)
     if cfg.backend == "openai":
-        from models.judges.openai_judge import OpenAIJudge
+        from layerloop.models.judges.openai_judge import OpenAIJudge
 
         return OpenAIJudge(cfg)
     raise ValueError(f"unknown judge backend {cfg.backend!r}")
@@ -172,7 +172,7 @@ def results_to_frame(results: list[JudgeResult]):
 
 def apply_thresholds(scores, cfg: ThresholdConfig):
     """Adds `accepted` and `reason` to a score table; see models/judges/thresholds.py."""
-    from models.judges.thresholds import apply_thresholds as _apply
+    from layerloop.models.judges.thresholds import apply_thresholds as _apply
 
     return _apply(scores, cfg)
 

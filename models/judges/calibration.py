@@ -126,8 +126,8 @@ def _spoil(triplet: dict, rng: np.random.Generator) -> dict:
 
 def synthetic_calibration_set(n: int, *, size: int = 32, seed: int = 0, spoil_fraction: float = 0.5):
     """`n` JudgeItems from the held-out synthetic split, a share of them spoiled; truth = the clean triplet."""
-    from models.judges.base import JudgeItem
-    from models.synthetic import make_split
+    from layerloop.models.judges.base import JudgeItem
+    from layerloop.models.synthetic import make_split
 
     rng = np.random.default_rng(seed)
     items = []
@@ -139,7 +139,7 @@ def synthetic_calibration_set(n: int, *, size: int = 32, seed: int = 0, spoil_fr
 
 def oracle_labels(items, cfg, label_threshold: float) -> dict[str, bool]:
     """Ground-truth labels: the oracle judge's overall score >= label_threshold."""
-    from models.judges.oracle import OracleJudge
+    from layerloop.models.judges.oracle import OracleJudge
 
     return {r.sample_id: bool(r.overall is not None and r.overall >= label_threshold)
             for r in OracleJudge(cfg).score(items)}

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import time
 
-from models.judges import imagestats as st
-from models.judges.base import Judge, JudgeItem, JudgeResult
+from layerloop.models.judges import imagestats as st
+from layerloop.models.judges.base import Judge, JudgeItem, JudgeResult
 
 
 class CycleJudge(Judge):

@@ -25,8 +25,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from models.judges.base import PANELS, Judge, JudgeItem, JudgeResult
-from models.judges.config import CRITERIA, JudgeConfig, OpenAIJudgeConfig
+from layerloop.models.judges.base import PANELS, Judge, JudgeItem, JudgeResult
+from layerloop.models.judges.config import CRITERIA, JudgeConfig, OpenAIJudgeConfig
 
 log = logging.getLogger("layerloop.judges.openai")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from models.judges.config import CRITERIA, ThresholdConfig
+from layerloop.models.judges.config import CRITERIA, ThresholdConfig
 
 SCORE_COLUMNS = {c: f"score_{c}" for c in CRITERIA}
 OVERALL_COLUMN = "score_overall"

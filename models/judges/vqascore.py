@@ -22,7 +22,7 @@ class VQAScorer:
         if runtime is None:
             if path is None:
                 raise ValueError("VQAScorer needs a local Qwen2.5-VL model directory (path)")
-            from models.judges.qwen_runtime import QwenVL
+            from layerloop.models.judges.qwen_runtime import QwenVL
 
             runtime = QwenVL(path, device=device, dtype=dtype, batch_size=batch_size, min_pixels=min_pixels,
                              max_pixels=max_pixels)

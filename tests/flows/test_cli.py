@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from flows.cli import app
+from layerloop.flows.cli import app
 
 
 def test_run_with_bad_config_exits_2_naming_the_field(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import yaml
 import pytest
 
-from flows.config import ConfigError, PipelineConfig, default_yaml_text, env_overrides, load_config
+from layerloop.flows.config import ConfigError, PipelineConfig, default_yaml_text, env_overrides, load_config
 
 
 def test_defaults_compose_every_section():
@@ -71,7 +71,7 @@ def test_prompt_set_is_product_by_logo_unless_given():
 
 
 def test_prompt_set_from_file(tmp_path):
-    from models.prompts import PromptSet, write_prompt_set
+    from layerloop.models.prompts import PromptSet, write_prompt_set
 
     path = write_prompt_set(PromptSet(["a cup with a star", "a hat with a moon"], "builtin", {}), tmp_path / "p.json")
     cfg = load_config(None, environ={}, overrides={"loop": {"prompts_file": str(path)}})

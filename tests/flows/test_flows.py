@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.demo import smoke_overrides
+from layerloop.tasks.demo import smoke_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,8 +27,8 @@ def _artifacts(key: str):
 
 
 def test_loop_commits_rounds_and_publishes_artifacts(prefect_harness, tiny_cfg):
-    from flows.self_improve import self_improve
-    from tasks import stages
+    from layerloop.flows.self_improve import self_improve
+    from layerloop.tasks import stages
 
     cfg = tiny_cfg.model_copy(update={"loop": tiny_cfg.loop.model_copy(update={"rounds": 2})})
     rows = self_improve(cfg)
@@ -47,8 +47,8 @@ def test_loop_commits_rounds_and_publishes_artifacts(prefect_harness, tiny_cfg):
 
 
 def test_rerun_commits_nothing_new(prefect_harness, tiny_cfg):
-    from flows.self_improve import self_improve
-    from tasks import stages
+    from layerloop.flows.self_improve import self_improve
+    from layerloop.tasks import stages
 
     self_improve(tiny_cfg)
     store = stages.open_store(tiny_cfg)
@@ -79,7 +79,7 @@ def _wait_for(folder: Path, pattern: str, proc, log: Path, timeout: float = 240.
 
 def test_resume_after_kill_9_mid_round(prefect_harness, tiny_cfg, tiny_inputs, tmp_path):
     """kill -9 once the first generated unit of round 1 is written; the rerun keeps that unit as it was."""
-    from tasks import stages
+    from layerloop.tasks import stages
 
     store = Path(tiny_cfg.store.uri)
     cfg_file = tmp_path / "layerloop.yaml"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import stages
+from layerloop.tasks import stages
 
 
 def _run_round(cfg, r):
@@ -20,7 +20,7 @@ def _run_round(cfg, r):
 
 
 def test_one_round_by_hand_has_exact_lineage(tiny_cfg):
-    from storage import schema as S
+    from layerloop.storage import schema as S
 
     assert stages.ingest_seeds(tiny_cfg)["pool"]["pool_size"] == 6
     trained = stages.train_adapter(tiny_cfg, 0)
@@ -54,7 +54,7 @@ def test_rerun_of_committed_round_changes_nothing(tiny_cfg):
 def test_cycle_threshold_rejects_with_reason(tiny_cfg):
     import pandas as pd
 
-    from storage import schema as S
+    from layerloop.storage import schema as S
 
     rows = pd.DataFrame([S.empty_row(sample_id=f"s{i}", round=1, source="cycle", cycle_error=e,
                                      **{c: 0.9 for c in S.SCORE_COLUMNS}) for i, e in enumerate([0.01, 0.5])])

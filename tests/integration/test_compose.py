@@ -147,7 +147,7 @@ def test_dockerfile_installs_cpu_torch_pin_before_the_project():
     make_pin = re.search(r"TORCH_CPU_PIN \?= (\S+)", (ROOT / "Makefile").read_text()).group(1)
     assert f"ARG TORCH_CPU_PIN={make_pin}" in text  # same pin as the Makefile
     assert text.index('"$TORCH_CPU_PIN"') < text.index("pip install -e")
-    for pkg in ("flows", "tasks", "models", "storage"):
+    for pkg in ("layerloop", "flows", "tasks", "models", "storage"):
         assert f"COPY {pkg} ./{pkg}" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", ".env"} <= set(ignored)

@@ -46,8 +46,8 @@ def test_deploy_trigger_and_check_tiny_loop(prefect_server, deploy_env, tmp_path
     from prefect.client.schemas.sorting import ArtifactSort
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from storage.rounds import RoundStore
-    from tasks.demo import make_inputs, smoke_overrides
+    from layerloop.storage.rounds import RoundStore
+    from layerloop.tasks.demo import make_inputs, smoke_overrides
 
     _prefect(deploy_env, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
     _prefect(deploy_env, "--no-prompt", "deploy", "--all")

@@ -8,10 +8,10 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def real_sampler():
-    from models import tiny
-    from models.config import ModelConfig, SampleConfig
-    from models.factory import build_backbone
-    from models.sampler import Sampler
+    from layerloop.models import tiny
+    from layerloop.models.config import ModelConfig, SampleConfig
+    from layerloop.models.factory import build_backbone
+    from layerloop.models.sampler import Sampler
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -20,10 +20,10 @@ def real_sampler():
 
 
 def test_cycle_judge_with_the_real_sampler(real_sampler):
-    from models.judges.base import apply_thresholds, build_judge, results_to_frame
-    from models.judges.calibration import synthetic_calibration_set
-    from models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
-    from models.metrics import cycle_error
+    from layerloop.models.judges.base import apply_thresholds, build_judge, results_to_frame
+    from layerloop.models.judges.calibration import synthetic_calibration_set
+    from layerloop.models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
+    from layerloop.models.metrics import cycle_error
 
     items = synthetic_calibration_set(3, seed=0)
     results = build_judge(JudgeConfig(), sampler=real_sampler).score(items)

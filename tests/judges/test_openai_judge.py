@@ -5,10 +5,10 @@ import logging
 
 import pytest
 
-from models.judges.base import JudgeItem, apply_thresholds, build_judge, results_to_frame
-from models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
-from models.judges.openai_judge import BadResponse, parse_scores
-from models.judges.scripted_server import ScriptedChatServer
+from layerloop.models.judges.base import JudgeItem, apply_thresholds, build_judge, results_to_frame
+from layerloop.models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
+from layerloop.models.judges.openai_judge import BadResponse, parse_scores
+from layerloop.models.judges.scripted_server import ScriptedChatServer
 
 KEY = "sk-test-SECRET-0123456789"
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.judges.base import JudgeItem, build_judge
-from models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
-from models.judges.thresholds import decide
+from layerloop.models.judges.base import JudgeItem, build_judge
+from layerloop.models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
+from layerloop.models.judges.thresholds import decide
 from tests.judges.conftest import GroundTruthSampler, spoil
 
 
@@ -100,7 +100,7 @@ class BlurrySampler(GroundTruthSampler):
 
 
 def test_cycle_error_is_the_metric_of_the_composite_round_trip(triplets):
-    from models.metrics import cycle_error
+    from layerloop.models.metrics import cycle_error
 
     sampler = BlurrySampler(triplets)
     res = build_judge(JudgeConfig(backend="cycle"), sampler=sampler).score([JudgeItem("a", triplets[2])])[0]

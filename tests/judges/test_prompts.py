@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from flows.config import prompt_set_hash
-from models.judges.config import OpenAIJudgeConfig
-from models.judges.scripted_server import ScriptedChatServer
-from models.prompts import builtin_prompts, load_prompt_set, openai_prompts, write_prompt_set
-from models.synthetic import KINDS
+from layerloop.flows.config import prompt_set_hash
+from layerloop.models.judges.config import OpenAIJudgeConfig
+from layerloop.models.judges.scripted_server import ScriptedChatServer
+from layerloop.models.prompts import builtin_prompts, load_prompt_set, openai_prompts, write_prompt_set
+from layerloop.models.synthetic import KINDS
 
 
 def test_builtin_is_deterministic_distinct_and_covers_every_kind():

@@ -18,8 +18,8 @@ def qwen_dir(tmp_path_factory):
 
 
 def _score(path, device, dtype, batch_size, items):
-    from models.judges.base import build_judge
-    from models.judges.config import JudgeConfig
+    from layerloop.models.judges.base import build_judge
+    from layerloop.models.judges.config import JudgeConfig
 
     cfg = JudgeConfig(backend="qwen", qwen={"path": path, "device": device, "dtype": dtype,
                                             "batch_size": batch_size, "max_pixels": 112 * 112})
@@ -28,7 +28,7 @@ def _score(path, device, dtype, batch_size, items):
 
 
 def test_bf16_cuda_matches_cpu_float32_and_batching(qwen_dir):
-    from models.judges.base import JudgeItem
+    from layerloop.models.judges.base import JudgeItem
     from tests.judges.conftest import make_triplet, spoil
 
     items = [JudgeItem(f"g{i}", make_triplet(i)) for i in range(3)] + [JudgeItem("bad", spoil(make_triplet(0)))]
@@ -47,7 +47,7 @@ def test_qwen_vl_utils_path_when_available(qwen_dir):
     pytest.importorskip("qwen_vl_utils")
     from PIL import Image
 
-    from models.judges.qwen_runtime import QwenVL
+    from layerloop.models.judges.qwen_runtime import QwenVL
 
     runtime = QwenVL(qwen_dir, max_pixels=112 * 112)
     assert runtime.resizer is not None

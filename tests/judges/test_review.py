@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from storage import schema as S
-from storage.rounds import RoundStore
-from tasks.review import apply_overrides, export_review, import_review, load_overrides, read_review_csv
+from layerloop.storage import schema as S
+from layerloop.storage.rounds import RoundStore
+from layerloop.tasks.review import apply_overrides, export_review, import_review, load_overrides, read_review_csv
 
 
 def _png(colour) -> bytes:

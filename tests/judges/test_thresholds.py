@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from models.judges.base import JudgeResult, apply_thresholds, results_to_frame, validate_scores
-from models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
+from layerloop.models.judges.base import JudgeResult, apply_thresholds, results_to_frame, validate_scores
+from layerloop.models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
 
 CFG = ThresholdConfig(logo_clean=0.5, object_clean=0.5, composite_consistent=0.5, realism=0.3, overall=0.6)
 

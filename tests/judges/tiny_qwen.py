@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import re
 
-from models.judges.qwen import ANSWER_HINT, DEFAULT_QUESTIONS
-from models.judges.qwen_runtime import SYSTEM
-from models.judges.vqascore import QUESTION
+from layerloop.models.judges.qwen import ANSWER_HINT, DEFAULT_QUESTIONS
+from layerloop.models.judges.qwen_runtime import SYSTEM
+from layerloop.models.judges.vqascore import QUESTION
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
             "<|image_pad|>", "<|video_pad|>"]

@@ -9,9 +9,9 @@ def tiny_backbone():
     """The shipped tiny base; a seeded random one only while the assets have not been committed yet."""
     import torch
 
-    from models import tiny
-    from models.config import ModelConfig
-    from models.factory import build_backbone
+    from layerloop.models import tiny
+    from layerloop.models.config import ModelConfig
+    from layerloop.models.factory import build_backbone
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -24,8 +24,8 @@ def random_tiny_backbone(tmp_path_factory):
     tests check mechanics, not the shipped base's quality, so they do not depend on models/assets."""
     import torch
 
-    from models.config import ModelConfig
-    from models.factory import build_backbone
+    from layerloop.models.config import ModelConfig
+    from layerloop.models.factory import build_backbone
 
     torch.set_num_threads(1)
     empty = tmp_path_factory.mktemp("no-base")

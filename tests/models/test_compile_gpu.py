@@ -13,10 +13,10 @@ def test_compiled_training_matches_eager_on_cuda(tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("CUDA is not available on this machine")
-    from models.config import LoraConfig, ModelConfig, TrainConfig
-    from models.factory import build_backbone
-    from models.synthetic import make_split
-    from models.trainer import train_lora
+    from layerloop.models.config import LoraConfig, ModelConfig, TrainConfig
+    from layerloop.models.factory import build_backbone
+    from layerloop.models.synthetic import make_split
+    from layerloop.models.trainer import train_lora
 
     backbone = build_backbone(ModelConfig(device="cuda"))
     triplets = [t for _, t, _ in make_split("seeds", 8, backbone.panel_size, 0)]

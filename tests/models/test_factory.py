@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from models import tiny
-from models.config import ModelConfig
-from models.factory import BackboneConfigError, build_backbone
-from models.grid import fill_missing, make_grid, task_mask
+from layerloop.models import tiny
+from layerloop.models.config import ModelConfig
+from layerloop.models.factory import BackboneConfigError, build_backbone
+from layerloop.models.grid import fill_missing, make_grid, task_mask
 
 
 def _call(backbone, seed: int = 0) -> np.ndarray:

@@ -27,8 +27,8 @@ def _flux_path() -> str:
 
 @pytest.fixture(scope="module")
 def flux_backbone():
-    from models.config import ModelConfig
-    from models.factory import build_backbone
+    from layerloop.models.config import ModelConfig
+    from layerloop.models.factory import build_backbone
 
     cfg = ModelConfig(backbone="flux", path=_flux_path(), panel_size=256, gradient_checkpointing=True)
     return build_backbone(cfg)
@@ -50,8 +50,8 @@ def test_flux_backbone_is_the_fill_model_in_bf16(flux_backbone):
 def test_flux_sampler_decomposes_and_synthesizes(flux_backbone):
     from PIL import Image
 
-    from models.config import SampleConfig
-    from models.sampler import Sampler
+    from layerloop.models.config import SampleConfig
+    from layerloop.models.sampler import Sampler
 
     sampler = Sampler(flux_backbone, None, SampleConfig(steps=4, guidance=30.0, batch_size=2))
     comp = Image.new("RGB", (256, 256), (180, 40, 40))

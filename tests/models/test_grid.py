@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.config import DEFAULT_PROMPT_TEMPLATES
-from models.grid import (
+from layerloop.models.config import DEFAULT_PROMPT_TEMPLATES
+from layerloop.models.grid import (
     GridError, LayerSchema, fill_missing, generated_panels, given_panels, make_grid, split_grid,
     task_mask, task_prompt, validate_templates,
 )

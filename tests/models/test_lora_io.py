@@ -7,13 +7,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from models.config import LoraConfig
-from models.grid import make_grid, task_mask
-from models.lora_io import (
+from layerloop.models.config import LoraConfig
+from layerloop.models.grid import make_grid, task_mask
+from layerloop.models.lora_io import (
     AdapterError, WEIGHTS_NAME, load_adapter, read_adapter_metadata, read_adapter_state, save_adapter,
     unload_adapter,
 )
-from models.trainer import attach_lora, detach_lora
+from layerloop.models.trainer import attach_lora, detach_lora
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from models import losses
+from layerloop.models import losses
 
 
 def test_noisy_sample_interpolates_between_data_and_noise():

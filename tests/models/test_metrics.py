@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.metrics import cycle_error, psnr, ssim
+from layerloop.models.metrics import cycle_error, psnr, ssim
 
 
 def _img(seed: int, shape=(32, 32, 3)) -> np.ndarray:

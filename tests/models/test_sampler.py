@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.config import SampleConfig
-from models.sampler import Sampler
+from layerloop.models.config import SampleConfig
+from layerloop.models.sampler import Sampler
 
 CFG = SampleConfig(steps=2, guidance=30.0, seed=3, batch_size=2)
 
@@ -86,7 +86,7 @@ def test_adapter_changes_outputs_and_none_restores_the_base(tiny_backbone, tmp_p
     import torch
     from peft import LoraConfig
 
-    from models.lora_io import save_adapter, unload_adapter
+    from layerloop.models.lora_io import save_adapter, unload_adapter
 
     comps = [_img(20)]
     base = Sampler(tiny_backbone, None, CFG).decompose(comps)[0]
@@ -107,9 +107,9 @@ def test_adapter_changes_outputs_and_none_restores_the_base(tiny_backbone, tmp_p
 
 
 def test_three_layer_schema_runs_through_the_same_code():
-    from models import tiny
-    from models.config import ModelConfig
-    from models.factory import build_backbone
+    from layerloop.models import tiny
+    from layerloop.models.config import ModelConfig
+    from layerloop.models.factory import build_backbone
 
     backbone = build_backbone(ModelConfig(layers=["logo", "text", "object"]),
                               allow_random_init=not tiny.assets_present(tiny.ASSET_DIR))

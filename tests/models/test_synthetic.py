@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.synthetic import COLOURS, KINDS, item_seed, make_split, render_triplet, write_split
+from layerloop.models.synthetic import COLOURS, KINDS, item_seed, make_split, render_triplet, write_split
 
 PANELS = ("composite", "logo", "object")
 

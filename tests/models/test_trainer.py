@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from models.config import LoraConfig, TrainConfig
-from models.lora_io import read_adapter_state
-from models.trainer import (
+from layerloop.models.config import LoraConfig, TrainConfig
+from layerloop.models.lora_io import read_adapter_state
+from layerloop.models.trainer import (
     ADAPTER_NAME, CycleTrainer, FillCodec, TrainError, attach_lora, build_cache, detach_lora,
     load_init_adapter, train_lora,
 )
-from models import losses
+from layerloop.models import losses
 
 PANELS = ("composite", "logo", "object")
 
@@ -234,7 +234,7 @@ def test_generation_samples_use_their_captions(backbone, tmp_path):
 
 
 def test_training_unloads_an_adapter_a_sampler_left_loaded(backbone, tmp_path):
-    from models.lora_io import load_adapter
+    from layerloop.models.lora_io import load_adapter
 
     first = train_lora(backbone, _triplets(2), _cfg(steps=1), LoraConfig(rank=2), str(tmp_path / "a"))
     load_adapter(backbone, first.adapter_dir)
@@ -276,7 +276,7 @@ def test_generated_tokens_mark_the_panels_each_task_generates(backbone):
 
 def test_loss_region_generated_ignores_the_given_panels(trainer, backbone):
     """With loss on generated panels only, the loss is the mean over those tokens of the same forward."""
-    from models.trainer import _mix
+    from layerloop.models.trainer import _mix
 
     trainer.cfg = trainer.cfg.model_copy(update={"loss_region": "generated", "cycle_weight": 0.0})
     b = trainer.batch(0, torch.Generator().manual_seed(_mix(trainer.cfg.seed, 0)))  # step 0's own draws
@@ -302,7 +302,7 @@ def test_cosine_schedule_is_applied_and_recorded(backbone, tmp_path):
 
 def test_compiled_blocks_give_the_eager_loss_and_are_removed_afterwards(trainer, backbone):
     """Regional compilation (dynamo with the eager backend here: no C++ toolchain needed) keeps the maths."""
-    from models.acceleration import compiled_blocks, repeated_blocks
+    from layerloop.models.acceleration import compiled_blocks, repeated_blocks
 
     eager = trainer.losses(0)["loss"].item()
     with compiled_blocks(backbone.transformer, True, backend="eager"):
@@ -314,7 +314,7 @@ def test_compiled_blocks_give_the_eager_loss_and_are_removed_afterwards(trainer,
 
 
 def test_compiled_blocks_restore_eager_blocks_on_error_and_refuse_models_without_blocks(backbone):
-    from models.acceleration import compiled_blocks, repeated_blocks
+    from layerloop.models.acceleration import compiled_blocks, repeated_blocks
 
     with pytest.raises(RuntimeError, match="boom"):
         with compiled_blocks(backbone.transformer, True, backend="eager"):

@@ -14,14 +14,14 @@ def _png(img) -> bytes:
 
 
 def _samples(split: str, n: int, seed: int, fields_for):
-    from models.synthetic import make_split
+    from layerloop.models.synthetic import make_split
 
     for i, (sid, triplet, meta) in enumerate(make_split(split, n, 32, seed)):
         yield fields_for(i, sid, meta), {p: _png(im) for p, im in triplet.items()}
 
 
 def _round0(store, cfg: dict) -> None:
-    from storage import schema as S
+    from layerloop.storage import schema as S
 
     w = store.begin(0, parent_round=None, adapter_id=None, config=cfg)
     rows = w.write_unit("seed-0000", _samples("seeds", 4, 0, lambda i, sid, meta: {
@@ -30,7 +30,7 @@ def _round0(store, cfg: dict) -> None:
 
 
 def _gen_fields(i: int, sid: str, meta: dict) -> dict:
-    from storage import schema as S
+    from layerloop.storage import schema as S
 
     accepted = i < 2
     score = 0.9 if accepted else 0.2
@@ -42,7 +42,7 @@ def _gen_fields(i: int, sid: str, meta: dict) -> dict:
 
 
 def _round1(store, cfg: dict) -> None:
-    from storage import schema as S
+    from layerloop.storage import schema as S
 
     w = store.begin(1, parent_round=0, adapter_id="round-0000", config=cfg)
     gen = w.write_unit("gen-0000", _samples("pool", 5, 1, _gen_fields))
@@ -68,8 +68,8 @@ def _adapter_metrics(store, r: int, losses: list[float]) -> None:
 @pytest.fixture
 def two_round_store(tmp_path):
     """A local RoundStore with rounds 0 and 1 committed and adapter metrics for both."""
-    from flows.config import PipelineConfig
-    from storage.rounds import RoundStore
+    from layerloop.flows.config import PipelineConfig
+    from layerloop.storage.rounds import RoundStore
 
     store = RoundStore(str(tmp_path / "store"))
     store.init()
@@ -90,11 +90,11 @@ def tiny_adapter(tmp_path_factory):
     """
     import torch
 
-    from models import tiny
-    from models.config import DEFAULT_PROMPT_TEMPLATES, LoraConfig, ModelConfig, TrainConfig
-    from models.factory import build_backbone
-    from models.synthetic import make_split
-    from models.trainer import train_lora
+    from layerloop.models import tiny
+    from layerloop.models.config import DEFAULT_PROMPT_TEMPLATES, LoraConfig, ModelConfig, TrainConfig
+    from layerloop.models.factory import build_backbone
+    from layerloop.models.synthetic import make_split
+    from layerloop.models.trainer import train_lora
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tiny-world")

@@ -5,15 +5,15 @@ import math
 
 import pytest
 
-from models.evaluation import (
+from layerloop.models.evaluation import (
     aggregate,
     evaluate_decomposition,
     identity_baseline,
     identity_predictions,
     per_item_scores,
 )
-from models.metrics import psnr, ssim
-from models.synthetic import make_split
+from layerloop.models.metrics import psnr, ssim
+from layerloop.models.synthetic import make_split
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +61,9 @@ def test_bad_items_are_refused(items):
 def test_evaluate_with_real_tiny_sampler(items):
     import torch
 
-    from models.config import ModelConfig, SampleConfig
-    from models.factory import build_backbone
-    from models.sampler import Sampler
+    from layerloop.models.config import ModelConfig, SampleConfig
+    from layerloop.models.factory import build_backbone
+    from layerloop.models.sampler import Sampler
 
     torch.set_num_threads(1)
     sampler = Sampler(build_backbone(ModelConfig(), allow_random_init=True), None, SampleConfig(steps=2))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.report import build_report, thresholds_from_config
+from layerloop.tasks.report import build_report, thresholds_from_config
 
 DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
@@ -77,7 +77,7 @@ def test_reasons_are_escaped(built):
 
 def test_thumbnail_shows_the_sample(built):
     store, _, html, data = built
-    from storage import schema as S
+    from layerloop.storage import schema as S
 
     rows = store.read(1, "all")
     first = data["samples_shown"]["accepted"][0]
@@ -108,7 +108,7 @@ def test_threshold_sources():
 def test_report_command_rebuilds_and_refuses_unknown_rounds(two_round_store):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from layerloop.flows.cli import app
 
     html = Path(two_round_store.round_uri(0)) / "report.html"
     assert not html.exists()
@@ -122,7 +122,7 @@ def test_report_command_rebuilds_and_refuses_unknown_rounds(two_round_store):
 def test_disabled_cycle_rule_keeps_the_histogram_readable():
     import pandas as pd
 
-    from tasks.report import score_summary
+    from layerloop.tasks.report import score_summary
 
     rows = pd.DataFrame({"cycle_error": [0.1, 0.2, 0.15]})
     s = score_summary(rows, {"cycle_error": 1e9})["cycle_error"]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from flows.cli import app
+from layerloop.flows.cli import app
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def config_file(tmp_path, tiny_adapter):
 
 
 def test_decompose_any_size_and_bad_files(tmp_path, tiny_adapter, config_file):
-    from models.synthetic import render_triplet
+    from layerloop.models.synthetic import render_triplet
 
     wide = render_triplet(5, 64)[0]["composite"].resize((90, 40))
     wide.save(tmp_path / "wide.jpg")
@@ -50,7 +50,7 @@ def test_decompose_any_size_and_bad_files(tmp_path, tiny_adapter, config_file):
 
 
 def test_synthesize_maps_back_to_the_object_size(tmp_path, tiny_adapter, config_file):
-    from models.synthetic import render_triplet
+    from layerloop.models.synthetic import render_triplet
 
     triplet = render_triplet(3, 32)[0]
     triplet["logo"].save(tmp_path / "logo.png")
@@ -87,8 +87,8 @@ def test_eval_without_prefect_writes_the_table(tmp_path, tiny_adapter, config_fi
 def test_evaluate_flow_publishes_a_table_artifact(tmp_path, tiny_adapter, config_file, prefect_harness):
     from prefect.client.orchestration import get_client
 
-    from flows.config import load_config
-    from flows.evaluate import ARTIFACT_KEY, evaluate
+    from layerloop.flows.config import load_config
+    from layerloop.flows.evaluate import ARTIFACT_KEY, evaluate
 
     cfg = load_config(config_file)
     result = evaluate(cfg, adapters=[tiny_adapter["adapter_dir"]], out_dir=str(tmp_path / "ev"), n=2)

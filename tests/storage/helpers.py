@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from storage import schema as S
+from layerloop.storage import schema as S
 
 
 def png(color=(10, 20, 30), size=(16, 16), noise_seed: int | None = None, mode="RGB") -> bytes:

@@ -11,8 +11,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from storage.errors import CommitConflictError  # noqa: E402
-from storage.rounds import RoundStore  # noqa: E402
+from layerloop.storage.errors import CommitConflictError  # noqa: E402
+from layerloop.storage.rounds import RoundStore  # noqa: E402
 from tests.storage.helpers import samples  # noqa: E402
 
 UNITS = {"u0": ("a", 5), "u1": ("b", 5), "u2": ("c", 4)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import typer
 from typer.testing import CliRunner
 
-from flows import cli_data
+from layerloop.flows import cli_data
 
 from .helpers import triplet, write_item
 

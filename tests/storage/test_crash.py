@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from storage import schema as S
-from storage.rounds import RoundStore
-from storage.shards import TMP_PREFIX
+from layerloop.storage import schema as S
+from layerloop.storage.rounds import RoundStore
+from layerloop.storage.shards import TMP_PREFIX
 
 from .proc_writer import UNITS, begin
 from .helpers import samples

@@ -7,12 +7,12 @@ import os
 import pytest
 from PIL import Image
 
-from storage import schema as S
-from storage import validate as V
-from storage.config import StoreConfig
-from storage.errors import InvalidImage
-from storage.ingest import IngestError, ingest_pool, ingest_seeds
-from storage.rounds import RoundStore
+from layerloop.storage import schema as S
+from layerloop.storage import validate as V
+from layerloop.storage.config import StoreConfig
+from layerloop.storage.errors import InvalidImage
+from layerloop.storage.ingest import IngestError, ingest_pool, ingest_seeds
+from layerloop.storage.rounds import RoundStore
 
 from . import helpers as H
 
@@ -159,7 +159,7 @@ def test_unusable_inputs_stop_with_a_clear_error(tmp_path):
 
 
 def test_renderer_layout_with_meta_and_pool(tmp_path):
-    from models.synthetic import write_split
+    from layerloop.models.synthetic import write_split
 
     write_split("seeds", 5, 32, 0, str(tmp_path / "seeds"))
     write_split("pool", 4, 32, 0, str(tmp_path / "pool"))

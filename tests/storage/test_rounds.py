@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from storage import schema as S
-from storage.errors import CommitConflictError, RoundExistsError, RoundNotFoundError
-from storage.rounds import COMMITTED, RoundStore
+from layerloop.storage import schema as S
+from layerloop.storage.errors import CommitConflictError, RoundExistsError, RoundNotFoundError
+from layerloop.storage.rounds import COMMITTED, RoundStore
 
 from .helpers import samples, triplet
 
@@ -183,7 +183,7 @@ def test_manifest_reads_with_pandas_duckdb_and_webdataset(tmp_path):
 
 
 def _plant_claim(store: RoundStore, round_: int, **holder):
-    from storage.fsutil import put_if_absent
+    from layerloop.storage.fsutil import put_if_absent
 
     w = store.begin(round_, parent_round=None, adapter_id=None, config={})
     w.write_unit("u0", samples("c", 2))

@@ -5,8 +5,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from storage import schema as S
-from storage.errors import SchemaError
+from layerloop.storage import schema as S
+from layerloop.storage.errors import SchemaError
 
 
 def _row(**kw):

@@ -7,8 +7,8 @@ import tarfile
 import fsspec
 import pytest
 
-from storage.errors import CorruptShardError, UnsafeMemberError
-from storage.shards import TMP_PREFIX, ShardReader, ShardWriter, iter_members, sha256_hex
+from layerloop.storage.errors import CorruptShardError, UnsafeMemberError
+from layerloop.storage.shards import TMP_PREFIX, ShardReader, ShardWriter, iter_members, sha256_hex
 
 from .helpers import triplet
 
