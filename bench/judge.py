@@ -51,7 +51,7 @@ class ServerProcess:
 
 
 def run(concurrency: int, latency: float, n: int, size: int) -> dict:
-    from layerloop.models.judges.base import build_judge
+    from layerloop.models.judges.registry import build_judge
     from layerloop.models.judges.config import JudgeConfig
 
     server = ServerProcess(latency)

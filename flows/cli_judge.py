@@ -60,7 +60,7 @@ def prompts(n: int = typer.Option(..., "--n", min=1, help="how many prompts"),
 
 
 def _judge(cfg, name: str):
-    from layerloop.models.judges.base import build_judge
+    from layerloop.models.judges.registry import build_judge
 
     judge_cfg = cfg.judge.model_copy(update={"backend": name})
     sampler = None

@@ -103,7 +103,7 @@ def vlm_scorers(cfg: PipelineConfig) -> tuple[Any, Any]:
         return _SCORERS[key]
     if cfg.judge.backend not in VLM_BACKENDS:
         return None, None
-    from layerloop.models.judges.base import build_judge
+    from layerloop.models.judges.registry import build_judge
 
     if cfg.judge.backend == "openai":
         scorers = (None, build_judge(cfg.judge))

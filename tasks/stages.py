@@ -390,7 +390,7 @@ def cycle_generated(cfg: PipelineConfig, round_: int, unit: str) -> dict:
 
 def judge_for(cfg: PipelineConfig, adapter_round: int):
     """One judge per process, judge config and adapter: a VLM judge loads its weights once, not per unit."""
-    from layerloop.models.judges.base import build_judge
+    from layerloop.models.judges.registry import build_judge
 
     smp = sampler(cfg, adapter_round)  # (re)loads this adapter into the shared backbone a cached judge uses
     key = (cfg.judge.model_dump_json(), cfg.sample.model_dump_json(), smp.adapter_dir, id(smp.backbone))

@@ -2,7 +2,8 @@
 
 `Judge.score(items)` validates every item first: an invalid item gets an unscored result naming the
 problem (so the pipeline quarantines or rejects it and goes on) while the valid ones are scored by the
-backend. The overall score is combined here, once, the same way for every backend.
+backend. The overall score is combined here, once, the same way for every backend. Backends are
+built by name in registry.py (`build_judge`); this module imports none of them.
 `apply_thresholds` (thresholds.py) turns stored scores into accepted/reason afterwards.
 """
 from __future__ import annotations
@@ -137,29 +138,6 @@ class Judge(ABC):
                            error, dict(details or {}))
 
 
-def build_judge(cfg: JudgeConfig, *, sampler=None) -> Judge:
-    """The judge `cfg.backend` names. `sampler` (decompose/synthesize) is required by the cycle judge."""
-    if cfg.backend == "cycle":
-        from layerloop.models.judges.cycle import CycleJudge
-
-        if sampler is None:
-            raise ValueError("judge backend 'cycle' needs a sampler (an object with decompose/synthesize)")
-        return CycleJudge(cfg, sampler)
-    if cfg.backend == "oracle":
-        from layerloop.models.judges.oracle import OracleJudge
-
-        return OracleJudge(cfg)
-    if cfg.backend == "qwen":
-        from layerloop.models.judges.qwen import QwenJudge
-
-        return QwenJudge(cfg)
-    if cfg.backend == "openai":
-        from layerloop.models.judges.openai_judge import OpenAIJudge
-
-        return OpenAIJudge(cfg)
-    raise ValueError(f"unknown judge backend {cfg.backend!r}")
-
-
 def results_to_frame(results: list[JudgeResult]):
     """Results as a DataFrame in manifest column names, ready for `apply_thresholds`."""
     import pandas as pd
@@ -177,5 +155,5 @@ def apply_thresholds(scores, cfg: ThresholdConfig):
     return _apply(scores, cfg)
 
 
-__all__ = ["CRITERIA", "JudgeItem", "JudgeResult", "Judge", "build_judge", "apply_thresholds",
+__all__ = ["CRITERIA", "JudgeItem", "JudgeResult", "Judge", "apply_thresholds",
            "results_to_frame", "combine", "validate_scores"]

@@ -20,7 +20,8 @@ def real_sampler():
 
 
 def test_cycle_judge_with_the_real_sampler(real_sampler):
-    from layerloop.models.judges.base import apply_thresholds, build_judge, results_to_frame
+    from layerloop.models.judges.base import apply_thresholds, results_to_frame
+    from layerloop.models.judges.registry import build_judge
     from layerloop.models.judges.calibration import synthetic_calibration_set
     from layerloop.models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
     from layerloop.models.metrics import cycle_error

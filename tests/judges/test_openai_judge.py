@@ -5,7 +5,8 @@ import logging
 
 import pytest
 
-from layerloop.models.judges.base import JudgeItem, apply_thresholds, build_judge, results_to_frame
+from layerloop.models.judges.base import JudgeItem, apply_thresholds, results_to_frame
+from layerloop.models.judges.registry import build_judge
 from layerloop.models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
 from layerloop.models.judges.openai_judge import BadResponse, parse_scores
 from layerloop.models.judges.scripted_server import ScriptedChatServer

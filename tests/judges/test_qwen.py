@@ -7,9 +7,10 @@ torch = pytest.importorskip("torch")
 
 from PIL import Image  # noqa: E402
 
-from layerloop.models.judges.base import JudgeItem, build_judge  # noqa: E402
+from layerloop.models.judges.base import JudgeItem  # noqa: E402
 from layerloop.models.judges.config import CRITERIA, JudgeConfig  # noqa: E402
 from layerloop.models.judges.qwen_runtime import QwenVL  # noqa: E402
+from layerloop.models.judges.registry import build_judge  # noqa: E402
 from layerloop.models.judges.vqascore import VQAScorer  # noqa: E402
 from tests.judges.conftest import make_triplet, spoil  # noqa: E402
 from tests.judges.tiny_qwen import build_tiny_qwen  # noqa: E402

@@ -18,7 +18,7 @@ def qwen_dir(tmp_path_factory):
 
 
 def _score(path, device, dtype, batch_size, items):
-    from layerloop.models.judges.base import build_judge
+    from layerloop.models.judges.registry import build_judge
     from layerloop.models.judges.config import JudgeConfig
 
     cfg = JudgeConfig(backend="qwen", qwen={"path": path, "device": device, "dtype": dtype,
