@@ -24,7 +24,7 @@ os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "prefect.serve
 
 
 def _config(size: str, root: str):
-    from layerloop.flows.config import deep_merge, load_config
+    from layerloop.tasks.config import deep_merge, load_config
     from layerloop.tasks.demo import demo_config, make_inputs, smoke_overrides
 
     inputs = make_inputs(str(Path(root) / "in"), n_seeds=12, n_pool=16)

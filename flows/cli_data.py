@@ -32,7 +32,7 @@ def _store_config(store: Optional[str], config: Optional[Path]):
 
     path = config if config is not None else (Path("layerloop.yaml") if Path("layerloop.yaml").is_file() else None)
     if path is not None:
-        from layerloop.flows.config import ConfigError, load_config
+        from layerloop.tasks.config import ConfigError, load_config
 
         try:
             cfg = load_config(path).store
@@ -70,7 +70,7 @@ def init(store: Optional[str] = STORE_OPT,
          config_out: Path = typer.Option(Path("layerloop.yaml"), "--config-out", help="where to write the config"),
          force: bool = typer.Option(False, help="overwrite an existing config file")) -> None:
     """Create the store folders and write a commented default layerloop.yaml."""
-    from layerloop.flows.config import default_yaml_text
+    from layerloop.tasks.config import default_yaml_text
 
     st, _ = _open(store, None)
     root = st.init()

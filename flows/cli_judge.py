@@ -23,7 +23,7 @@ def _fail(message: str) -> None:
 
 
 def _config(config: Optional[Path]):
-    from layerloop.flows.config import ConfigError, load_config
+    from layerloop.tasks.config import ConfigError, load_config
 
     path = config if config is not None else (Path("layerloop.yaml") if Path("layerloop.yaml").is_file() else None)
     try:

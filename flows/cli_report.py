@@ -33,7 +33,7 @@ class InputImageError(ValueError):
 
 def _config(config: Optional[Path], store: Optional[str]):
     """PipelineConfig from --config (or ./layerloop.yaml when present) with --store applied."""
-    from layerloop.flows.config import load_config
+    from layerloop.tasks.config import load_config
 
     path = config
     if path is None and Path("layerloop.yaml").is_file():

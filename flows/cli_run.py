@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from layerloop.flows.config import ConfigError, PipelineConfig, load_config
+from layerloop.tasks.config import ConfigError, PipelineConfig, load_config
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="layerloop.yaml (default: built-in defaults)")
 STORE_OPT = typer.Option(None, "--store", help="store root; default: $LAYERLOOP_STORE or store.uri")

@@ -19,7 +19,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from layerloop.flows.config import PipelineConfig
+from layerloop.tasks.config import PipelineConfig
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 METRIC_ORDER = ("psnr_logo", "psnr_object", "ssim_logo", "ssim_object", "vqa_logo", "vqa_object", "vlm_score")

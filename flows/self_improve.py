@@ -11,7 +11,7 @@ import time
 
 from prefect import flow, get_run_logger
 
-from layerloop.flows.config import PipelineConfig
+from layerloop.tasks.config import PipelineConfig
 from layerloop.flows.seed import seed
 from layerloop.tasks import publish, stages
 from layerloop.tasks.prefect_tasks import configured, gpu_slot

@@ -3,8 +3,8 @@
 Two generators: `builtin` (deterministic, offline; products and logos drawn from the synthetic world's
 kinds, shapes, colours and words) and `openai` (asks an OpenAI-compatible server, e.g. GPT-4o, for JSON
 lists of product and logo descriptions, with the judge's client, retries and key handling).
-A prompt set is versioned by `sha256(json.dumps(prompts))`, the same hash the flow records with every
-round that uses it (flows.config.prompt_set_hash).
+A prompt set is versioned by `prompt_hash` (sha256 of its JSON), the hash the commit stage records with
+every round that uses it. `TEMPLATE` is the one way a product and a logo make a prompt.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ PROMPT_SCHEMA = {
 
 
 def prompt_hash(prompts: list[str]) -> str:
-    """The version of a prompt set (identical to flows.config.prompt_set_hash)."""
+    """The version of a prompt set: sha256 of the prompts as JSON, in order."""
     return hashlib.sha256(json.dumps(prompts).encode()).hexdigest()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerloop.flows.config import PipelineConfig, load_config
+from layerloop.tasks.config import PipelineConfig, load_config
 
 DEMO_SEEDS = 100  # the paper's seed set size
 DEMO_POOL = 48
@@ -41,7 +41,7 @@ def demo_config(store: str, inputs: dict[str, str], rounds: int = 3, overrides: 
                  "candidates_per_round": 12, "pool_per_round": 12, "batch_size": 12, "eval_size": 12,
                  "train_final": True, "round_train_steps": 300},
     }
-    from layerloop.flows.config import deep_merge, env_overrides
+    from layerloop.tasks.config import deep_merge, env_overrides
 
     return load_config(None, environ={}, overrides=deep_merge(deep_merge(base, env_overrides()), overrides or {}))
 

@@ -15,7 +15,7 @@ from typing import Iterator
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from layerloop.flows.config import PipelineConfig
+from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks import stages
 
 # Errors that a second try can fix: I/O hiccups, timeouts, a server or object store briefly away.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from layerloop.flows.config import ConfigError, PipelineConfig
+from layerloop.tasks.config import ConfigError, PipelineConfig
 from layerloop.tasks import stages
 
 TABLE_KEY = "selection-rate"

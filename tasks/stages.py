@@ -16,7 +16,8 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from layerloop.flows.config import PipelineConfig, prompt_set_hash
+from layerloop.models.prompts import prompt_hash
+from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks import artifacts_io as aio
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -472,7 +473,7 @@ def commit(cfg: PipelineConfig, round_: int, info: dict) -> dict:
             return out
         w = writer(cfg, round_)
         rows = _apply_review(cfg, decide_rows(cfg, _merge_parts(w, w.rows())))
-        info = {**info, "prompt_set_sha256": prompt_set_hash(cfg.loop.prompt_set())}
+        info = {**info, "prompt_set_sha256": prompt_hash(cfg.loop.prompt_set())}
         result = w.commit(rows, info=info)
         out.update(skipped=False, **_counts(result))
     return out

@@ -16,7 +16,7 @@ def tiny_inputs(tmp_path_factory):
 def tiny_cfg(tmp_path, tiny_inputs):
     import torch
 
-    from layerloop.flows.config import load_config
+    from layerloop.tasks.config import load_config
     from layerloop.tasks.demo import smoke_overrides
 
     torch.set_num_threads(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import yaml
 import pytest
 
-from layerloop.flows.config import ConfigError, PipelineConfig, default_yaml_text, env_overrides, load_config
+from layerloop.tasks.config import ConfigError, PipelineConfig, default_yaml_text, env_overrides, load_config
 
 
 def test_defaults_compose_every_section():

@@ -20,6 +20,7 @@ def _run_round(cfg, r):
 
 
 def test_one_round_by_hand_has_exact_lineage(tiny_cfg):
+    from layerloop.models.prompts import PromptSet
     from layerloop.storage import schema as S
 
     assert stages.ingest_seeds(tiny_cfg)["pool"]["pool_size"] == 6
@@ -31,7 +32,10 @@ def test_one_round_by_hand_has_exact_lineage(tiny_cfg):
     assert store.committed_rounds() == [0, 1]
     info = store.round_info(1)
     assert (info["parent_round"], info["adapter_id"]) == (0, "round-0000")
-    assert len(info["info"]["prompt_set_sha256"]) == 64 and info["config"]["loop"]["candidates_per_round"] == 4
+    assert info["config"]["loop"]["candidates_per_round"] == 4
+    # the round records its prompt set by the same version a prompt-set file carries
+    version = PromptSet(tiny_cfg.loop.prompt_set(), "loop", {}).version
+    assert info["info"]["prompt_set_sha256"] == version
     rows = store.read(1, "all")
     assert sorted(rows[S.SOURCE].value_counts().items()) == [("cycle", 2), ("generated", 4)]
     assert rows[S.SCORE_OVERALL].notna().all() and rows[S.CYCLE_ERROR].notna().all()

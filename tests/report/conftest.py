@@ -68,7 +68,7 @@ def _adapter_metrics(store, r: int, losses: list[float]) -> None:
 @pytest.fixture
 def two_round_store(tmp_path):
     """A local RoundStore with rounds 0 and 1 committed and adapter metrics for both."""
-    from layerloop.flows.config import PipelineConfig
+    from layerloop.tasks.config import PipelineConfig
     from layerloop.storage.rounds import RoundStore
 
     store = RoundStore(str(tmp_path / "store"))

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from layerloop.flows.ablate import NO_CYCLE_FILTER, default_base, run_config, summarise, to_markdown, verdict
-from layerloop.flows.config import ConfigError
+from layerloop.tasks.config import ConfigError
 
 INPUTS = {"seeds": "/data/seeds", "pool": "/data/pool"}
 

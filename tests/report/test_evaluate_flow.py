@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from layerloop.flows.config import PipelineConfig
+from layerloop.tasks.config import PipelineConfig
 from layerloop.flows.evaluate import AdapterNotFound, resolve_adapter, to_csv, to_markdown, write_outputs
 
 ROWS = [

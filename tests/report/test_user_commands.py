@@ -87,7 +87,7 @@ def test_eval_without_prefect_writes_the_table(tmp_path, tiny_adapter, config_fi
 def test_evaluate_flow_publishes_a_table_artifact(tmp_path, tiny_adapter, config_file, prefect_harness):
     from prefect.client.orchestration import get_client
 
-    from layerloop.flows.config import load_config
+    from layerloop.tasks.config import load_config
     from layerloop.flows.evaluate import ARTIFACT_KEY, evaluate
 
     cfg = load_config(config_file)

@@ -1,13 +1,13 @@
 """The composed pipeline config: one typed model for a whole run, loaded from YAML with env overrides.
 
 Each package owns its section (storage/config.py, models/config.py, models/judges/config.py); this module
-adds the loop's own section and composes them. A bad config stops a run at once with a `ConfigError`
-that names the field path and what to fix. The exact config is saved into every committed round.
+adds the loop's own section and composes them. It sits at the tasks floor because the stages read it;
+flows import it from here, and nothing below imports it. A bad config stops a run at once with a
+`ConfigError` that names the field path and what to fix. The exact config is saved into every committed round.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from layerloop.models.config import LoraConfig, ModelConfig, SampleConfig, TrainConfig
 from layerloop.models.judges.config import JudgeConfig, ThresholdConfig
+from layerloop.models.prompts import TEMPLATE, load_prompt_set
 from layerloop.storage.config import StoreConfig
 
 ENV_PREFIX = "LAYERLOOP__"
@@ -81,14 +82,12 @@ class LoopConfig(BaseModel):
         return v
 
     def prompt_set(self) -> list[str]:
-        """The prompts of tau_G, in a stable order (its hash is recorded with every round)."""
+        """The prompts of tau_G, in a stable order (its models.prompts.prompt_hash is recorded with every round)."""
         if self.prompts is not None:
             return list(self.prompts)
         if self.prompts_file is not None:
-            from layerloop.models.prompts import load_prompt_set
-
             return list(load_prompt_set(self.prompts_file).prompts)
-        return [f"a {p} with {logo}" for p in self.products for logo in self.logos]
+        return [TEMPLATE.format(product=p, logo=logo) for p in self.products for logo in self.logos]
 
 
 class PipelineConfig(BaseModel):
@@ -108,11 +107,6 @@ class PipelineConfig(BaseModel):
     def fingerprint(self) -> str:
         """Short stable hash of the config (for caching per-process backbones and logs)."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
-
-
-def prompt_set_hash(prompts: list[str]) -> str:
-    """sha256 of the prompt set, recorded in each round's info."""
-    return hashlib.sha256(json.dumps(prompts).encode()).hexdigest()
 
 
 def _describe_error(err: dict, source: str) -> str:
