@@ -35,9 +35,14 @@ def _unpack(item: Sequence) -> tuple[str, dict[str, Image.Image], dict]:
     return str(sample_id), triplet, dict(meta or {})
 
 
+# The layer that is the composite minus the others: its silhouette IoU says nothing, so it gets none.
+BACKGROUND_LAYER = "object"
+
+
 def score_layers(truth: dict[str, Image.Image], predicted: dict[str, Image.Image]) -> dict[str, float]:
-    """PSNR and SSIM of each predicted layer against its ground truth, keyed psnr_<layer> / ssim_<layer>."""
-    from layerloop.models.metrics import psnr, ssim
+    """PSNR and SSIM of each predicted layer against its ground truth, keyed psnr_<layer> / ssim_<layer>,
+    and for every layer but the background one the shape IoU of its drawn pixels (iou_<layer>)."""
+    from layerloop.models.metrics import psnr, shape_iou, ssim
 
     scores: dict[str, float] = {}
     for layer in _layers_of(truth):
@@ -46,6 +51,8 @@ def score_layers(truth: dict[str, Image.Image], predicted: dict[str, Image.Image
         pred = _match_size(predicted[layer], truth[layer])
         scores[f"psnr_{layer}"] = float(psnr(pred, truth[layer]))
         scores[f"ssim_{layer}"] = float(ssim(pred, truth[layer]))
+        if layer != BACKGROUND_LAYER:
+            scores[f"iou_{layer}"] = float(shape_iou(pred, truth[layer]))
     return scores
 
 
@@ -106,15 +113,27 @@ def per_item_scores(items: Iterable[Sequence], predict: Callable[[list[Image.Ima
 
 
 def evaluate_decomposition(sampler, items: Iterable[Sequence], *, vqa=None, judge=None,
-                           batch_size: int = 16, return_rows: bool = False) -> dict:
+                           batch_size: int = 16, return_rows: bool = False,
+                           slices: dict[str, Callable[[dict], bool]] | None = None) -> dict:
     """Decompose every held-out composite and return mean per-layer metrics.
 
-    Returns e.g. {psnr_logo, psnr_object, ssim_logo, ssim_object, n} (+ vqa_logo, vqa_object,
-    vlm_score with a VQAScore model / judge). With return_rows=True the per-item rows come back
-    under "rows" as well, for CSV export.
+    Returns e.g. {psnr_logo, psnr_object, ssim_logo, ssim_object, iou_logo, n} (+ vqa_logo, vqa_object,
+    vlm_score with a VQAScore model / judge). `slices` (name -> predicate on an item's meta) adds the
+    same means per slice under "slices" (e.g. items whose kind the seeds showed vs the others). With
+    return_rows=True the per-item rows come back under "rows" as well, for CSV export.
     """
+    items = list(items)
     rows = per_item_scores(items, lambda c: predict_layers(sampler, c, batch_size), vqa=vqa, judge=judge)
+    return summarise_rows(rows, [_unpack(i)[2] for i in items], slices, return_rows)
+
+
+def summarise_rows(rows: list[dict[str, Any]], metas: list[dict], slices: dict[str, Callable[[dict], bool]] | None,
+                   return_rows: bool) -> dict:
+    """Overall and per-slice means of per-item rows; `metas` are the items' meta, parallel to rows."""
     result: dict[str, Any] = aggregate(rows)
+    if slices:
+        result["slices"] = {name: aggregate(picked) if (picked := [r for r, m in zip(rows, metas) if keep(m)])
+                            else {"n": 0} for name, keep in slices.items()}
     if return_rows:
         result["rows"] = rows
     return result
@@ -126,21 +145,19 @@ def identity_predictions(composites: list[Image.Image], layers: Sequence[str]) -
     for comp in composites:
         comp = comp.convert("RGB")
         white = Image.new("RGB", comp.size, (255, 255, 255))
-        preds.append({layer: (comp.copy() if layer == "object" else white.copy()) for layer in layers})
+        preds.append({layer: (comp.copy() if layer == BACKGROUND_LAYER else white.copy()) for layer in layers})
     return preds
 
 
-def identity_baseline(items: Iterable[Sequence], *, vqa=None, judge=None, return_rows: bool = False) -> dict:
+def identity_baseline(items: Iterable[Sequence], *, vqa=None, judge=None, return_rows: bool = False,
+                      slices: dict[str, Callable[[dict], bool]] | None = None) -> dict:
     """Scores of the identity decomposition, the floor any trained adapter must beat."""
     items = list(items)
     if not items:
         raise ValueError("the evaluation set is empty")
     layers = _layers_of(_unpack(items[0])[1])
     rows = per_item_scores(items, lambda c: identity_predictions(c, layers), vqa=vqa, judge=judge)
-    result: dict[str, Any] = aggregate(rows)
-    if return_rows:
-        result["rows"] = rows
-    return result
+    return summarise_rows(rows, [_unpack(i)[2] for i in items], slices, return_rows)
 
 
 def _vqa_text(layer: str, meta: dict) -> str:

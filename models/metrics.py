@@ -1,4 +1,4 @@
-"""Image-quality metrics for decomposition and cycle checks: PSNR, SSIM and cycle error.
+"""Image-quality metrics for decomposition and cycle checks: PSNR, SSIM, shape IoU and cycle error.
 
 numpy only, so they run anywhere (tasks, reports, notebooks). Inputs are PIL images or uint8
 arrays of shape (H, W) or (H, W, C); both sides must have the same shape. Floats are refused on
@@ -40,6 +40,24 @@ def psnr(a, b) -> float:
     x, y = _pair(a, b)
     mse = float(np.mean((x - y) ** 2))
     return math.inf if mse == 0 else 10.0 * math.log10(_PEAK**2 / mse)
+
+
+def foreground(img, white_tol: int = 48) -> np.ndarray:
+    """(H, W) bool: pixels that are not background white (any channel more than white_tol below 255)."""
+    x = _as_array(img, "image").astype(np.int16)
+    return (255 - x).max(axis=-1) > white_tol if x.ndim == 3 else (255 - x) > white_tol
+
+
+def shape_iou(a, b, white_tol: int = 48) -> float:
+    """IoU of the non-white masks of two panels: does a layer have the right SHAPE, not just colour?
+
+    PSNR rewards a blob of the right colour in a mostly white logo panel; the IoU of what is drawn
+    against what should be drawn does not. 1.0 when both panels are blank.
+    """
+    x, y = _pair(a, b)
+    ma, mb = foreground(x.astype(np.uint8), white_tol), foreground(y.astype(np.uint8), white_tol)
+    union = int((ma | mb).sum())
+    return 1.0 if union == 0 else float((ma & mb).sum()) / union
 
 
 def cycle_error(a, b) -> float:

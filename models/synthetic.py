@@ -473,9 +473,7 @@ def render_triplet(seed: int, size: int = 32) -> tuple[dict[str, Image.Image], d
     _check_size(size)
     rng = np.random.default_rng(seed)
     res = size * max(1, -(-_MIN_RENDER // size))
-    kind = str(rng.choice(KINDS))
-    obj_c, logo_c, text_c = _pick_colours(rng)
-    shape, text = str(rng.choice(SHAPES)), str(rng.choice(WORDS))
+    kind, (obj_c, logo_c, text_c), shape, text = _draw_identity(rng)
     style = _style(rng, kind, obj_c)
     canvas, shininess = _PRODUCTS[kind](rng, res, style)
     logo = _logo_rgba(max(256, 2 * size), shape, COLOURS[logo_c], text, COLOURS[text_c])
@@ -508,7 +506,60 @@ def _meta(seed, size, kind, colours, shape, text, style: _Style) -> dict:
     }
 
 
-# ---------------------------------------------------------------- splits
+# ---------------------------------------------------------------- splits and slices
+
+def _draw_identity(rng) -> tuple[str, tuple[str, str, str], str, str]:
+    """The first draws of a render: product kind, colours, logo shape and word (cheap, no pixels)."""
+    kind = str(rng.choice(KINDS))
+    colours = _pick_colours(rng)
+    return kind, colours, str(rng.choice(SHAPES)), str(rng.choice(WORDS))
+
+
+def peek_identity(seed: int) -> dict[str, str]:
+    """Kind, logo shape and word of `render_triplet(seed)` without rendering it."""
+    kind, _, shape, text = _draw_identity(np.random.default_rng(seed))
+    return {"kind": kind, "logo_shape": shape, "text": text}
+
+
+@dataclass(frozen=True)
+class WorldSlice:
+    """A part of the synthetic world: the product kinds, logo shapes and words items may have (None = all).
+
+    Real users hold ~100 labeled triplets from a narrow slice and a far broader unlabeled pool; seeds drawn
+    from a slice, with pool and test drawn from everything, mirror that, so the loop has something to learn.
+    """
+
+    kinds: tuple[str, ...] | None = None
+    shapes: tuple[str, ...] | None = None
+    words: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("kinds", KINDS), ("shapes", SHAPES), ("words", WORDS)):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            unknown = sorted(set(values) - set(allowed))
+            if not values or unknown:
+                raise ValueError(f"slice {name} must be a non-empty subset of {list(allowed)}; "
+                                 f"unknown: {unknown or 'none given'}")
+            object.__setattr__(self, name, tuple(values))
+
+    @property
+    def is_everything(self) -> bool:
+        return self.kinds is None and self.shapes is None and self.words is None
+
+    def contains(self, meta: dict) -> bool:
+        """Whether an item (its meta: kind, logo_shape, text) lies in this slice."""
+        return all(values is None or meta.get(key) in values
+                   for key, values in (("kind", self.kinds), ("logo_shape", self.shapes), ("text", self.words)))
+
+    def describe(self) -> str:
+        parts = [f"{k}={'/'.join(v)}" for k, v in (("kinds", self.kinds), ("shapes", self.shapes),
+                                                  ("words", self.words)) if v is not None]
+        return ", ".join(parts) or "everything"
+
+
+EVERYTHING = WorldSlice()
 
 def item_seed(split: str, index: int, seed: int) -> int:
     """The render seed of item `index` of `split`: its own SeedSequence stream per split."""
@@ -519,25 +570,41 @@ def item_seed(split: str, index: int, seed: int) -> int:
     return (hi << 32) | lo
 
 
-def make_split(split: str, n: int, size: int, seed: int) -> Iterator[tuple[str, dict, dict]]:
-    """Yield (id, triplet, meta) for `n` items of `split` ("seeds", "pool" or "test").
+def make_split(split: str, n: int, size: int, seed: int,
+               where: WorldSlice = EVERYTHING) -> Iterator[tuple[str, dict, dict]]:
+    """Yield (id, triplet, meta) for `n` items of `split` ("seeds", "pool" or "test") inside `where`.
 
     Ids are `<seed|pool|test>-<base seed>-<index>`; every split draws from its own RNG stream, so
     held-out test items never coincide with training items. Pool items carry their ground truth
-    too (for evaluation); `write_split` writes only their composite.
+    too (for evaluation); `write_split` writes only their composite. A slice keeps the stream's items
+    that fall inside it (their indices, hence ids, skip the others), so a sliced split of the same base
+    seed is a subset of the unsliced one.
     """
     item_seed(split, 0, seed)  # validates the split name before anything is rendered
     _check_size(size)
     if not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    for i in range(n):
+    for i in _slice_indices(split, n, seed, where):
         s = item_seed(split, i, seed)
         triplet, meta = render_triplet(s, size)
         meta.update(split=split, index=i, base_seed=int(seed))
         yield f"{ID_PREFIX[split]}-{int(seed)}-{i:05d}", triplet, meta
 
 
-def write_split(split: str, n: int, size: int, seed: int, out: str) -> list[str]:
+def _slice_indices(split: str, n: int, seed: int, where: WorldSlice) -> Iterator[int]:
+    """Stream indices whose item lies in `where` (peeked, not rendered), the first n of them."""
+    found, i = 0, 0
+    limit = 1000 * max(n, 1)  # every valid slice has probability >= 1/(6*7*20); this bound is never hit by one
+    while found < n:
+        if i >= limit:
+            raise ValueError(f"slice {where.describe()} matched {found} of {n} items in {limit} draws")
+        if where.is_everything or where.contains(peek_identity(item_seed(split, i, seed))):
+            found += 1
+            yield i
+        i += 1
+
+
+def write_split(split: str, n: int, size: int, seed: int, out: str, where: WorldSlice = EVERYTHING) -> list[str]:
     """Render a split to `<out>/<id>/{composite,logo,object}.png + meta.json` (pool: composite only).
 
     Each item is written to a hidden temporary folder and renamed into place, so an interrupted
@@ -546,7 +613,7 @@ def write_split(split: str, n: int, size: int, seed: int, out: str) -> list[str]
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     ids = []
-    for sid, triplet, meta in make_split(split, n, size, seed):
+    for sid, triplet, meta in make_split(split, n, size, seed, where):
         panels = ("composite",) if split == "pool" else ("composite", "logo", "object")
         _write_item(root, sid, {p: triplet[p] for p in panels}, meta)
         ids.append(sid)

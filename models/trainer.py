@@ -168,6 +168,9 @@ class DataCache:
     embeds: dict  # (task, caption) -> (prompt_embeds, pooled, text_ids)
     captions: list
     fingerprint: str
+    trust: Any = None  # (N, tokens) float or None: how far each sample's target tokens may be believed
+    allowed: list | None = None  # per sample: the tasks it may be trained on (None: decompose and synthesize)
+    labeled: list | None = None  # per sample: human-labeled (anchor_fraction of every batch comes from these)
 
 
 def build_cache(codec: FillCodec, triplets: list[dict], captions: list[str] | None, seed: int,
@@ -335,25 +338,45 @@ class CycleTrainer:
 
     # -- batch composition ---------------------------------------------------------------------
     def batch_indices(self, step: int) -> list[int]:
-        """Epoch-wise shuffled indices; a batch may wrap into the next epoch's permutation."""
+        """Epoch-wise shuffled indices; with labeled and unlabeled triplets, anchor_fraction from the labeled.
+
+        Two independent epoch streams keep human-labeled data in every batch however many pseudo-labels
+        accumulate (self-training drifts unless real data stays in each step).
+        """
+        lab, bs = self.cache.labeled, self.cfg.batch_size
+        if not lab or self.cfg.anchor_fraction <= 0 or all(lab) or not any(lab):
+            return self._epoch_stream(list(range(self.n)), step, bs, salt=-2)
+        n_lab = max(1, min(bs, round(self.cfg.anchor_fraction * bs)))
+        labeled = [i for i in range(self.n) if lab[i]]
+        others = [i for i in range(self.n) if not lab[i]]
+        picked = self._epoch_stream(labeled, step, n_lab, salt=-2)
+        return picked + (self._epoch_stream(others, step, bs - n_lab, salt=-(1 << 40)) if bs > n_lab else [])
+
+    def _epoch_stream(self, members: list[int], step: int, count: int, salt: int) -> list[int]:
+        """Items step*count .. step*count+count of the concatenated per-epoch permutations of `members`."""
         import torch
 
-        bs, out = self.cfg.batch_size, []
-        pos = step * bs
-        while len(out) < bs:
-            epoch, offset = divmod(pos, self.n)
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(_mix(self.cfg.seed, -2 - epoch)))
-            take = min(bs - len(out), self.n - offset)
-            out.extend(perm[offset:offset + take].tolist())
+        n, out, pos = len(members), [], step * count
+        while len(out) < count:
+            epoch, offset = divmod(pos, n)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(self.cfg.seed, salt - epoch)))
+            take = min(count - len(out), n - offset)
+            out.extend(members[j] for j in perm[offset:offset + take].tolist())
             pos += take
         return out
 
-    def batch_tasks(self, n: int, gen: "torch.Generator") -> list[str]:
-        """Half decomposition, half synthesis of the same triplets (random which half); some generation."""
+    def batch_tasks(self, idx: list[int], gen: "torch.Generator") -> list[str]:
+        """Half decomposition, half synthesis of the same triplets (random which half); some generation.
+
+        A triplet restricted to some tasks (pseudo-labels: decomposition only) gets its first allowed one.
+        """
         import torch
 
+        n = len(idx)
         order = torch.randperm(n, generator=gen).tolist()
         tasks = ["decompose" if order[i] % 2 == 0 else "synthesize" for i in range(n)]
+        if self.cache.allowed is not None:
+            tasks = [t if t in self.cache.allowed[j] else self.cache.allowed[j][0] for t, j in zip(tasks, idx)]
         if self.cfg.generate_fraction > 0:
             u = torch.rand(n, generator=gen).tolist()
             tasks = ["generate" if u[i] < self.cfg.generate_fraction else tasks[i] for i in range(n)]
@@ -428,20 +451,24 @@ class CycleTrainer:
         sel = [k for k, task in enumerate(b.tasks) if task in OPPOSITE] if weight > 0 else []
         if not sel:
             v = self.codec.velocity(b.x_t, b.cond, b.t, b.embeds, self.cfg.guidance)
-            return self._combine(v, b.x0, b.noise, {}, weight, self.token_weight(b.tasks))
+            return self._combine(v, b.x0, b.noise, {}, weight, self.token_weight(b.tasks, b.idx))
         v, terms = self.cycle_forward(b, sel, gen)
-        return self._combine(v, b.x0, b.noise, terms, weight, self.token_weight(b.tasks))
+        return self._combine(v, b.x0, b.noise, terms, weight, self.token_weight(b.tasks, b.idx))
 
-    def token_weight(self, tasks: list[str]) -> "torch.Tensor | None":
-        """None (every token) or the generated panels' tokens, per TrainConfig.loss_region."""
-        return self.codec.generated_tokens(tasks) if self.cfg.loss_region == "generated" else None
+    def token_weight(self, tasks: list[str], idx: list[int] | None = None) -> "torch.Tensor | None":
+        """None (every token), or the generated panels' tokens (loss_region), times the samples' trust."""
+        w = self.codec.generated_tokens(tasks) if self.cfg.loss_region == "generated" else None
+        if self.cache.trust is None or idx is None:
+            return w
+        trust = self.cache.trust[idx].to(self.codec.device)
+        return trust if w is None else w * trust
 
     def batch(self, step: int, gen: "torch.Generator") -> "_Batch":
         """Step `step`'s samples: indices, tasks, x0, conditioning, text, t, noise and x_t."""
         import torch
 
         idx = self.batch_indices(step)
-        tasks = self.batch_tasks(len(idx), gen)
+        tasks = self.batch_tasks(idx, gen)
         dev = self.codec.device
         x0 = self.cache.x0[idx].to(dev)
         cond = torch.stack([self.cache.cond[t][i] for i, t in zip(idx, tasks)]).to(dev)
@@ -467,7 +494,7 @@ class CycleTrainer:
         for task, name in CYCLE_TERMS.items():
             rows = [j for j, k in enumerate(sel) if b.tasks[k] == task]
             if rows:
-                w = self.token_weight([task] * len(rows))
+                w = self.token_weight([task] * len(rows), [b.idx[sel[j]] for j in rows])
                 terms[name] = losses.cycle_loss(v[[sel[j] for j in rows]], v_cyc[rows], w)
         return v, terms
 
@@ -572,10 +599,18 @@ def load_checkpoint(path: Path, trainer: CycleTrainer, fingerprint: str) -> tupl
 # --------------------------------------------------------------------------------------------------
 def train_lora(backbone, triplets: list[dict], cfg: TrainConfig, lora: LoraConfig, out_dir: str, *,
                init_adapter: str | None = None, captions: list[str] | None = None,
-               progress: ProgressFn | None = None, card: dict | None = None) -> TrainResult:
+               progress: ProgressFn | None = None, card: dict | None = None,
+               trust: list | None = None, tasks: list | None = None,
+               labeled: list | None = None) -> TrainResult:
     """Train the shared decomposition/synthesis LoRA on `triplets`; write the adapter into `out_dir`.
 
     `card` adds fields to the model card (e.g. {"data_rounds": [0, 1], "round": 2}).
+    Per-triplet options, each a list parallel to `triplets` (None = the defaults):
+      * `trust`: {panel: (H, W) float array in [0, 1]} or None: how far each target pixel may be believed
+        (a pseudo-label's model-made pixels get 0, its real pixels 1); multiplies the loss per token;
+      * `tasks`: the tasks a triplet may be trained on, e.g. ("decompose",) for a pseudo-label whose
+        layers are not good enough to condition synthesis on;
+      * `labeled`: True for human-labeled triplets; `cfg.anchor_fraction` of every batch comes from them.
 
     Resumes from the newest checkpoint in `out_dir` when one of the same config and data exists.
     An adapter a Sampler loaded is unloaded first (training on top of it would train the wrong model);
@@ -584,6 +619,7 @@ def train_lora(backbone, triplets: list[dict], cfg: TrainConfig, lora: LoraConfi
     from layerloop.models.lora_io import unload_adapter
 
     _check_inputs(triplets, cfg, lora, captions, init_adapter)
+    _check_per_item(len(triplets), trust=trust, tasks=tasks, labeled=labeled)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if getattr(backbone.transformer, "peft_config", None):
@@ -595,6 +631,7 @@ def train_lora(backbone, triplets: list[dict], cfg: TrainConfig, lora: LoraConfi
         if init_adapter:
             load_init_adapter(backbone.transformer, init_adapter, params)
         cache = build_cache(codec, triplets, captions, cfg.seed, cfg.generate_fraction > 0)
+        add_item_options(cache, codec, trust=trust, tasks=tasks, labeled=labeled)
         fingerprint = _run_fingerprint(cfg, lora, cache.fingerprint, init_adapter)
         trainer = CycleTrainer(backbone, cache, codec, cfg, params)
         with compiled_blocks(backbone.transformer, cfg.compile_blocks):
@@ -602,6 +639,50 @@ def train_lora(backbone, triplets: list[dict], cfg: TrainConfig, lora: LoraConfi
     finally:
         backbone.transformer.eval()
         detach_lora(backbone.transformer)
+
+
+def _check_per_item(n: int, **options) -> None:
+    for name, values in options.items():
+        if values is not None and len(values) != n:
+            raise TrainError(f"{name} has {len(values)} entries for {n} triplets; give one per triplet")
+    for i, allowed in enumerate(options.get("tasks") or []):
+        if allowed is not None and (not allowed or set(allowed) - set(OPPOSITE)):
+            raise TrainError(f"tasks of triplet #{i} must be a non-empty subset of {sorted(OPPOSITE)}; got {allowed}")
+
+
+def add_item_options(cache: DataCache, codec: FillCodec, *, trust=None, tasks=None, labeled=None) -> None:
+    """Per-triplet trust maps (as token weights), allowed tasks and labeled flags; part of the data fingerprint."""
+    cache.trust = trust_tokens(codec, trust) if trust is not None and any(t is not None for t in trust) else None
+    cache.allowed = [tuple(t) if t else tuple(OPPOSITE) for t in tasks] if tasks is not None else None
+    cache.labeled = [bool(x) for x in labeled] if labeled is not None else None
+    if trust is None and tasks is None and labeled is None:
+        return
+    h = hashlib.sha256(json.dumps([cache.allowed, cache.labeled]).encode())
+    if cache.trust is not None:
+        h.update(cache.trust.numpy().tobytes())
+    cache.fingerprint = hashlib.sha256(f"{cache.fingerprint}:{h.hexdigest()}".encode()).hexdigest()[:16]
+
+
+def trust_tokens(codec: FillCodec, trust: list) -> "torch.Tensor":
+    """(N, tokens) float: each sample's pixel trust per panel averaged over every packed token's patch."""
+    import numpy as np
+    import torch
+
+    patch = 2 * codec.pipe.vae_scale_factor  # one packed token covers patch x patch pixels, row-major
+    rows = []
+    for i, maps in enumerate(trust):
+        full = np.ones((codec.height, codec.width), np.float32)
+        for name, arr in (maps or {}).items():
+            if name not in codec.schema.panels:
+                raise TrainError(f"trust of triplet #{i} names panel {name!r}; panels are {codec.schema.panels}")
+            arr = np.asarray(arr, np.float32)
+            if arr.shape != (codec.panel, codec.panel) or not np.all((arr >= 0) & (arr <= 1)):
+                raise TrainError(f"trust[{name!r}] of triplet #{i} must be a {codec.panel}x{codec.panel} "
+                                 f"array in [0, 1]; got shape {arr.shape}")
+            col = codec.schema.panels.index(name) * codec.panel
+            full[:, col:col + codec.panel] = arr
+        rows.append(torch.nn.functional.avg_pool2d(torch.from_numpy(full)[None, None], patch).flatten())
+    return torch.stack(rows)
 
 
 def _check_inputs(triplets, cfg: TrainConfig, lora: LoraConfig, captions, init_adapter) -> None:

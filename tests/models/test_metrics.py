@@ -101,3 +101,18 @@ def test_pil_and_array_inputs_agree():
 def test_bad_inputs_raise_clear_errors(a, b, match):
     with pytest.raises(ValueError, match=match):
         ssim(a, b)
+
+
+def test_shape_iou_scores_the_drawn_shape_not_its_colour():
+    from layerloop.models.metrics import shape_iou
+
+    blank = np.full((16, 16, 3), 255, np.uint8)
+    square = blank.copy()
+    square[4:12, 4:12] = (200, 30, 30)
+    shifted = blank.copy()
+    shifted[8:16, 8:16] = (200, 30, 30)
+    recoloured = blank.copy()
+    recoloured[4:12, 4:12] = (30, 30, 200)
+    assert shape_iou(square, recoloured) == 1.0  # same shape, another colour
+    assert shape_iou(square, shifted) == pytest.approx(16 / (64 + 64 - 16))
+    assert shape_iou(blank, blank) == 1.0 and shape_iou(square, blank) == 0.0

@@ -148,3 +148,29 @@ def test_write_split_layout(tmp_path):
 def test_bad_arguments_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_a_slice_keeps_only_its_items_and_they_are_the_unsliced_stream_s():
+    from layerloop.models.synthetic import WorldSlice, make_split
+
+    where = WorldSlice(kinds=("mug", "bottle"), shapes=("circle", "star", "ring", "square"))
+    sliced = list(make_split("seeds", 6, 32, 3, where))
+    assert all(m["kind"] in ("mug", "bottle") and m["logo_shape"] in where.shapes for _, _, m in sliced)
+    everything = {sid: t for sid, t, _ in make_split("seeds", sliced[-1][2]["index"] + 1, 32, 3)}
+    for sid, t, _ in sliced:  # same ids, same pixels: a sliced split is a subset of the whole stream
+        assert np.array_equal(np.asarray(t["composite"]), np.asarray(everything[sid]["composite"]))
+
+
+def test_peek_identity_matches_the_render_and_bad_slices_are_refused():
+    from layerloop.models.synthetic import WorldSlice, item_seed, peek_identity, render_triplet
+
+    for i in range(5):
+        s = item_seed("pool", i, 0)
+        _, meta = render_triplet(s, 32)
+        assert peek_identity(s) == {"kind": meta["kind"], "logo_shape": meta["logo_shape"], "text": meta["text"]}
+    with pytest.raises(ValueError, match="kinds must be a non-empty subset"):
+        WorldSlice(kinds=("mug", "teapot"))
+    with pytest.raises(ValueError, match="shapes must be a non-empty subset"):
+        WorldSlice(shapes=())
+    assert WorldSlice(kinds=("mug",)).contains({"kind": "mug", "logo_shape": "star", "text": "ZAP"})
+    assert not WorldSlice(words=("ZAP",)).contains({"kind": "mug", "logo_shape": "star", "text": "SOL"})

@@ -322,3 +322,52 @@ def test_compiled_blocks_restore_eager_blocks_on_error_and_refuse_models_without
     assert all(getattr(m, "_compiled_call_impl", None) is None for m in backbone.transformer.modules())
     with pytest.raises(ValueError, match="_repeated_blocks"):
         repeated_blocks(backbone.vae)
+
+
+def test_trust_zero_pixels_drop_out_of_the_loss(trainer, backbone):
+    """A pseudo-label's untrusted pixels weigh nothing: the loss is the trusted tokens' mean of the same forward."""
+    from layerloop.models.trainer import _mix, add_item_options
+
+    trust = np.ones((32, 32), np.float32)
+    trust[:, :16] = 0.0  # the left half of the object panel is model-made
+    maps = [{"object": trust, "logo": np.zeros((32, 32), np.float32)}] * trainer.n
+    add_item_options(trainer.cache, trainer.codec, trust=maps, tasks=[("decompose",)] * trainer.n)
+    trainer.cfg = trainer.cfg.model_copy(update={"loss_region": "generated", "cycle_weight": 0.0})
+    b = trainer.batch(0, torch.Generator().manual_seed(_mix(trainer.cfg.seed, 0)))
+    assert b.tasks == ["decompose"] * len(b.tasks)  # synthesis is not allowed for these triplets
+    with torch.no_grad():
+        v = trainer.codec.velocity(b.x_t, b.cond, b.t, b.embeds, trainer.cfg.guidance)
+        w = trainer.codec.generated_tokens(b.tasks) * trainer.cache.trust[b.idx]
+        per_token = (v - (b.noise - b.x0)).pow(2).mean(-1)
+        expected = ((per_token * w).sum(1) / w.sum(1)).mean()
+        got = trainer.losses(0)["loss_fm"]
+    cols = trainer.codec.lat_w // 2
+    grid = w[0].view(-1, cols)
+    assert grid[:, : cols // 3 * 2].sum() == 0 and grid[:, cols // 3 * 2: cols // 3 * 2 + 4].sum() == 0
+    assert float(grid[:, -4:].min()) == 1.0  # right half of the object panel: real pixels, full weight
+    assert got.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_anchor_fraction_keeps_labeled_triplets_in_every_batch(trainer):
+    from layerloop.models.trainer import add_item_options
+
+    labeled = [True, False, False, False]
+    add_item_options(trainer.cache, trainer.codec, labeled=labeled)
+    trainer.cfg = trainer.cfg.model_copy(update={"batch_size": 4, "anchor_fraction": 0.5})
+    batches = [trainer.batch_indices(step) for step in range(6)]
+    assert all(sum(labeled[i] for i in b) == 2 for b in batches)  # half of each batch, however few labeled
+    unlabeled = [i for b in batches[:3] for i in b if not labeled[i]]
+    assert sorted(unlabeled) == [1, 1, 2, 2, 3, 3]  # the others go round in epochs, none repeated early
+    trainer.cfg = trainer.cfg.model_copy(update={"anchor_fraction": 0.0})
+    assert sorted(trainer.batch_indices(0)) == [0, 1, 2, 3]  # plain epochs over everything
+
+
+def test_per_triplet_options_are_checked(backbone, tmp_path):
+    trips = _triplets(2)
+    with pytest.raises(TrainError, match="trust has 1 entries for 2"):
+        train_lora(backbone, trips, _cfg(), LoraConfig(rank=2), str(tmp_path), trust=[None])
+    with pytest.raises(TrainError, match="tasks of triplet #1"):
+        train_lora(backbone, trips, _cfg(), LoraConfig(rank=2), str(tmp_path), tasks=[None, ("generate",)])
+    with pytest.raises(TrainError, match="must be a 32x32 array"):
+        train_lora(backbone, trips, _cfg(), LoraConfig(rank=2), str(tmp_path),
+                   trust=[{"object": np.ones((8, 8), np.float32)}, None])

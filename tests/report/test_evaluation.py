@@ -75,3 +75,17 @@ def test_evaluate_with_real_tiny_sampler(items):
     assert result["psnr_logo"] < 60
     with pytest.raises(ValueError, match="batch_size"):
         evaluate_decomposition(sampler, items[:1], batch_size=0)
+
+
+def test_slices_report_the_same_means_per_part_of_the_test_set():
+    from layerloop.models.evaluation import identity_baseline
+
+    items = list(make_split("test", 6, 32, 0))
+    seen = {m["kind"] for _, _, m in items[:2]}
+    out = identity_baseline(items, slices={"seen": lambda m: m["kind"] in seen,
+                                           "unseen": lambda m: m["kind"] not in seen})
+    parts = out["slices"]
+    assert parts["seen"]["n"] + parts["unseen"]["n"] == 6 and parts["seen"]["n"] >= 2
+    weighted = sum(parts[k]["psnr_object"] * parts[k]["n"] for k in parts if parts[k]["n"]) / 6
+    assert weighted == pytest.approx(out["psnr_object"], rel=1e-6)
+    assert "iou_logo" in out and "iou_object" not in out
