@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks import publish
+from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks.prefect_tasks import configured, gpu_slot
 
 

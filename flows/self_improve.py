@@ -11,9 +11,9 @@ import time
 
 from prefect import flow, get_run_logger
 
-from layerloop.tasks.config import PipelineConfig
 from layerloop.flows.seed import seed
 from layerloop.tasks import publish, stages
+from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks.prefect_tasks import configured, gpu_slot
 
 

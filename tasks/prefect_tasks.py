@@ -15,8 +15,8 @@ from typing import Iterator
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks import stages
+from layerloop.tasks.config import PipelineConfig
 
 # Errors that a second try can fix: I/O hiccups, timeouts, a server or object store briefly away.
 # Bad input (ValueError and its subclasses) and missing files are never retried: they need a person.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from layerloop.tasks.config import ConfigError, PipelineConfig
 from layerloop.tasks import stages
+from layerloop.tasks.config import ConfigError, PipelineConfig
 
 TABLE_KEY = "selection-rate"
 
