@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from layerloop.models.config import LoraConfig, ModelConfig, SampleConfig, TrainConfig
 from layerloop.models.judges.config import JudgeConfig, ThresholdConfig
@@ -21,6 +21,9 @@ from layerloop.models.prompts import TEMPLATE, load_prompt_set
 from layerloop.storage.config import StoreConfig
 
 ENV_PREFIX = "LAYERLOOP__"
+
+# Fields that moved: a config that still sets one is told where it went, not just "unknown field".
+MOVED_FIELDS = {"cycle_error_threshold": "thresholds.max_cycle_error (the one cycle-error threshold)"}
 
 # Product x logo descriptions for tau_G; kept short so the tiny text encoder sees familiar words.
 DEFAULT_PRODUCTS = ["mug", "t-shirt", "tote bag", "cap", "bottle", "notebook", "sneaker", "phone case"]
@@ -52,8 +55,6 @@ class LoopConfig(BaseModel):
                           "null = use whatever pool the store already holds (layerloop ingest-pool)")
     pool_per_round: int = Field(16, ge=0, description="pool composites decomposed + re-synthesized per round")
     batch_size: int = Field(8, ge=1, description="images per task (one Prefect task per batch, never per image)")
-    cycle_error_threshold: float = Field(
-        0.05, gt=0, description="keep a cycle sample only when its re-synthesis error is below this")
     cycle_keep_composite: Literal["original", "resynthesized"] = Field(
         "original", description="composite stored with a kept pool sample's decomposed layers: the real pool "
                                 "image or its re-synthesis from those layers")
@@ -73,6 +74,15 @@ class LoopConfig(BaseModel):
     task_retries: int = Field(2, ge=0, le=10, description="retries of a task on a transient failure")
     task_retry_delay_s: float = Field(2.0, ge=0, description="seconds between task retries")
     report: bool = Field(True, description="build report.html/json/png for each committed round")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        moved = [f"loop.{old} moved to {new}" for old, new in MOVED_FIELDS.items()
+                 if isinstance(data, dict) and old in data]
+        if moved:
+            raise ValueError("; ".join(moved))
+        return data
 
     @field_validator("gpu_slot")
     @classmethod

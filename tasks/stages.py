@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from layerloop.models.prompts import prompt_hash
-from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks import artifacts_io as aio
+from layerloop.tasks.config import PipelineConfig
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 EVAL_FILE = "heldout.json"
@@ -441,40 +441,21 @@ def _merge_parts(w, rows):
     return rows
 
 
-def decide_rows(cfg: PipelineConfig, rows):
-    """Thresholds on stored scores, then the loop's cycle rule, then human review overrides."""
-    from layerloop.models.judges.thresholds import apply_thresholds
-    from layerloop.storage import schema as S
-
-    if "judge_error" not in rows.columns:
-        rows["judge_error"] = None
-    decided = apply_thresholds(rows, cfg.thresholds)
-    err = decided[S.CYCLE_ERROR].astype(float)
-    too_far = decided[S.ACCEPTED] & (err > cfg.loop.cycle_error_threshold)
-    decided.loc[too_far, S.ACCEPTED] = False
-    decided.loc[too_far, S.REASON] = [f"cycle_error {e:.4f} > {cfg.loop.cycle_error_threshold:.4f}"
-                                      for e in err[too_far]]
-    return decided.drop(columns=["judge_error"])
-
-
-def _apply_review(cfg: PipelineConfig, rows):
-    """Human review decisions (`layerloop review`) win over thresholds; the reason records who decided."""
-    from layerloop.tasks.review import apply_overrides, load_overrides
-
-    return apply_overrides(rows, load_overrides(open_store(cfg)))
-
-
 def commit(cfg: PipelineConfig, round_: int, info: dict) -> dict:
-    """Decide and commit round r (put-if-absent); a committed round is returned unchanged."""
+    """Decide (models/judges/acceptance.py: thresholds, cycle rule, human review) and commit round r
+    (put-if-absent); a committed round is returned unchanged."""
     with timed({"round": round_}) as out:
         store = open_store(cfg)
         if round_ in store.committed_rounds():
             out.update(skipped=True, **_counts(store.round_info(round_)))
             return out
+        from layerloop.models.judges.acceptance import ERROR_COLUMN, decide_rows
+        from layerloop.tasks.review import load_overrides
+
         w = writer(cfg, round_)
-        rows = _apply_review(cfg, decide_rows(cfg, _merge_parts(w, w.rows())))
+        rows = decide_rows(_merge_parts(w, w.rows()), cfg.thresholds, load_overrides(store))
         info = {**info, "prompt_set_sha256": prompt_hash(cfg.loop.prompt_set())}
-        result = w.commit(rows, info=info)
+        result = w.commit(rows.drop(columns=[ERROR_COLUMN], errors="ignore"), info=info)
         out.update(skipped=False, **_counts(result))
     return out
 

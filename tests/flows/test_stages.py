@@ -55,17 +55,19 @@ def test_rerun_of_committed_round_changes_nothing(tiny_cfg):
     assert (store.round_info(1)["committed_at"], store.read(1, "all").to_json()) == before
 
 
-def test_cycle_threshold_rejects_with_reason(tiny_cfg):
-    import pandas as pd
-
+def test_commit_rejects_on_the_cycle_threshold_with_its_reason(tiny_cfg):
     from layerloop.storage import schema as S
 
-    rows = pd.DataFrame([S.empty_row(sample_id=f"s{i}", round=1, source="cycle", cycle_error=e,
-                                     **{c: 0.9 for c in S.SCORE_COLUMNS}) for i, e in enumerate([0.01, 0.5])])
-    cfg = tiny_cfg.model_copy(update={"loop": tiny_cfg.loop.model_copy(update={"cycle_error_threshold": 0.1})})
-    decided = stages.decide_rows(cfg, rows)
-    assert decided[S.ACCEPTED].tolist() == [True, False]
-    assert "cycle_error 0.5000 > 0.1000" in decided[S.REASON].iloc[1]
+    cfg = tiny_cfg.model_copy(update={"thresholds": tiny_cfg.thresholds.model_copy(update={
+        "max_cycle_error": 0.0, "logo_clean": 0.0, "object_clean": 0.0, "composite_consistent": 0.0,
+        "realism": 0.0, "overall": 0.0})})
+    stages.ingest_seeds(cfg)
+    stages.train_adapter(cfg, 0)
+    _run_round(cfg, 1)
+    rows = stages.open_store(cfg).read(1, "all")
+    cycled = rows[rows[S.CYCLE_ERROR] > 0]
+    assert len(cycled) and not cycled[S.ACCEPTED].any()  # every score passes: only the cycle rule rejects
+    assert all(r.startswith("cycle_error ") and r.endswith(" > 0.0000") for r in cycled[S.REASON])
 
 
 def test_missing_seeds_path_is_a_clear_error(tiny_cfg):
