@@ -84,7 +84,7 @@ def test_resume_after_kill_9_mid_round(prefect_harness, tiny_cfg, tiny_inputs, t
     store = Path(tiny_cfg.store.uri)
     cfg_file = tmp_path / "layerloop.yaml"
     cfg_file.write_text(yaml.safe_dump(smoke_overrides(str(store), tiny_inputs, rounds=1)))
-    cmd = [sys.executable, "-m", "flows", "run", "--config", str(cfg_file)]
+    cmd = [sys.executable, "-m", "layerloop.flows", "run", "--config", str(cfg_file)]
     log = tmp_path / "first-run.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=_api_env(), stdout=out, stderr=subprocess.STDOUT)
