@@ -17,10 +17,9 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from layerloop.models.prompts import prompt_hash
-from layerloop.tasks import artifacts_io as aio
+from layerloop.tasks import adapter_files
 from layerloop.tasks.config import PipelineConfig
 
-WEIGHTS = "pytorch_lora_weights.safetensors"
 EVAL_FILE = "heldout.json"
 _BACKBONES: dict[str, Any] = {}
 _JUDGES: dict[tuple, Any] = {}
@@ -74,7 +73,7 @@ def backbone(cfg: PipelineConfig):
 def sampler(cfg: PipelineConfig, adapter_round: int):
     from layerloop.models.sampler import Sampler
 
-    local = aio.local_dir(open_store(cfg).adapter_uri(adapter_round))
+    local = adapter_files.local_dir(open_store(cfg).adapter_uri(adapter_round))
     return Sampler(backbone(cfg), local, cfg.sample)
 
 
@@ -91,7 +90,7 @@ def is_committed(cfg: PipelineConfig, round_: int) -> bool:
 
 
 def adapter_exists(cfg: PipelineConfig, round_: int) -> bool:
-    return aio.exists(aio.join(open_store(cfg).adapter_uri(round_), WEIGHTS))
+    return adapter_files.has_weights(open_store(cfg).adapter_uri(round_))
 
 
 def _decode(panels: dict[str, bytes]) -> dict:
@@ -165,7 +164,7 @@ def train_adapter(cfg: PipelineConfig, round_: int) -> dict:
         uri = store.adapter_uri(round_)
         out["adapter_uri"] = uri
         if adapter_exists(cfg, round_):
-            out.update(skipped=True, metrics=_summary(aio.read_json(aio.join(uri, "metrics.json"))))
+            out.update(skipped=True, metrics=_summary(adapter_files.read_json(adapter_files.join(uri, "metrics.json"))))
             return out
         if round_ not in store.committed_rounds():
             raise ValueError(f"cannot train adapter {adapter_id(round_)}: round {round_} is not committed")
@@ -179,7 +178,7 @@ def train_adapter(cfg: PipelineConfig, round_: int) -> dict:
 def _init_adapter(cfg: PipelineConfig, round_: int) -> str | None:
     if round_ == 0 or not cfg.train.continue_from_previous or not adapter_exists(cfg, round_ - 1):
         return None
-    return aio.local_dir(open_store(cfg).adapter_uri(round_ - 1))
+    return adapter_files.local_dir(open_store(cfg).adapter_uri(round_ - 1))
 
 
 def train_config(cfg: PipelineConfig, *, continues: bool):
@@ -197,8 +196,8 @@ def train_work_dir(cfg: PipelineConfig, round_: int) -> str:
     from pathlib import Path
 
     uri = open_store(cfg).adapter_uri(round_)
-    if aio.is_local(uri):
-        path = Path(aio.local_path(uri)).parent / "_train" / adapter_id(round_)
+    if adapter_files.is_local(uri):
+        path = Path(adapter_files.local_path(uri)).parent / "_train" / adapter_id(round_)
     else:
         digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
         path = Path(tempfile.gettempdir()) / "layerloop-train" / digest
@@ -217,7 +216,7 @@ def _train(cfg: PipelineConfig, round_: int, triplets: list[dict], captions: lis
     init = _init_adapter(cfg, round_)
     result = train_lora(bb, triplets, train_config(cfg, continues=init is not None), cfg.lora, work,
                         init_adapter=init, captions=captions)
-    aio.publish_dir(result.adapter_dir, open_store(cfg).adapter_uri(round_), last=WEIGHTS)
+    adapter_files.publish_dir(result.adapter_dir, open_store(cfg).adapter_uri(round_))
     shutil.rmtree(work, ignore_errors=True)
     return _summary(dict(result.metrics))
 
@@ -235,8 +234,8 @@ def evaluate_adapter(cfg: PipelineConfig, round_: int) -> dict:
         if cfg.loop.eval_size == 0:
             out["metrics"] = {}
             return out
-        uri = aio.join(open_store(cfg).adapter_uri(round_), EVAL_FILE)
-        cached = aio.read_json(uri)
+        uri = adapter_files.join(open_store(cfg).adapter_uri(round_), EVAL_FILE)
+        cached = adapter_files.read_json(uri)
         key = {"eval_size": cfg.loop.eval_size, "eval_seed": cfg.loop.eval_seed,
                "sample": cfg.sample.model_dump(mode="json")}
         if cached and cached.get("key") == key:
@@ -247,7 +246,7 @@ def evaluate_adapter(cfg: PipelineConfig, round_: int) -> dict:
 
         items = list(make_split("test", cfg.loop.eval_size, cfg.model.panel_size, cfg.loop.eval_seed))
         metrics = _summary(evaluate_decomposition(sampler(cfg, round_), items))
-        aio.write_json(uri, {"key": key, "metrics": metrics})
+        adapter_files.write_json(uri, {"key": key, "metrics": metrics})
         out.update(skipped=False, metrics=metrics)
     return out
 
