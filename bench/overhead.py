@@ -2,7 +2,7 @@
 
 Runs the seed flow once (not timed), then round 1 as the `round` subflow, on two sizes of the tiny
 world: `smoke` (2 training steps: the worst case for overhead) and `demo` (the `layerloop demo` sizes).
-The plain time is what the stage functions measured themselves (tasks/stages.py `timed`); the rest is
+The plain time is what the stage functions measured themselves (tasks/stages/handles.py `timed`); the rest is
 Prefect: task/subflow runs, state round-trips, artifacts. Goal: <= 5 % at demo size.
 Reports to $PREFECT_API_URL when set, else to an ephemeral server (started before timing).
 

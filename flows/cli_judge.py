@@ -65,7 +65,7 @@ def _judge(cfg, name: str):
     judge_cfg = cfg.judge.model_copy(update={"backend": name})
     sampler = None
     if name == "cycle":
-        from layerloop.tasks.stages import sampler as make_sampler
+        from layerloop.tasks.stages.handles import sampler as make_sampler
 
         latest = _store(cfg, None).latest_round()
         if latest is None:

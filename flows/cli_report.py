@@ -122,7 +122,7 @@ def restore_from_panel(panel: Image.Image, record: dict) -> Image.Image:
 def _sampler(cfg, adapter: str):
     from layerloop.flows.evaluate import resolve_adapter
     from layerloop.models.sampler import Sampler
-    from layerloop.tasks.stages import backbone
+    from layerloop.tasks.stages.handles import backbone
 
     label, adapter_dir = resolve_adapter(adapter, cfg)
     return label, Sampler(backbone(cfg), adapter_dir, cfg.sample)

@@ -111,16 +111,17 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from None
     from layerloop.flows.self_improve import self_improve
-    from layerloop.tasks import stages
+    from layerloop.tasks.stages.adapter import evaluate_adapter
+    from layerloop.tasks.stages.handles import adapter_id, open_store
 
     rows = self_improve(cfg)
     print_table(rows)
     if cfg.loop.eval_size:
         _print_heldout("identity baseline (composite as every layer)", _identity(cfg))
     if cfg.loop.train_final and cfg.loop.eval_size:
-        _print_heldout(f"final adapter {stages.adapter_id(rounds)} (trained on rounds 0..{rounds})",
-                       stages.evaluate_adapter(cfg, rounds)["metrics"])
-    typer.echo(f"report: {stages.open_store(cfg).round_uri(rounds)}/report.html")
+        _print_heldout(f"final adapter {adapter_id(rounds)} (trained on rounds 0..{rounds})",
+                       evaluate_adapter(cfg, rounds)["metrics"])
+    typer.echo(f"report: {open_store(cfg).round_uri(rounds)}/report.html")
     typer.echo(f"demo took {time.perf_counter() - start:.0f} s")
 
 

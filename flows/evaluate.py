@@ -134,7 +134,7 @@ def score_adapter(cfg: PipelineConfig, label: str, adapter_dir: str, items: list
 
     from layerloop.models.evaluation import evaluate_decomposition
     from layerloop.models.sampler import Sampler
-    from layerloop.tasks.stages import backbone
+    from layerloop.tasks.stages.handles import backbone
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     sampler = Sampler(backbone(cfg), adapter_dir, cfg.sample)

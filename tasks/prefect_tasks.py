@@ -1,4 +1,4 @@
-"""Thin Prefect @task wrappers over tasks/stages.py: retries for transient failures, nothing else.
+"""Thin Prefect @task wrappers over the plain stage functions (tasks/stages/): retries for transient failures, nothing else.
 
 Each wrapper runs one stage on one unit (a batch), never one image. The strict `gpu` slot is held by
 the flow around its GPU stages (tasks/gpu_slot.py). No tags: Prefect 3.9 asks the server for a tag
@@ -12,8 +12,9 @@ from __future__ import annotations
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-from layerloop.tasks import stages
 from layerloop.tasks.config import PipelineConfig
+from layerloop.tasks.stages import adapter, commit, consistency, generation, ingest, judging, summary
+from layerloop.tasks.stages.handles import Unit
 
 # Errors that a second try can fix: I/O hiccups, timeouts, a server or object store briefly away.
 # Bad input (ValueError and its subclasses) and missing files are never retried: they need a person.
@@ -39,52 +40,52 @@ _COMMON = dict(persist_result=False, cache_policy=NO_CACHE, retries=2, retry_del
                retry_condition_fn=_retry_transient)
 @task(name="ingest-seeds", task_run_name="ingest-seeds", **_COMMON)
 def ingest_seeds_task(cfg: PipelineConfig) -> dict:
-    return stages.ingest_seeds(cfg)
+    return ingest.ingest_seeds(cfg)
 
 
 @task(name="train-adapter", task_run_name="train-adapter-{round_}", **_COMMON)
 def train_adapter_task(cfg: PipelineConfig, round_: int) -> dict:
-    return stages.train_adapter(cfg, round_)
+    return adapter.train_adapter(cfg, round_)
 
 
 @task(name="evaluate-adapter", task_run_name="evaluate-adapter-{round_}", **_COMMON)
 def evaluate_adapter_task(cfg: PipelineConfig, round_: int) -> dict:
-    return stages.evaluate_adapter(cfg, round_)
+    return adapter.evaluate_adapter(cfg, round_)
 
 
 @task(name="generate", task_run_name="generate-{round_}-{unit}", **_COMMON)
-def generate_task(cfg: PipelineConfig, round_: int, unit: str) -> dict:
-    return stages.generate(cfg, round_, unit)
+def generate_task(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
+    return generation.generate(cfg, round_, unit)
 
 
 @task(name="judge", task_run_name="judge-{round_}-{unit}", **_COMMON)
-def judge_task(cfg: PipelineConfig, round_: int, unit: str) -> dict:
-    return stages.judge(cfg, round_, unit)
+def judge_task(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
+    return judging.judge(cfg, round_, unit)
 
 
 @task(name="cycle-generated", task_run_name="cycle-{round_}-{unit}", **_COMMON)
-def cycle_generated_task(cfg: PipelineConfig, round_: int, unit: str) -> dict:
-    return stages.cycle_generated(cfg, round_, unit)
+def cycle_generated_task(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
+    return consistency.cycle_generated(cfg, round_, unit)
 
 
 @task(name="cycle-pool", task_run_name="cycle-{round_}-{unit}", **_COMMON)
-def cycle_pool_task(cfg: PipelineConfig, round_: int, unit: str) -> dict:
-    return stages.cycle_pool(cfg, round_, unit)
+def cycle_pool_task(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
+    return consistency.cycle_pool(cfg, round_, unit)
 
 
 @task(name="commit-round", task_run_name="commit-{round_}", **_COMMON)
 def commit_round_task(cfg: PipelineConfig, round_: int, info: dict) -> dict:
-    return stages.commit(cfg, round_, info)
+    return commit.commit_round(cfg, round_, info)
 
 
 @task(name="report", task_run_name="report-{round_}", **_COMMON)
 def report_task(cfg: PipelineConfig, round_: int) -> dict:
-    return stages.report(cfg, round_)
+    return summary.report(cfg, round_)
 
 
 @task(name="selection-table", task_run_name="selection-table", **_COMMON)
 def selection_table_task(cfg: PipelineConfig) -> list[dict]:
-    return stages.selection_table(cfg)
+    return summary.selection_table(cfg)
 
 
 def with_retries(task_: Task, cfg: PipelineConfig) -> Task:

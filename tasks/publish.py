@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from layerloop.tasks import stages
+from layerloop.tasks.stages.handles import Unit, adapter_id
 from layerloop.tasks.config import PipelineConfig
 
 TABLE_KEY = "selection-rate"
@@ -21,7 +21,7 @@ class Progress:
         self.id = create_progress_artifact(progress=0.0, key=f"round-{round_:04d}-progress",
                                            description=f"round {round_}: generate, judge and cycle units")
 
-    def run(self, task_fn: Callable, cfg: PipelineConfig, round_: int, units: list[str]) -> list[dict]:
+    def run(self, task_fn: Callable, cfg: PipelineConfig, round_: int, units: list[Unit]) -> list[dict]:
         """Run the task once per unit (in order: they share the gpu slot) and tick the progress artifact."""
         from prefect.artifacts import update_progress_artifact
 
@@ -50,7 +50,7 @@ def publish_round(cfg: PipelineConfig, round_: int, reported: dict | None, heldo
     row = next(r for r in rows if r["round"] == round_)
     lines = [f"# layerloop round {round_}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in row.items() if k != "round"]
-    lines += [f"| held-out {k} (adapter {stages.adapter_id(max(0, round_ - 1))}) | {v:.3f} |"
+    lines += [f"| held-out {k} (adapter {adapter_id(max(0, round_ - 1))}) | {v:.3f} |"
               for k, v in heldout.items() if k.startswith("psnr_")]
     if reported:
         lines += ["", f"[HTML report]({_link(reported['paths']['html'])})"]
