@@ -22,7 +22,7 @@ from typing import Any
 
 from prefect import flow
 
-from layerloop.tasks.config import PipelineConfig, deep_merge, validate_config
+from layerloop.tasks.config import PipelineConfig, deep_merge, load_config, validate_config
 
 CONFIG_ORDER = ("A", "B", "C", "D")
 LABELS = {
@@ -44,11 +44,8 @@ ABLATION_DEFAULTS = {
 
 
 def default_base(path: str | None = None) -> PipelineConfig:
-    """The ablation's base config: ABLATION_DEFAULTS under the user's file (the file wins)."""
-    from layerloop.tasks.config import env_overrides, read_yaml
-
-    data = deep_merge(ABLATION_DEFAULTS, read_yaml(path) if path else {})
-    return validate_config(deep_merge(data, env_overrides()), path or "ablation defaults")
+    """The ablation's base config: ABLATION_DEFAULTS < the user's file < LAYERLOOP__* env."""
+    return load_config(path, defaults=ABLATION_DEFAULTS)
 
 
 def run_overrides(name: str, cycle_weight: float) -> dict:

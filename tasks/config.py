@@ -179,15 +179,19 @@ def read_yaml(path: str | os.PathLike) -> dict:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {p} cannot be read: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p}: top level must be a mapping of sections")
     return data
 
 
-def load_config(path: str | os.PathLike | None = None, *, overrides: dict | None = None,
-                environ: dict[str, str] | None = None) -> PipelineConfig:
-    """Defaults <- YAML file <- env overrides <- explicit overrides (CLI flags), validated once."""
-    data = read_yaml(path) if path is not None else {}
+def load_config(path: str | os.PathLike | None = None, *, defaults: dict | None = None,
+                overrides: dict | None = None, environ: dict[str, str] | None = None) -> PipelineConfig:
+    """The one precedence, validated once: built-in defaults < `defaults` (a caller's own sizes, e.g. the
+    demo's) < the YAML file at `path` < LAYERLOOP__* env (`environ`, default os.environ) < `overrides`
+    (command-line flags). The CLI picks `path` (--config, else ./layerloop.yaml): flows/cli_config.py."""
+    data = deep_merge(defaults or {}, read_yaml(path) if path is not None else {})
     data = deep_merge(data, env_overrides(environ))
     data = deep_merge(data, overrides or {})
     source = f"{path}" if path is not None else "defaults"
