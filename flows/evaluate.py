@@ -37,10 +37,11 @@ class AdapterNotFound(ValueError):
 def resolve_adapter(spec: str | int, cfg: PipelineConfig) -> tuple[str, str]:
     """(label, local adapter dir) for a round number or a path; AdapterNotFound says what exists."""
     from layerloop.tasks import adapter_files
+    from layerloop.tasks.stages.handles import open_store
 
     text = str(spec).strip()
     if re.fullmatch(r"\d+", text):
-        store = _store(cfg)
+        store = open_store(cfg)
         uri = store.adapter_uri(int(text))
         if not adapter_files.has_weights(uri):
             raise AdapterNotFound(f"round {text} has no trained adapter at {uri} "
@@ -56,8 +57,9 @@ def resolve_adapter(spec: str | int, cfg: PipelineConfig) -> tuple[str, str]:
 def adapter_rounds(cfg: PipelineConfig) -> list[int]:
     """Rounds whose adapter directory holds finished weights, ascending."""
     from layerloop.tasks import adapter_files
+    from layerloop.tasks.stages.handles import open_store
 
-    store = _store(cfg)
+    store = open_store(cfg)
     candidates = sorted(set(store.committed_rounds()) | {r + 1 for r in store.committed_rounds()})
     return [r for r in candidates if adapter_files.has_weights(store.adapter_uri(r))]
 
@@ -70,12 +72,6 @@ def default_rows(cfg: PipelineConfig) -> list[tuple[str, str]]:
     rows = [resolve_adapter(r, cfg) for r in rounds]
     rows[-1] = (f"final (round {rounds[-1]})", rows[-1][1])
     return rows
-
-
-def _store(cfg: PipelineConfig):
-    from layerloop.storage.rounds import RoundStore
-
-    return RoundStore(cfg.store.uri, cfg.store.storage_options)
 
 
 # ----------------------------------------------------------------------------- scoring
