@@ -25,7 +25,7 @@ CONFIG_OPT = typer.Option(None, "--config", "-c",
                           help=f"config file (default: ./layerloop.yaml when present). Precedence: {PRECEDENCE}")
 STORE_OPT = typer.Option(None, "--store", envvar="LAYERLOOP_STORE",
                          help="store root: local path or fsspec URL (s3://bucket/prefix); a flag, so it beats "
-                              "store.uri from the file and LAYERLOOP__STORE__URI; env LAYERLOOP_STORE")
+                              "store.uri from the file and LAYERLOOP__STORE__URI")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
