@@ -22,8 +22,8 @@ from layerloop.storage.config import StoreConfig
 
 ENV_PREFIX = "LAYERLOOP__"
 
-# Fields that moved: a config that still sets one is told where it went, not just "unknown field".
-MOVED_FIELDS = {"cycle_error_threshold": "thresholds.max_cycle_error (the one cycle-error threshold)"}
+# loop fields that moved: a config that still sets one is told where it went, not just "unknown field".
+MOVED_LOOP_FIELDS = {"cycle_error_threshold": "thresholds.max_cycle_error (the one cycle-error threshold)"}
 
 # Product x logo descriptions for tau_G; kept short so the tiny text encoder sees familiar words.
 DEFAULT_PRODUCTS = ["mug", "t-shirt", "tote bag", "cap", "bottle", "notebook", "sneaker", "phone case"]
@@ -78,7 +78,7 @@ class LoopConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _moved(cls, data: Any) -> Any:
-        moved = [f"loop.{old} moved to {new}" for old, new in MOVED_FIELDS.items()
+        moved = [f"loop.{old} moved to {new}" for old, new in MOVED_LOOP_FIELDS.items()
                  if isinstance(data, dict) and old in data]
         if moved:
             raise ValueError("; ".join(moved))
