@@ -38,6 +38,8 @@ def _retry_transient(task_, task_run, state) -> bool:
 # retries here are LoopConfig's defaults; a run applies its own through with_retries
 _COMMON = dict(persist_result=False, cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
                retry_condition_fn=_retry_transient)
+
+
 @task(name="ingest-seeds", task_run_name="ingest-seeds", **_COMMON)
 def ingest_seeds_task(cfg: PipelineConfig) -> dict:
     return ingest.ingest_seeds(cfg)
