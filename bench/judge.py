@@ -51,8 +51,8 @@ class ServerProcess:
 
 
 def run(concurrency: int, latency: float, n: int, size: int) -> dict:
-    from layerloop.models.judges.registry import build_judge
     from layerloop.models.judges.config import JudgeConfig
+    from layerloop.models.judges.registry import build_judge
 
     server = ServerProcess(latency)
     try:

@@ -2,7 +2,7 @@
 
 Runs the seed flow once (not timed), then round 1 as the `round` subflow, on two sizes of the tiny
 world: `smoke` (2 training steps: the worst case for overhead) and `demo` (the `layerloop demo` sizes).
-The plain time is what the stage functions measured themselves (tasks/stages.py `timed`); the rest is
+The plain time is what the stage functions measured themselves (tasks/stages/handles.py `timed`); the rest is
 Prefect: task/subflow runs, state round-trips, artifacts. Goal: <= 5 % at demo size.
 Reports to $PREFECT_API_URL when set, else to an ephemeral server (started before timing).
 
@@ -25,12 +25,12 @@ os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "prefect.serve
 
 def _config(size: str, root: str):
     from layerloop.tasks.config import deep_merge, load_config
-    from layerloop.tasks.demo import demo_config, make_inputs, smoke_overrides
+    from layerloop.tasks.demo import DEMO_SIZES, demo_flags, make_inputs, smoke_overrides
 
     inputs = make_inputs(str(Path(root) / "in"), n_seeds=12, n_pool=16)
     if size == "demo":
-        cfg = demo_config(str(Path(root) / "store"), inputs, rounds=1)
-        return cfg.model_copy(update={"loop": cfg.loop.model_copy(update={"train_final": False})})
+        flags = deep_merge(demo_flags(str(Path(root) / "store"), inputs, rounds=1), {"loop": {"train_final": False}})
+        return load_config(None, defaults=DEMO_SIZES, overrides=flags)
     over = deep_merge(smoke_overrides(str(Path(root) / "store"), inputs, rounds=1),
                       {"loop": {"candidates_per_round": 8, "pool_per_round": 4}})
     return load_config(None, overrides=over)

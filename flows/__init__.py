@@ -1,1 +1,1 @@
-"""Prefect flows (seed, self_improve, evaluate), the composed pipeline config and the layerloop CLI."""
+"""Prefect flows (seed, self_improve, evaluate, ablate) and the `layerloop` CLI, on top of tasks/."""

@@ -7,7 +7,7 @@ Four configurations, same seed triplets, same unlabeled pool, same held-out test
   C  + cycle-consistency loss      B with train.cycle_weight > 0
   D  + cycle self-improvement      C plus the cycle stage: pool composites decomposed/re-synthesized and
                                    kept when consistent, generated candidates rejected above
-                                   loop.cycle_error_threshold (full method)
+                                   thresholds.max_cycle_error (full method)
 
 A is not run separately: with the same config and seed, the seed LoRA of B *is* the round-0 IC-LoRA.
 Each configuration runs once per repeat seed (train.seed = sample.seed = s) in its own store; the table
@@ -22,7 +22,7 @@ from typing import Any
 
 from prefect import flow
 
-from layerloop.tasks.config import PipelineConfig, deep_merge, validate_config
+from layerloop.tasks.config import PipelineConfig, deep_merge, load_config, validate_config
 
 CONFIG_ORDER = ("A", "B", "C", "D")
 LABELS = {
@@ -32,8 +32,7 @@ LABELS = {
     "D": "+ cycle self-improvement (full)",
 }
 METRICS = ("psnr_logo", "psnr_object", "ssim_logo", "ssim_object")
-HEADLINE = "psnr_mean"
-NO_CYCLE_FILTER = 1e9  # mean of the two layers' PSNR: the number the ordering verdict is about
+HEADLINE = "psnr_mean"  # mean of the two layers' PSNR: the number the ordering verdict is about
 
 
 # Demo-sized tiny world: B, C, D x 2 seeds x (seed + 2 rounds + final) must fit in ~30 min on 2 CPU cores.
@@ -45,21 +44,18 @@ ABLATION_DEFAULTS = {
 
 
 def default_base(path: str | None = None) -> PipelineConfig:
-    """The ablation's base config: ABLATION_DEFAULTS under the user's file (the file wins)."""
-    from layerloop.tasks.config import env_overrides, read_yaml
-
-    data = deep_merge(ABLATION_DEFAULTS, read_yaml(path) if path else {})
-    return validate_config(deep_merge(data, env_overrides()), path or "ablation defaults")
+    """The ablation's base config: ABLATION_DEFAULTS < the user's file < LAYERLOOP__* env."""
+    return load_config(path, defaults=ABLATION_DEFAULTS)
 
 
 def run_overrides(name: str, cycle_weight: float) -> dict:
     """Config switches of runs B, C, D (A is read from B)."""
-    # Without the cycle stage: no pool composites, and the loop's cycle-error rule never rejects.
-    no_cycle = {"pool_per_round": 0, "cycle_error_threshold": NO_CYCLE_FILTER}
+    # Without the cycle stage: no pool composites, and no cycle rule (max_cycle_error null) rejects.
+    no_cycle = {"loop": {"pool_per_round": 0}, "thresholds": {"max_cycle_error": None}}
     return {
-        "B": {"train": {"cycle_weight": 0.0}, "loop": no_cycle},
-        "C": {"train": {"cycle_weight": cycle_weight}, "loop": no_cycle},
-        "D": {"train": {"cycle_weight": cycle_weight}, "loop": {}},
+        "B": {"train": {"cycle_weight": 0.0}, **no_cycle},
+        "C": {"train": {"cycle_weight": cycle_weight}, **no_cycle},
+        "D": {"train": {"cycle_weight": cycle_weight}},
     }[name]
 
 

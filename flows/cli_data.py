@@ -1,8 +1,8 @@
 """Data commands of the `layerloop` CLI: init, synth, ingest-seeds, ingest-pool, rounds list/show, verify, gc.
 
-The store is `--store`, else $LAYERLOOP_STORE, else `store.uri` of --config / ./layerloop.yaml, else the
-default. Bad input exits with code 2 and a message saying what to fix. Model code (the synthetic
-renderer) and the config module are imported inside the commands that need them.
+The store is `--store` (or $LAYERLOOP_STORE), else `store.uri` in the one config precedence of
+flows/cli_config.py (./layerloop.yaml or --config, then LAYERLOOP__* env). Bad input exits with code 2 and
+a message saying what to fix. Model code (the synthetic renderer) is imported inside the commands.
 """
 from __future__ import annotations
 
@@ -12,45 +12,17 @@ from typing import Any, Callable, Optional
 
 import typer
 
-STORE_OPT = typer.Option(None, "--store", envvar="LAYERLOOP_STORE",
-                         help="store root: local path or fsspec URL (s3://bucket/prefix); env LAYERLOOP_STORE")
-CONFIG_OPT = typer.Option(None, "--config", help="layerloop.yaml to read the store section from "
-                                                 "(default: ./layerloop.yaml when present)")
+from layerloop.flows.cli_config import CONFIG_OPT, STORE_OPT, fail, load, open_store
+
 SPLITS = ("seeds", "pool", "test")
 
 rounds_app = typer.Typer(help="List committed rounds or describe one.", no_args_is_help=True)
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-def _store_config(store: Optional[str], config: Optional[Path]):
-    """StoreConfig from the config file (if any) with --store / $LAYERLOOP_STORE applied."""
-    from layerloop.storage.config import StoreConfig
-
-    path = config if config is not None else (Path("layerloop.yaml") if Path("layerloop.yaml").is_file() else None)
-    if path is not None:
-        from layerloop.tasks.config import ConfigError, load_config
-
-        try:
-            cfg = load_config(path).store
-        except ConfigError as exc:
-            _fail(str(exc))
-    else:
-        cfg = StoreConfig()
-    return cfg.model_copy(update={"uri": store}) if store else cfg
-
-
 def _open(store: Optional[str], config: Optional[Path]):
-    from layerloop.storage.rounds import RoundStore
-
-    cfg = _store_config(store, config)
-    try:
-        return RoundStore(cfg.uri, cfg.storage_options), cfg
-    except (ValueError, ImportError) as exc:
-        _fail(f"cannot open store {cfg.uri!r}: {exc}")
+    """The store (and config) a data command works on, in the one precedence (flows/cli_config.py)."""
+    cfg = load(config, store=store)
+    return open_store(cfg), cfg.store
 
 
 def _progress(description: str) -> tuple[Any, Callable[[int, int], None]]:
@@ -92,7 +64,7 @@ def synth(split: str = typer.Argument(..., help="seeds (labeled triplets), pool 
           out: Path = typer.Option(..., "--out", help="output folder: <out>/<id>/{composite,logo,object}.png + meta.json")) -> None:
     """Render synthetic items with ground truth (procedural products with warped, shaded logos)."""
     if split not in SPLITS:
-        _fail(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+        fail(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from layerloop.models.synthetic import write_split
@@ -102,7 +74,7 @@ def synth(split: str = typer.Argument(..., help="seeds (labeled triplets), pool 
         try:
             ids = write_split(split, n, size, seed, str(out))
         except ValueError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     typer.echo(f"wrote {len(ids)} {split} items to {out}")
 
 
@@ -117,9 +89,9 @@ def _ingest(kind: str, path: str, store: Optional[str], config: Optional[Path]) 
         with bar:
             report = fn(path, st, cfg, progress=update)
     except RoundExistsError as exc:
-        _fail(f"{exc}. Seeds form round 0, which already exists: use a new --store to start over")
+        fail(f"{exc}. Seeds form round 0, which already exists: use a new --store to start over")
     except (IngestError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     where = f"round {report.round:04d}" if kind == "seeds" else f"pool batch {report.round:04d}"
     typer.echo(f"{where}: {report.accepted} accepted of {report.found} ({report.layout} layout), "
                f"{len(report.quarantined)} quarantined, {report.conversions} panel conversions -> {report.uri}")
@@ -169,7 +141,7 @@ def rounds_show(round: int = typer.Argument(..., help="round number, e.g. 0"),
         info = st.round_info(round)
         rows = st.read(round, "all")
     except (RoundNotFoundError, ValueError) as exc:
-        _fail(f"{exc}; committed rounds: {st.committed_rounds()}")
+        fail(f"{exc}; committed rounds: {st.committed_rounds()}")
     if as_json:
         typer.echo(json.dumps(info, indent=2, default=str))
         return
@@ -216,7 +188,7 @@ def verify(round: Optional[int] = typer.Option(None, "--round", help="only this 
         try:
             problems = st.verify(round)
         except RoundNotFoundError as exc:
-            _fail(f"{exc}; committed rounds: {st.committed_rounds()}")
+            fail(f"{exc}; committed rounds: {st.committed_rounds()}")
     for p in problems:
         typer.secho(p, fg=typer.colors.RED)
     if problems:

@@ -1,8 +1,8 @@
 """Judge commands of the `layerloop` CLI: prompts, calibrate, review export / review import.
 
-The config is --config (default ./layerloop.yaml when present, else defaults); the store is --store,
-else $LAYERLOOP_STORE, else the config's store.uri. Bad input exits with code 2 and says what to fix.
-Models and the judges are imported inside the commands, so `layerloop --help` stays fast.
+Config and store come in the one precedence of flows/cli_config.py (built-in defaults < ./layerloop.yaml or
+--config < LAYERLOOP__* env < --store and the other flags). Bad input exits with code 2 and says what to
+fix. Models and the judges are imported inside the commands, so `layerloop --help` stays fast.
 """
 from __future__ import annotations
 
@@ -12,30 +12,9 @@ from typing import Optional
 
 import typer
 
-CONFIG_OPT = typer.Option(None, "--config", help="layerloop.yaml (default: ./layerloop.yaml when present)")
-STORE_OPT = typer.Option(None, "--store", envvar="LAYERLOOP_STORE", help="store root; env LAYERLOOP_STORE")
+from layerloop.flows.cli_config import CONFIG_OPT, STORE_OPT, fail, load, open_store
+
 review_app = typer.Typer(help="Human spot-checks of a round's judge decisions.", no_args_is_help=True)
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def _config(config: Optional[Path]):
-    from layerloop.tasks.config import ConfigError, load_config
-
-    path = config if config is not None else (Path("layerloop.yaml") if Path("layerloop.yaml").is_file() else None)
-    try:
-        return load_config(path)
-    except (ConfigError, OSError) as exc:
-        _fail(str(exc))
-
-
-def _store(cfg, store: Optional[str]):
-    from layerloop.storage.rounds import RoundStore
-
-    return RoundStore(store or cfg.store.uri, cfg.store.storage_options or None)
 
 
 def prompts(n: int = typer.Option(..., "--n", min=1, help="how many prompts"),
@@ -50,11 +29,11 @@ def prompts(n: int = typer.Option(..., "--n", min=1, help="how many prompts"),
         if backend == "builtin":
             ps = builtin_prompts(n, seed=seed)
         elif backend == "openai":
-            ps = openai_prompts(n, _config(config).judge.openai)
+            ps = openai_prompts(n, load(config).judge.openai)
         else:
-            _fail(f"--backend must be builtin or openai; got {backend!r}")
+            fail(f"--backend must be builtin or openai; got {backend!r}")
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     write_prompt_set(ps, out)
     typer.echo(json.dumps({"out": str(out), "n": len(ps.prompts), "version": ps.version, "generator": ps.generator}))
 
@@ -65,45 +44,41 @@ def _judge(cfg, name: str):
     judge_cfg = cfg.judge.model_copy(update={"backend": name})
     sampler = None
     if name == "cycle":
-        from layerloop.tasks.stages import sampler as make_sampler
+        from layerloop.tasks.stages.handles import sampler as make_sampler
 
-        latest = _store(cfg, None).latest_round()
+        latest = open_store(cfg).latest_round()
         if latest is None:
-            _fail("--judge cycle needs a committed round with an adapter (run `layerloop seed` first)")
+            fail("--judge cycle needs a committed round with an adapter (run `layerloop seed` first)")
         sampler = make_sampler(cfg, latest)
     return build_judge(judge_cfg, sampler=sampler)
 
 
 def _round_items(store, round_: int, ids: set[str]):
-    import io
-
-    from PIL import Image
-
     from layerloop.models.judges.base import JudgeItem
+    from layerloop.tasks.stages.panels import decode
 
     rows = store.read(round_, "all")
     rows = rows[rows["sample_id"].isin(ids)]
-    return [JudgeItem(r["sample_id"], {p: Image.open(io.BytesIO(b)).convert("RGB") for p, b in panels.items()},
-                      prompt=str(r.get("prompt") or ""))
+    return [JudgeItem(r["sample_id"], decode(panels), prompt=str(r.get("prompt") or ""))
             for r, panels in store.load_panels(rows)]
 
 
-def _scores_and_labels(cfg, judge: str, labels: str, round_: Optional[int], store_uri: Optional[str],
-                       n: int, seed: int, label_threshold: float, criterion: str):
+def _scores_and_labels(cfg, judge: str, labels: str, round_: Optional[int], n: int, seed: int,
+                       label_threshold: float, criterion: str):
     from layerloop.models.judges.calibration import oracle_labels, read_labels, synthetic_calibration_set
 
     column = f"score_{criterion}"
     if labels == "synthetic":
         if judge == "stored":
-            _fail("--judge stored needs --labels CSV and --round (synthetic items have no stored scores)")
+            fail("--judge stored needs --labels CSV and --round (synthetic items have no stored scores)")
         items = synthetic_calibration_set(n, size=cfg.model.panel_size, seed=seed)
         truth = oracle_labels(items, cfg.judge, label_threshold)
         results = _judge(cfg, judge).score(items)
         return [r.to_row()[column] for r in results], [truth[r.sample_id] for r in results]
     truth = read_labels(labels)
     if round_ is None:
-        _fail("--labels CSV needs --round R (the round whose samples were labelled)")
-    store = _store(cfg, store_uri)
+        fail("--labels CSV needs --round R (the round whose samples were labelled)")
+    store = open_store(cfg)
     if judge == "stored":
         rows = store.read(round_, "all").set_index("sample_id")
         known = [sid for sid in truth if sid in rows.index]
@@ -127,16 +102,16 @@ def calibrate(judge: str = typer.Option(..., "--judge", help="oracle | cycle | q
     from layerloop.models.judges.config import CRITERIA
 
     if criterion not in ("overall", *CRITERIA):
-        _fail(f"--criterion must be overall or one of {list(CRITERIA)}")
+        fail(f"--criterion must be overall or one of {list(CRITERIA)}")
     if judge not in ("oracle", "cycle", "qwen", "openai", "stored"):
-        _fail(f"--judge must be oracle, cycle, qwen, openai or stored; got {judge!r}")
-    cfg = _config(config)
+        fail(f"--judge must be oracle, cycle, qwen, openai or stored; got {judge!r}")
+    cfg = load(config, store=store)
     try:
-        scores, truth = _scores_and_labels(cfg, judge, labels, round_, store, n, seed, label_threshold, criterion)
+        scores, truth = _scores_and_labels(cfg, judge, labels, round_, n, seed, label_threshold, criterion)
         report = calibration_report(scores, truth, current_threshold=getattr(cfg.thresholds, criterion),
                                     target_precision=target_precision)
     except (ValueError, KeyError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     report.update(judge=judge, criterion=criterion, labels=labels)
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2))
@@ -154,12 +129,12 @@ def review_export(round_: int = typer.Argument(..., metavar="ROUND", help="a com
     """Write a review sheet (HTML with thumbnails + CSV to fill) of a round's borderline and random samples."""
     from layerloop.tasks.review import export_review
 
-    cfg = _config(config)
+    cfg = load(config, store=store)
     try:
-        result = export_review(_store(cfg, store), round_, out, overall_threshold=cfg.thresholds.overall,
+        result = export_review(open_store(cfg), round_, out, overall_threshold=cfg.thresholds.overall,
                                n_borderline=borderline, n_random=random_, seed=seed)
     except (ValueError, KeyError, FileNotFoundError) as exc:  # RoundNotFoundError is a KeyError
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(json.dumps(result))
 
 
@@ -170,11 +145,11 @@ def review_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, 
     """Record review decisions; they override the judge in the next commit (committed rounds stay as they are)."""
     from layerloop.tasks.review import import_review
 
-    cfg = _config(config)
+    cfg = load(config, store=store)
     try:
-        result = import_review(_store(cfg, store), file, reviewer=reviewer)
+        result = import_review(open_store(cfg), file, reviewer=reviewer)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(json.dumps(result))
 
 

@@ -4,7 +4,7 @@
 panel (letterboxed on white by default, or stretched with --fit resize), the model runs at panel size,
 and its outputs are mapped back to the input's size; a JSON sidecar records exactly what was done.
 An unreadable or unsupported file gets a clear error and the remaining files still run; the exit code
-is non-zero when any file failed.
+is non-zero when any file failed. Config and store come in the one precedence of flows/cli_config.py.
 
 Heavy libraries (torch, diffusers, prefect) are imported inside the commands.
 """
@@ -19,6 +19,8 @@ from typing import Optional
 import typer
 from PIL import Image, ImageOps
 
+from layerloop.flows.cli_config import CONFIG_OPT, STORE_OPT, fail, load, open_store
+
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 FIT_MODES = ("pad", "resize")
 PAD_COLOR = (255, 255, 255)
@@ -26,25 +28,6 @@ PAD_COLOR = (255, 255, 255)
 
 class InputImageError(ValueError):
     """An input file that cannot be used; the message names the file and the reason."""
-
-
-# ----------------------------------------------------------------------------- config and store
-
-
-def _config(config: Optional[Path], store: Optional[str]):
-    """PipelineConfig from --config (or ./layerloop.yaml when present) with --store applied."""
-    from layerloop.tasks.config import load_config
-
-    path = config
-    if path is None and Path("layerloop.yaml").is_file():
-        path = Path("layerloop.yaml")
-    overrides = {"store": {"uri": store}} if store else None
-    return load_config(path, overrides=overrides)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 # ----------------------------------------------------------------------------- input images
@@ -122,7 +105,7 @@ def restore_from_panel(panel: Image.Image, record: dict) -> Image.Image:
 def _sampler(cfg, adapter: str):
     from layerloop.flows.evaluate import resolve_adapter
     from layerloop.models.sampler import Sampler
-    from layerloop.tasks.stages import backbone
+    from layerloop.tasks.stages.handles import backbone
 
     label, adapter_dir = resolve_adapter(adapter, cfg)
     return label, Sampler(backbone(cfg), adapter_dir, cfg.sample)
@@ -133,7 +116,7 @@ def _latest_adapter(cfg) -> str:
 
     rounds = adapter_rounds(cfg)
     if not rounds:
-        _fail(f"no trained adapter in store {cfg.store.uri}; pass --adapter ROUND|PATH or run `layerloop run`")
+        fail(f"no trained adapter in store {cfg.store.uri}; pass --adapter ROUND|PATH or run `layerloop run`")
     return str(rounds[-1])
 
 
@@ -193,22 +176,19 @@ def register(app: typer.Typer) -> None:
     app.command("ablate")(ablate_cmd)
 
 
-_STORE = typer.Option(None, "--store", envvar="LAYERLOOP_STORE", help="store root (path or fsspec URL)")
-_CONFIG = typer.Option(None, "--config", "-c", help="layerloop.yaml (default: ./layerloop.yaml when present)")
 _ADAPTER = typer.Option(None, "--adapter", "-a", help="round number or adapter directory (default: latest round)")
 
 
 def report_cmd(round: int = typer.Argument(..., help="committed round to report on"),
-               store: Optional[str] = _STORE, config: Optional[Path] = _CONFIG) -> None:
+               store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Rebuild report.html / report.json / selection_rate.png of a committed round."""
-    from layerloop.storage.rounds import RoundStore
     from layerloop.tasks.report import build_report
 
-    cfg = _config(config, store)
+    cfg = load(config, store=store)
     try:
-        paths = build_report(RoundStore(cfg.store.uri, cfg.store.storage_options), round)
+        paths = build_report(open_store(cfg), round)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for kind, path in paths.items():
         typer.echo(f"{kind}: {path}")
 
@@ -220,11 +200,11 @@ def eval_cmd(adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a"
              n: Optional[int] = typer.Option(None, "--n", help="held-out items (default loop.eval_size)"),
              seed: Optional[int] = typer.Option(None, "--seed", help="held-out split seed (default loop.eval_seed)"),
              prefect: bool = typer.Option(True, "--prefect/--no-prefect", help="run as a Prefect flow (artifact)"),
-             store: Optional[str] = _STORE, config: Optional[Path] = _CONFIG) -> None:
+             store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Held-out table: identity baseline, round 0, each round, final (markdown, CSV, Prefect artifact)."""
     from layerloop.flows import evaluate as ev
 
-    cfg = _config(config, store)
+    cfg = load(config, store=store)
     try:
         if prefect:
             result = ev.evaluate(cfg, adapters=adapter or None, out_dir=str(out), n=n, seed=seed)
@@ -235,22 +215,22 @@ def eval_cmd(adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a"
             paths = ev.write_outputs(rows, str(out))
             typer.echo(ev.to_markdown(rows))
     except ev.AdapterNotFound as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"written: {', '.join(paths.values())}")
 
 
 def _fit_and_config(fit: str, config: Optional[Path], store: Optional[str]):
     """The --fit mode checked before anything is loaded, then the pipeline config."""
     if fit not in FIT_MODES:
-        _fail(f"--fit must be one of {FIT_MODES}; got {fit!r}")
-    return _config(config, store)
+        fail(f"--fit must be one of {FIT_MODES}; got {fit!r}")
+    return load(config, store=store)
 
 
 def decompose_cmd(images: list[Path] = typer.Argument(..., help="composite images (any size)"),
                   out: Path = typer.Option(..., "--out", "-o", help="output directory"),
                   adapter: Optional[str] = _ADAPTER,
                   fit: str = typer.Option("pad", "--fit", help="pad (letterbox, keeps aspect) or resize (stretch)"),
-                  store: Optional[str] = _STORE, config: Optional[Path] = _CONFIG) -> None:
+                  store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Split composites into <name>.logo.png, <name>.object.png, <name>.grid.png (+ <name>.json sidecar)."""
     from layerloop.flows.evaluate import AdapterNotFound
     from layerloop.models.grid import LayerSchema
@@ -259,7 +239,7 @@ def decompose_cmd(images: list[Path] = typer.Argument(..., help="composite image
     try:
         label, sampler = _sampler(cfg, adapter or _latest_adapter(cfg))
     except AdapterNotFound as exc:
-        _fail(str(exc))
+        fail(str(exc))
     failed = decompose_files(sampler, list(images), out, panel_size=cfg.model.panel_size,
                              schema=LayerSchema(tuple(cfg.model.layers)), fit=fit,
                              max_pixels=cfg.store.max_image_pixels, max_bytes=cfg.store.max_file_bytes,
@@ -274,19 +254,19 @@ def synthesize_cmd(logo: Path = typer.Argument(..., help="logo image"),
                    out: Path = typer.Option(..., "--out", "-o", help="output composite file (.png)"),
                    adapter: Optional[str] = _ADAPTER,
                    fit: str = typer.Option("pad", "--fit", help="pad (letterbox) or resize (stretch)"),
-                   store: Optional[str] = _STORE, config: Optional[Path] = _CONFIG) -> None:
+                   store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Print LOGO onto OBJECT: writes the composite at the object's size (+ FILE.json sidecar)."""
     from layerloop.flows.evaluate import AdapterNotFound
 
     cfg = _fit_and_config(fit, config, store)
     if list(cfg.model.layers) != ["logo", "object"]:
-        _fail(f"synthesize takes LOGO OBJECT; this config's layers are {cfg.model.layers}")
+        fail(f"synthesize takes LOGO OBJECT; this config's layers are {cfg.model.layers}")
     limits = {"max_pixels": cfg.store.max_image_pixels, "max_bytes": cfg.store.max_file_bytes}
     try:
         (logo_img, logo_conv), (obj_img, obj_conv) = load_input(logo, **limits), load_input(object_, **limits)
         label, sampler = _sampler(cfg, adapter or _latest_adapter(cfg))
     except (InputImageError, AdapterNotFound) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     size = cfg.model.panel_size
     logo_panel, logo_rec = fit_to_panel(logo_img, size, fit)
     obj_panel, obj_rec = fit_to_panel(obj_img, size, fit)
@@ -304,12 +284,14 @@ def synthesize_cmd(logo: Path = typer.Argument(..., help="logo image"),
 def ablate_cmd(seeds: list[int] = typer.Option([0, 1], "--seed", help="repeat with these seeds (>= 2 for spread)"),
                rounds: int = typer.Option(1, "--rounds", help="self-improving rounds of the iterative configs"),
                out: Path = typer.Option(Path("ablation"), "--out", "-o", help="work + result directory"),
-               config: Optional[Path] = typer.Option(None, "--config", "-c",
-                                                     help="base config (default: demo-sized tiny world)")) -> None:
-    """The paper's four configurations on the same seeds, with the held-out comparison table."""
-    from layerloop.flows.ablate import default_base, run_ablation
+               config: Optional[Path] = CONFIG_OPT) -> None:
+    """The paper's four configurations on the same seeds, with the held-out comparison table.
 
-    cfg = default_base(str(config) if config else None)
+    Its built-in defaults are a demo-sized tiny world (flows/ablate.py ABLATION_DEFAULTS).
+    """
+    from layerloop.flows.ablate import ABLATION_DEFAULTS, run_ablation
+
+    cfg = load(config, defaults=ABLATION_DEFAULTS)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     result = run_ablation(cfg, seeds=list(seeds), rounds=rounds, work_dir=str(out))
     typer.echo(result["markdown"])

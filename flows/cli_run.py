@@ -1,7 +1,9 @@
 """`layerloop run`, `layerloop seed` and `layerloop demo`: run the loop locally.
 
-With PREFECT_API_URL set the flows report to that server; otherwise Prefect starts an ephemeral one.
-Prefect, torch and the models are imported inside the commands so `layerloop --help` stays fast.
+Config comes in the one precedence of flows/cli_config.py: built-in defaults (the demo's sizes for `demo`)
+< ./layerloop.yaml or --config < LAYERLOOP__* env < flags. With PREFECT_API_URL set the flows report to that
+server; otherwise Prefect starts an ephemeral one. Prefect, torch and the models are imported inside the
+commands so `layerloop --help` stays fast.
 """
 from __future__ import annotations
 
@@ -9,32 +11,14 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from layerloop.tasks.config import ConfigError, PipelineConfig, load_config
+from layerloop.flows.cli_config import CONFIG_OPT, STORE_OPT, load
 
-CONFIG_OPT = typer.Option(None, "--config", "-c", help="layerloop.yaml (default: built-in defaults)")
-STORE_OPT = typer.Option(None, "--store", help="store root; default: $LAYERLOOP_STORE or store.uri")
-
-
-def _overrides(store: str | None, rounds: int | None = None) -> dict:
-    out: dict = {}
-    store = store or os.environ.get("LAYERLOOP_STORE")
-    if store:
-        out["store"] = {"uri": store}
-    if rounds is not None:
-        out["loop"] = {"rounds": rounds}
-    return out
-
-
-def _load(config: Path | None, overrides: dict) -> PipelineConfig:
-    try:
-        return load_config(config, overrides=overrides)
-    except ConfigError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from None
+if TYPE_CHECKING:
+    from layerloop.tasks.config import PipelineConfig
 
 
 def _prefect_env() -> None:
@@ -65,10 +49,11 @@ def print_table(rows: list[dict], title: str = "selection rate per round") -> No
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # pipes default to 80 columns
 
 
-def run(config: Optional[Path] = CONFIG_OPT, rounds: Optional[int] = typer.Option(None, help="last round to run"),
+def run(config: Optional[Path] = CONFIG_OPT,
+        rounds: Optional[int] = typer.Option(None, help="last round to run (a flag: beats loop.rounds)"),
         store: Optional[str] = STORE_OPT) -> None:
     """Run the self-improving loop: seed round if missing, then rounds up to loop.rounds."""
-    cfg = _load(config, _overrides(store, rounds))
+    cfg = load(config, store=store, flags={"loop": {"rounds": rounds}} if rounds is not None else None)
     _prefect_env()
     from layerloop.flows.self_improve import self_improve
 
@@ -77,7 +62,7 @@ def run(config: Optional[Path] = CONFIG_OPT, rounds: Optional[int] = typer.Optio
 
 def seed(config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) -> None:
     """Ingest the labeled seeds as round 0 and train the seed LoRA (adapters/round-0000)."""
-    cfg = _load(config, _overrides(store))
+    cfg = load(config, store=store)
     _prefect_env()
     from layerloop.flows.seed import seed as seed_flow
 
@@ -92,39 +77,45 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
 
 
-def demo(store: str = typer.Option("demo-store", help="store of the demo (created if missing)"),
+def demo(store: str = typer.Option("demo-store", help="store of the demo (created if missing; a flag, "
+                                                      "so it beats store.uri)"),
          inputs: str = typer.Option(".demo", help="where the synthetic seeds and pool are rendered"),
-         rounds: int = typer.Option(3, help="rounds after the seed round"),
-         fresh: bool = typer.Option(False, help="delete the demo store first")) -> None:
-    """Tiny world on CPU: synthesize seeds + pool, run seed + N rounds, print the per-round table."""
+         rounds: int = typer.Option(3, help="rounds after the seed round (a flag: beats loop.rounds)"),
+         fresh: bool = typer.Option(False, help="delete the demo store first"),
+         config: Optional[Path] = CONFIG_OPT) -> None:
+    """Tiny world on CPU: synthesize seeds + pool, run seed + N rounds, print the per-round table.
+
+    Its built-in defaults are the demo's sizes; a config file and LAYERLOOP__* env change them as for `run`,
+    and --store, --inputs and --rounds (with their defaults) are flags, so they always apply.
+    """
     import time
 
-    from layerloop.tasks import demo as demo_inputs
+    from layerloop.tasks import demo as demo_world
 
+    start = time.perf_counter()
+    cfg = load(config, defaults=demo_world.DEMO_SIZES,
+               flags=demo_world.demo_flags(store, demo_world.input_paths(inputs), rounds))
+    demo_world.make_inputs(inputs)
     if fresh and Path(store).exists():
         shutil.rmtree(store)
     _prefect_env()
-    start = time.perf_counter()
-    try:
-        cfg = demo_inputs.demo_config(store, demo_inputs.make_inputs(inputs), rounds)
-    except ConfigError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from None
     from layerloop.flows.self_improve import self_improve
-    from layerloop.tasks import stages
+    from layerloop.tasks.stages.adapter import evaluate_adapter
+    from layerloop.tasks.stages.handles import adapter_id, open_store
 
     rows = self_improve(cfg)
     print_table(rows)
     if cfg.loop.eval_size:
         _print_heldout("identity baseline (composite as every layer)", _identity(cfg))
+    last = cfg.loop.rounds
     if cfg.loop.train_final and cfg.loop.eval_size:
-        _print_heldout(f"final adapter {stages.adapter_id(rounds)} (trained on rounds 0..{rounds})",
-                       stages.evaluate_adapter(cfg, rounds)["metrics"])
-    typer.echo(f"report: {stages.open_store(cfg).round_uri(rounds)}/report.html")
+        _print_heldout(f"final adapter {adapter_id(last)} (trained on rounds 0..{last})",
+                       evaluate_adapter(cfg, last)["metrics"])
+    typer.echo(f"report: {open_store(cfg).round_uri(last)}/report.html")
     typer.echo(f"demo took {time.perf_counter() - start:.0f} s")
 
 
-def _identity(cfg: PipelineConfig) -> dict:
+def _identity(cfg: "PipelineConfig") -> dict:
     from layerloop.models.evaluation import identity_baseline
     from layerloop.models.synthetic import make_split
 

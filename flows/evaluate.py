@@ -21,7 +21,6 @@ from prefect import flow, task
 
 from layerloop.tasks.config import PipelineConfig
 
-WEIGHTS = "pytorch_lora_weights.safetensors"
 METRIC_ORDER = ("psnr_logo", "psnr_object", "ssim_logo", "ssim_object", "vqa_logo", "vqa_object", "vlm_score")
 VLM_BACKENDS = ("qwen", "openai")
 ARTIFACT_KEY = "heldout-eval"
@@ -37,29 +36,32 @@ class AdapterNotFound(ValueError):
 
 def resolve_adapter(spec: str | int, cfg: PipelineConfig) -> tuple[str, str]:
     """(label, local adapter dir) for a round number or a path; AdapterNotFound says what exists."""
-    from layerloop.tasks import artifacts_io as aio
+    from layerloop.tasks import adapter_files
+    from layerloop.tasks.stages.handles import open_store
 
     text = str(spec).strip()
     if re.fullmatch(r"\d+", text):
-        store = _store(cfg)
+        store = open_store(cfg)
         uri = store.adapter_uri(int(text))
-        if not aio.exists(aio.join(uri, WEIGHTS)):
+        if not adapter_files.has_weights(uri):
             raise AdapterNotFound(f"round {text} has no trained adapter at {uri} "
                                   f"(rounds with adapters: {adapter_rounds(cfg) or 'none'})")
-        return f"round {int(text)}", aio.local_dir(uri)
+        return f"round {int(text)}", adapter_files.local_dir(uri)
     path = Path(text).expanduser()
-    if not (path / WEIGHTS).is_file():
-        raise AdapterNotFound(f"--adapter {text!r} is neither a round number nor a directory holding {WEIGHTS}")
+    if not (path / adapter_files.WEIGHTS).is_file():
+        raise AdapterNotFound(f"--adapter {text!r} is neither a round number nor a directory holding "
+                              f"{adapter_files.WEIGHTS}")
     return path.name or str(path), str(path)
 
 
 def adapter_rounds(cfg: PipelineConfig) -> list[int]:
     """Rounds whose adapter directory holds finished weights, ascending."""
-    from layerloop.tasks import artifacts_io as aio
+    from layerloop.tasks import adapter_files
+    from layerloop.tasks.stages.handles import open_store
 
-    store = _store(cfg)
+    store = open_store(cfg)
     candidates = sorted(set(store.committed_rounds()) | {r + 1 for r in store.committed_rounds()})
-    return [r for r in candidates if aio.exists(aio.join(store.adapter_uri(r), WEIGHTS))]
+    return [r for r in candidates if adapter_files.has_weights(store.adapter_uri(r))]
 
 
 def default_rows(cfg: PipelineConfig) -> list[tuple[str, str]]:
@@ -70,12 +72,6 @@ def default_rows(cfg: PipelineConfig) -> list[tuple[str, str]]:
     rows = [resolve_adapter(r, cfg) for r in rounds]
     rows[-1] = (f"final (round {rounds[-1]})", rows[-1][1])
     return rows
-
-
-def _store(cfg: PipelineConfig):
-    from layerloop.storage.rounds import RoundStore
-
-    return RoundStore(cfg.store.uri, cfg.store.storage_options)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -134,7 +130,7 @@ def score_adapter(cfg: PipelineConfig, label: str, adapter_dir: str, items: list
 
     from layerloop.models.evaluation import evaluate_decomposition
     from layerloop.models.sampler import Sampler
-    from layerloop.tasks.stages import backbone
+    from layerloop.tasks.stages.handles import backbone
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     sampler = Sampler(backbone(cfg), adapter_dir, cfg.sample)

@@ -3,20 +3,22 @@ from __future__ import annotations
 
 from prefect import flow
 
-from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks import publish
-from layerloop.tasks.prefect_tasks import configured, gpu_slot
+from layerloop.tasks.config import PipelineConfig
+from layerloop.tasks.gpu_slot import ensure_gpu_slot, gpu_slot
+from layerloop.tasks.prefect_tasks import (evaluate_adapter_task, ingest_seeds_task, report_task,
+                                           train_adapter_task, with_retries)
 
 
 @flow(name="seed", flow_run_name="seed", log_prints=True)
 def seed(config: PipelineConfig = PipelineConfig()) -> dict:
     """Round 0: ingest the labeled seeds and the pool (once), train the seed LoRA -> adapters/round-0000."""
-    cfg, t = config, configured(config)
-    publish.ensure_gpu_slot(cfg)
-    ingested = t.ingest_seeds(cfg)
+    cfg = config
+    ensure_gpu_slot(cfg)
+    ingested = with_retries(ingest_seeds_task, cfg)(cfg)
     with gpu_slot(cfg):
-        trained = t.train(cfg, 0)
-        heldout = t.evaluate(cfg, 0)
-    reported = t.report(cfg, 0) if cfg.loop.report else None
+        trained = with_retries(train_adapter_task, cfg)(cfg, 0)
+        heldout = with_retries(evaluate_adapter_task, cfg)(cfg, 0)
+    reported = with_retries(report_task, cfg)(cfg, 0) if cfg.loop.report else None
     publish.publish_round(cfg, 0, reported, heldout["metrics"])
     return {"ingest": ingested, "train": trained, "heldout": heldout["metrics"]}

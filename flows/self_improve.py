@@ -2,7 +2,7 @@
 
 Round r: make sure adapter r-1 exists (trained on training_view(r-1)) -> generate candidates with it ->
 judge -> cycle (generated composites and a slice of the unlabeled pool) -> commit round r -> report ->
-artifacts. The work lives in tasks/stages.py; these bodies only sequence task calls. Units run one after
+artifacts. The work lives in tasks/stages/; these bodies only sequence task calls. Units run one after
 another on purpose: the round holds the strict `gpu` slot around them, and the model is shared per process.
 """
 from __future__ import annotations
@@ -11,53 +11,58 @@ import time
 
 from prefect import flow, get_run_logger
 
-from layerloop.tasks.config import PipelineConfig
 from layerloop.flows.seed import seed
-from layerloop.tasks import publish, stages
-from layerloop.tasks.prefect_tasks import configured, gpu_slot
+from layerloop.tasks import publish
+from layerloop.tasks.config import PipelineConfig
+from layerloop.tasks.gpu_slot import ensure_gpu_slot, gpu_slot
+from layerloop.tasks.prefect_tasks import (commit_round_task, cycle_generated_task, cycle_pool_task,
+                                           evaluate_adapter_task, generate_task, judge_task, report_task,
+                                           train_adapter_task, with_retries)
+from layerloop.tasks.stages.consistency import round_pool
+from layerloop.tasks.stages.handles import adapter_id, is_committed, next_round, open_store, units
 
 
 @flow(name="self-improve", log_prints=True)
 def self_improve(config: PipelineConfig = PipelineConfig()) -> list[dict]:
     """Run rounds after the latest committed one up to loop.rounds; returns the selection-rate rows."""
-    cfg, t = config, configured(config)
-    publish.ensure_gpu_slot(cfg)
-    if not stages.is_committed(cfg, 0):
+    cfg = config
+    ensure_gpu_slot(cfg)
+    if not is_committed(cfg, 0):
         seed(cfg)
-    for r in range(stages.next_round(cfg), cfg.loop.rounds + 1):
+    for r in range(next_round(cfg), cfg.loop.rounds + 1):
         improve_round(cfg, r)
     if cfg.loop.train_final:
         with gpu_slot(cfg):
-            t.train(cfg, cfg.loop.rounds)
-            t.evaluate(cfg, cfg.loop.rounds)
+            with_retries(train_adapter_task, cfg)(cfg, cfg.loop.rounds)
+            with_retries(evaluate_adapter_task, cfg)(cfg, cfg.loop.rounds)
     return publish.publish_table(cfg)
 
 
 @flow(name="round", flow_run_name="round-{round_:04d}", log_prints=True)
 def improve_round(cfg: PipelineConfig, round_: int) -> dict:
     """One round of the recipe; a committed round is never rewritten (rerun = no-op)."""
-    if stages.is_committed(cfg, round_):
+    if is_committed(cfg, round_):
         return {"round": round_, "skipped": True}
-    start, t = time.perf_counter(), configured(cfg)
-    n_pool = len(stages.round_pool(cfg, round_))
-    gen_units = stages.unit_names("gen", cfg.loop.candidates_per_round, cfg.loop.batch_size)
-    pool_units = stages.unit_names("pool", n_pool, cfg.loop.batch_size)
+    start = time.perf_counter()
+    n_pool = len(round_pool(open_store(cfg), cfg, round_))
+    gen_units = units("gen", cfg.loop.candidates_per_round, cfg.loop.batch_size)
+    pool_units = units("pool", n_pool, cfg.loop.batch_size)
     progress = publish.Progress(round_, 3 * len(gen_units) + 2 * len(pool_units))
     with gpu_slot(cfg):
-        trained = t.train(cfg, round_ - 1)
-        heldout = t.evaluate(cfg, round_ - 1)
-        generated = progress.run(t.generate, cfg, round_, gen_units)
-        judged = progress.run(t.judge, cfg, round_, gen_units)
-        cycled = progress.run(t.cycle_generated, cfg, round_, gen_units)
-        pooled = progress.run(t.cycle_pool, cfg, round_, pool_units)
-        judged_pool = progress.run(t.judge, cfg, round_, pool_units)
+        trained = with_retries(train_adapter_task, cfg)(cfg, round_ - 1)
+        heldout = with_retries(evaluate_adapter_task, cfg)(cfg, round_ - 1)
+        generated = progress.run(with_retries(generate_task, cfg), cfg, round_, gen_units)
+        judged = progress.run(with_retries(judge_task, cfg), cfg, round_, gen_units)
+        cycled = progress.run(with_retries(cycle_generated_task, cfg), cfg, round_, gen_units)
+        pooled = progress.run(with_retries(cycle_pool_task, cfg), cfg, round_, pool_units)
+        judged_pool = progress.run(with_retries(judge_task, cfg), cfg, round_, pool_units)
     timings = publish.stage_seconds(train=[trained], evaluate=[heldout], generate=generated,
                                     judge=judged + judged_pool, cycle=cycled + pooled)
     info = {"timings": timings, "train": trained.get("metrics", {}), "heldout": heldout["metrics"],
-            "heldout_adapter": stages.adapter_id(round_ - 1), "candidates": cfg.loop.candidates_per_round,
+            "heldout_adapter": adapter_id(round_ - 1), "candidates": cfg.loop.candidates_per_round,
             "pool_used": n_pool}
-    committed = t.commit(cfg, round_, info)
-    reported = t.report(cfg, round_) if cfg.loop.report else None
+    committed = with_retries(commit_round_task, cfg)(cfg, round_, info)
+    reported = with_retries(report_task, cfg)(cfg, round_) if cfg.loop.report else None
     publish.publish_round(cfg, round_, reported, heldout["metrics"])
     wall = time.perf_counter() - start
     get_run_logger().info("round %d committed (%s) in %.1f s", round_, committed, wall)

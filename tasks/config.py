@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from layerloop.models.config import LoraConfig, ModelConfig, SampleConfig, TrainConfig
 from layerloop.models.judges.config import JudgeConfig, ThresholdConfig
@@ -21,6 +21,9 @@ from layerloop.models.prompts import TEMPLATE, load_prompt_set
 from layerloop.storage.config import StoreConfig
 
 ENV_PREFIX = "LAYERLOOP__"
+
+# loop fields that moved: a config that still sets one is told where it went, not just "unknown field".
+MOVED_LOOP_FIELDS = {"cycle_error_threshold": "thresholds.max_cycle_error (the one cycle-error threshold)"}
 
 # Product x logo descriptions for tau_G; kept short so the tiny text encoder sees familiar words.
 DEFAULT_PRODUCTS = ["mug", "t-shirt", "tote bag", "cap", "bottle", "notebook", "sneaker", "phone case"]
@@ -52,8 +55,6 @@ class LoopConfig(BaseModel):
                           "null = use whatever pool the store already holds (layerloop ingest-pool)")
     pool_per_round: int = Field(16, ge=0, description="pool composites decomposed + re-synthesized per round")
     batch_size: int = Field(8, ge=1, description="images per task (one Prefect task per batch, never per image)")
-    cycle_error_threshold: float = Field(
-        0.05, gt=0, description="keep a cycle sample only when its re-synthesis error is below this")
     cycle_keep_composite: Literal["original", "resynthesized"] = Field(
         "original", description="composite stored with a kept pool sample's decomposed layers: the real pool "
                                 "image or its re-synthesis from those layers")
@@ -73,6 +74,15 @@ class LoopConfig(BaseModel):
     task_retries: int = Field(2, ge=0, le=10, description="retries of a task on a transient failure")
     task_retry_delay_s: float = Field(2.0, ge=0, description="seconds between task retries")
     report: bool = Field(True, description="build report.html/json/png for each committed round")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        moved = [f"loop.{old} moved to {new}" for old, new in MOVED_LOOP_FIELDS.items()
+                 if isinstance(data, dict) and old in data]
+        if moved:
+            raise ValueError("; ".join(moved))
+        return data
 
     @field_validator("gpu_slot")
     @classmethod
@@ -169,15 +179,19 @@ def read_yaml(path: str | os.PathLike) -> dict:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {p} cannot be read: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p}: top level must be a mapping of sections")
     return data
 
 
-def load_config(path: str | os.PathLike | None = None, *, overrides: dict | None = None,
-                environ: dict[str, str] | None = None) -> PipelineConfig:
-    """Defaults <- YAML file <- env overrides <- explicit overrides (CLI flags), validated once."""
-    data = read_yaml(path) if path is not None else {}
+def load_config(path: str | os.PathLike | None = None, *, defaults: dict | None = None,
+                overrides: dict | None = None, environ: dict[str, str] | None = None) -> PipelineConfig:
+    """The one precedence, validated once: built-in defaults < `defaults` (a caller's own sizes, e.g. the
+    demo's) < the YAML file at `path` < LAYERLOOP__* env (`environ`, default os.environ) < `overrides`
+    (command-line flags). The CLI picks `path` (--config, else ./layerloop.yaml): flows/cli_config.py."""
+    data = deep_merge(defaults or {}, read_yaml(path) if path is not None else {})
     data = deep_merge(data, env_overrides(environ))
     data = deep_merge(data, overrides or {})
     source = f"{path}" if path is not None else "defaults"

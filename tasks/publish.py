@@ -1,33 +1,14 @@
-"""What a round shows in Prefect: the gpu slot it needs, a progress artifact, the selection-rate table,
-a markdown summary and a link to the HTML report. Called from flow bodies (needs a flow run context)."""
+"""What a round shows in Prefect: a progress artifact, the selection-rate table, a markdown summary and a
+link to the HTML report. Called from flow bodies (needs a flow run context)."""
 from __future__ import annotations
 
 import os
 from typing import Callable
 
-from layerloop.tasks.config import ConfigError, PipelineConfig
-from layerloop.tasks import stages
+from layerloop.tasks.stages.handles import Unit, adapter_id
+from layerloop.tasks.config import PipelineConfig
 
 TABLE_KEY = "selection-rate"
-
-
-def ensure_gpu_slot(cfg: PipelineConfig) -> None:
-    """The strict `gpu` limit must exist before a GPU task asks for it: create it, or say how to."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(cfg.loop.gpu_slot)
-            return
-        except ObjectNotFound:
-            if not cfg.loop.create_gpu_slot:
-                raise ConfigError(
-                    f"global concurrency limit {cfg.loop.gpu_slot!r} does not exist on this Prefect server: run "
-                    f"`prefect gcl create {cfg.loop.gpu_slot} --limit 1` or set loop.create_gpu_slot: true"
-                ) from None
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=cfg.loop.gpu_slot, limit=1))
 
 
 class Progress:
@@ -40,7 +21,7 @@ class Progress:
         self.id = create_progress_artifact(progress=0.0, key=f"round-{round_:04d}-progress",
                                            description=f"round {round_}: generate, judge and cycle units")
 
-    def run(self, task_fn: Callable, cfg: PipelineConfig, round_: int, units: list[str]) -> list[dict]:
+    def run(self, task_fn: Callable, cfg: PipelineConfig, round_: int, units: list[Unit]) -> list[dict]:
         """Run the task once per unit (in order: they share the gpu slot) and tick the progress artifact."""
         from prefect.artifacts import update_progress_artifact
 
@@ -69,7 +50,7 @@ def publish_round(cfg: PipelineConfig, round_: int, reported: dict | None, heldo
     row = next(r for r in rows if r["round"] == round_)
     lines = [f"# layerloop round {round_}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in row.items() if k != "round"]
-    lines += [f"| held-out {k} (adapter {stages.adapter_id(max(0, round_ - 1))}) | {v:.3f} |"
+    lines += [f"| held-out {k} (adapter {adapter_id(max(0, round_ - 1))}) | {v:.3f} |"
               for k, v in heldout.items() if k.startswith("psnr_")]
     if reported:
         lines += ["", f"[HTML report]({_link(reported['paths']['html'])})"]
@@ -83,8 +64,8 @@ def publish_table(cfg: PipelineConfig) -> list[dict]:
     """The `selection-rate` table artifact over every committed round; returns its rows."""
     from prefect.artifacts import create_table_artifact
 
-    from layerloop.tasks.prefect_tasks import configured
+    from layerloop.tasks.prefect_tasks import selection_table_task, with_retries
 
-    rows = configured(cfg).selection_table(cfg)
+    rows = with_retries(selection_table_task, cfg)(cfg)
     create_table_artifact(table=rows, key=TABLE_KEY, description="selection rate and held-out PSNR per round")
     return rows

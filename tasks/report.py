@@ -1,14 +1,16 @@
 """Per-round report: what a data engineer reads to judge a round.
 
 `build_report(store, round)` gathers every committed round up to `round` and writes into that round:
-- `report.json`  — every number shown (selection rates, growth, score summaries, timings, loss curves);
+- `report.json`  — every number shown (selection rates, decisions by rule, growth, score summaries,
+  timings, loss curves);
 - `report.html`  — static and self-contained: plots and sample thumbnails are inline data URIs,
   no script, no external URL, so it opens from disk, an object store or a CI artifact alike;
 - `selection_rate.png` — the headline plot on its own (linked from Prefect artifacts).
 
-Sections: selection rate per round, score histograms per criterion with the round's thresholds marked,
-cycle-error histogram, accepted vs rejected sample grids with reasons, dataset growth per round and per
-source, training loss curves (adapter metrics.json), per-stage timings (round.json `info`).
+Sections: selection rate per round, how the round's rows were decided (per acceptance rule, read from
+the manifest's reasons), score histograms per criterion with the round's thresholds marked, cycle-error
+histogram, accepted vs rejected sample grids with reasons, dataset growth per round and per source,
+training loss curves (adapter metrics.json), per-stage timings (round.json `info`).
 """
 from __future__ import annotations
 
@@ -44,12 +46,13 @@ def gather(store, round: int) -> dict[str, Any]:
     per_round = [_round_summary(store, r) for r in committed]
     current = store.read(round, "all")
     info = store.round_info(round)
-    config = info.get("config") or {}
+    thresholds = round_thresholds(info.get("config") or {})
     return {
         "round": round,
         "rounds": per_round,
-        "thresholds": thresholds_from_config(config),
-        "scores": score_summary(current, thresholds_from_config(config)),
+        "thresholds": thresholds,
+        "decisions": decisions(current),
+        "scores": score_summary(current, thresholds),
         "timings": stage_timings(info.get("info") or {}),
         "loss_curves": {str(r): load_loss_curve(store, r) for r in committed},
         "_frames": {"current": current},
@@ -104,30 +107,30 @@ def criteria_columns() -> dict[str, str]:
     return {name: getattr(s, const) for name, const in pairs.items() if hasattr(s, const)}
 
 
-def thresholds_from_config(config: dict) -> dict[str, float]:
-    """Criterion -> threshold from a round's config.json (`thresholds` section); cycle error under 'cycle_error'.
-
-    Accepts `logo_clean: 0.6`, `min_logo_clean: 0.6`, a nested `{criteria: {...}}` or `per_criterion`, and
-    `max_cycle_error` / `cycle_error`, so the report follows whatever the thresholds section spells.
-    """
+def round_thresholds(config: dict) -> dict[str, float]:
+    """The limits drawn on the histograms, from the round's config.json `thresholds` section (ThresholdConfig's
+    own field names): criterion -> minimum, and `cycle_error` -> max_cycle_error. Only drawn: which rows
+    were accepted, and by which rule, comes from the manifest (`decisions`)."""
     section = config.get("thresholds") or {}
-    flat: dict[str, Any] = {}
-    for key, value in section.items():
-        if isinstance(value, dict):
-            flat.update(value)
-        else:
-            flat[key] = value
-    out: dict[str, float] = {}
-    for key, value in flat.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
-        name = key.removeprefix("min_").removeprefix("max_")
-        if name in criteria_columns() or name == "cycle_error":
-            out[name] = float(value)
-    # The loop's own cycle rule (loop.cycle_error_threshold) applies when thresholds set none.
-    loop_cycle = (config.get("loop") or {}).get("cycle_error_threshold")
-    if "cycle_error" not in out and isinstance(loop_cycle, (int, float)):
-        out["cycle_error"] = float(loop_cycle)
+    names = {**{name: name for name in criteria_columns()}, "cycle_error": "max_cycle_error"}
+    return {shown: float(section[field]) for shown, field in names.items()
+            if isinstance(section.get(field), (int, float)) and not isinstance(section.get(field), bool)}
+
+
+def decisions(rows: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """How the round's rows were decided, read from the manifest: rule -> {accepted, rejected} counts.
+
+    The rule is the one the stored reason names (models/judges/acceptance.py: thresholds, cycle, review);
+    an accepted row that no rule spoke about counts under "passed".
+    """
+    from layerloop.models.judges.acceptance import rule_of
+
+    s = _schema()
+    out: dict[str, dict[str, int]] = {}
+    for accepted, reason in zip(rows[s.ACCEPTED].astype(bool), rows[s.REASON]):
+        rule = rule_of(reason) or ("passed" if accepted else "no reason recorded")
+        counts = out.setdefault(rule, {"accepted": 0, "rejected": 0})
+        counts["accepted" if accepted else "rejected"] += 1
     return out
 
 
@@ -367,6 +370,7 @@ def render_html(data: dict, plots: dict[str, bytes], thumbs: dict[str, list[dict
         f"<h1>layerloop — round {r}</h1>",
         _summary_section(data),
         "<section><h2>Selection rate per round</h2>" + _img(plots["selection_rate"], "selection rate") + "</section>",
+        _decisions_section(data),
         _scores_section(data, plots),
         "<section><h2>Dataset growth</h2>" + _img(plots["growth"], "dataset growth") + _growth_table(data) + "</section>",
         "<section><h2>Accepted samples</h2>" + _thumb_grid(thumbs["accepted"], "no accepted samples") + "</section>",
@@ -387,6 +391,12 @@ def _summary_section(data: dict) -> str:
     note = ("<p class='empty'>held-out metrics belong to the adapter that generated the round "
             "(round r is made with adapter r-1)</p>") if held else ""
     return "<section><h2>Rounds</h2>" + _table(header, rows) + note + "</section>"
+
+
+def _decisions_section(data: dict) -> str:
+    rows = [[rule, c["accepted"], c["rejected"]] for rule, c in data["decisions"].items()]
+    return (f"<section><h2>Decisions by rule (round {data['round']})</h2>"
+            + _table(["rule", "accepted", "rejected"], rows) + "</section>")
 
 
 def _scores_section(data: dict, plots: dict[str, bytes]) -> str:

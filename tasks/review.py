@@ -3,9 +3,10 @@
 Export writes `review.html` (thumbnails as data URIs, scores, the judge's decision and reason) and
 `review.csv` (one row per sample with empty `decision`, `reviewer`, `note` columns to fill in).
 Import reads that CSV back and records each filled decision, with reviewer and time, as a new
-Parquet file under `<store>/reviews/` (never touching a committed round). The flow's commit stage calls
-`apply_overrides(rows, load_overrides(store))`: a human decision wins over the judge for rows with the
-same sample_id or the same content_hash (a reviewed pool composite that comes back in a later round).
+Parquet file under `<store>/reviews/` (never touching a committed round). The commit stage hands
+`load_overrides(store)` to the acceptance rule (models/judges/acceptance.py), whose last rule lets a human
+decision win over the judge for rows with the same sample_id or the same content_hash (a reviewed pool
+composite that comes back in a later round).
 """
 from __future__ import annotations
 
@@ -168,25 +169,3 @@ def load_overrides(store):
     df = pd.concat([read_table(store.fs, f).to_pandas() for f in files], ignore_index=True)
     df = df.sort_values("reviewed_at", kind="stable")
     return df.drop_duplicates("sample_id", keep="last").reset_index(drop=True)[OVERRIDE_COLUMNS]
-
-
-def _override_reason(o: dict) -> str:
-    verdict = "accept" if o["accepted"] else "reject"
-    note = f": {o['note']}" if o.get("note") else ""
-    return f"human review ({verdict}) by {o['reviewer']} at {o['reviewed_at']}{note}"
-
-
-def apply_overrides(rows, overrides):
-    """Copy of `rows` where a human decision (by sample_id, else content_hash) replaces accepted/reason."""
-    out = rows.copy()
-    if len(overrides) == 0 or len(out) == 0:
-        return out
-    by_id = {o["sample_id"]: o for o in overrides.to_dict("records")}
-    by_hash = {o["content_hash"]: o for o in overrides.to_dict("records") if o.get("content_hash")}
-    hashes = out["content_hash"] if "content_hash" in out.columns else [None] * len(out)
-    for idx, sid, chash in zip(out.index, out["sample_id"], hashes):
-        o = by_id.get(sid) or by_hash.get(chash)
-        if o is not None:
-            out.at[idx, "accepted"] = bool(o["accepted"])
-            out.at[idx, "reason"] = _override_reason(o)
-    return out

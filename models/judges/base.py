@@ -4,7 +4,7 @@
 problem (so the pipeline quarantines or rejects it and goes on) while the valid ones are scored by the
 backend. The overall score is combined here, once, the same way for every backend. Backends are
 built by name in registry.py (`build_judge`); this module imports none of them.
-`apply_thresholds` (thresholds.py) turns stored scores into accepted/reason afterwards.
+`decide_rows` (acceptance.py) turns stored scores into accepted/reason afterwards.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any
 
-from layerloop.models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
+from layerloop.models.judges.config import CRITERIA, JudgeConfig
 
 PANELS = ("composite", "logo", "object")
 
@@ -139,7 +139,7 @@ class Judge(ABC):
 
 
 def results_to_frame(results: list[JudgeResult]):
-    """Results as a DataFrame in manifest column names, ready for `apply_thresholds`."""
+    """Results as a DataFrame in manifest column names, ready for `acceptance.decide_rows`."""
     import pandas as pd
 
     columns = ["sample_id", *(f"score_{c}" for c in CRITERIA), "score_overall", "judge_backend",
@@ -148,12 +148,5 @@ def results_to_frame(results: list[JudgeResult]):
     return frame if results else pd.DataFrame(columns=columns)
 
 
-def apply_thresholds(scores, cfg: ThresholdConfig):
-    """Adds `accepted` and `reason` to a score table; see models/judges/thresholds.py."""
-    from layerloop.models.judges.thresholds import apply_thresholds as _apply
-
-    return _apply(scores, cfg)
-
-
-__all__ = ["CRITERIA", "JudgeItem", "JudgeResult", "Judge", "apply_thresholds",
+__all__ = ["CRITERIA", "JudgeItem", "JudgeResult", "Judge",
            "results_to_frame", "combine", "validate_scores"]

@@ -3,7 +3,7 @@
 Truth is either human decisions (CSV of sample_id,label) or the synthetic world's ground truth: a
 labelled set made from held-out synthetic triplets, some spoiled on purpose, labelled by the oracle
 judge (`synthetic_calibration_set`). Unscored samples count as rejected at every threshold (score -inf),
-exactly as `apply_thresholds` treats them.
+exactly as the acceptance rule (acceptance.py) treats them.
 """
 from __future__ import annotations
 

@@ -110,7 +110,7 @@ class JudgeConfig(_Section):
 
 
 class ThresholdConfig(_Section):
-    """Acceptance rule applied to stored scores: every per-criterion minimum and the overall minimum."""
+    """Acceptance rule applied to stored scores: per-criterion and overall minimums, then the cycle-error maximum."""
 
     logo_clean: float = Field(0.5, ge=0.0, le=1.0)
     object_clean: float = Field(0.5, ge=0.0, le=1.0)
@@ -118,8 +118,8 @@ class ThresholdConfig(_Section):
     realism: float = Field(0.3, ge=0.0, le=1.0)
     overall: float = Field(0.6, ge=0.0, le=1.0)
     max_cycle_error: float | None = Field(
-        None, ge=0.0, description="also reject rows whose cycle_error is above this (rows without one pass)"
-    )
+        0.05, ge=0.0, description="cycle rule: reject rows whose cycle_error (decompose -> re-synthesize vs the "
+                                  "composite) is above this; rows without one pass; null = no cycle rule")
 
     def minimums(self) -> dict[str, float]:
         """Per-criterion minimums keyed by criterion name (overall excluded)."""

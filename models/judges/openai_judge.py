@@ -5,7 +5,7 @@ Each item is one request: the three panels as PNG data URLs plus instructions as
 semaphore (`concurrency`), each with a timeout. The openai client's own retries are off (max_retries=0):
 retries happen here, with exponential backoff and jitter, on 429, 5xx, timeouts, connection errors and
 (when `retry_on_bad_json`) malformed / truncated / schema-violating answers, each one logged. After the
-last attempt the item is unscored with the last error, and `apply_thresholds` never accepts it.
+last attempt the item is unscored with the last error, and the acceptance rule never accepts it.
 
 The API key comes from a Prefect Secret block or an env var; it is kept out of repr, logs, errors and
 results (any echo of it is replaced with ***).

@@ -1,25 +1,150 @@
-"""`layerloop run/seed/demo`: a bad config stops before any work with exit code 2 and what to fix."""
+"""The `layerloop` commands and their one config loader (flows/cli_config.py).
+
+Every command that reads config reads it the same way: built-in defaults < ./layerloop.yaml in the working
+directory (or --config FILE, which replaces it) < LAYERLOOP__* env < flags; a bad config is one red
+`error:` message and exit code 2, before any work starts.
+"""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from prefect import flow  # noqa: F401 - sets up Prefect logging on the real stderr, not on CliRunner's temporary one
+import pytest
+import typer
+import yaml
 from typer.testing import CliRunner
 
 from layerloop.flows.cli import app
+from layerloop.flows.cli_config import PRECEDENCE, load
+from layerloop.tasks.demo import smoke_overrides
+
+BAD = "loop:\n  rounds: 0\n  colour: red\n"
+# One invocation of every command that reads config (arguments that pass their own checks first).
+CONFIG_COMMANDS = {
+    "run": ["run"], "seed": ["seed"], "demo": ["demo"], "init": ["init"],
+    "ingest-seeds": ["ingest-seeds", "seeds"], "ingest-pool": ["ingest-pool", "pool"],
+    "rounds list": ["rounds", "list"], "rounds show": ["rounds", "show", "0"], "verify": ["verify"], "gc": ["gc"],
+    "prompts": ["prompts", "--n", "2", "--out", "p.json", "--backend", "openai"],
+    "calibrate": ["calibrate", "--judge", "oracle", "--labels", "synthetic"],
+    "review export": ["review", "export", "0", "--out", "review"],
+    "review import": ["review", "import", "review.csv"],
+    "report": ["report", "0"], "eval": ["eval"], "ablate": ["ablate"],
+    "decompose": ["decompose", "x.png", "--out", "out"], "synthesize": ["synthesize", "a.png", "b.png", "--out", "c.png"],
+}
 
 
-def test_run_with_bad_config_exits_2_naming_the_field(tmp_path):
-    bad = tmp_path / "layerloop.yaml"
-    bad.write_text("loop:\n  rounds: 0\n  colour: red\n")
-    result = CliRunner().invoke(app, ["run", "--config", str(bad), "--store", str(tmp_path / "s")])
-    assert result.exit_code == 2
-    assert "loop.rounds" in result.output and "loop.colour: unknown field" in result.output
-    assert not (tmp_path / "s").exists()  # nothing was started
-
-
-def test_seed_with_missing_config_file_exits_2(tmp_path):
-    result = CliRunner().invoke(app, ["seed", "--config", str(tmp_path / "nope.yaml")])
-    assert result.exit_code == 2 and "not found" in result.output
+def _invoke(args: list[str], env: dict | None = None):
+    return CliRunner().invoke(app, args, env=env)
 
 
 def test_commands_are_registered():
-    result = CliRunner().invoke(app, ["--help"])
+    result = _invoke(["--help"])
     assert all(cmd in result.output for cmd in ("run", "seed", "demo"))
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_COMMANDS))
+def test_every_command_reads_the_working_directory_file_and_stops_on_a_bad_one(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "layerloop.yaml").write_text(BAD)
+    (tmp_path / "review.csv").write_text("sample_id,decision,reviewer\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = _invoke(CONFIG_COMMANDS[name])
+    assert result.exit_code == 2, result.output
+    assert "error: invalid layerloop config" in result.output and "loop.colour: unknown field" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # stopped before any work
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+    result = _invoke(["seed", "--config", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2 and "nope.yaml not found" in result.output
+
+
+def _config_options() -> dict[str, str]:
+    """Command path -> the help of its --config option."""
+    found = {}
+
+    def walk(cmd, path):
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, [*path, name])
+        found.update({" ".join(path): p.help for p in getattr(cmd, "params", []) if "--config" in p.opts})
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_each_config_option_documents_the_precedence():
+    helps = _config_options()
+    assert set(helps) == set(CONFIG_COMMANDS) - {"init"}  # init writes the file; its store comes the same way
+    assert all(PRECEDENCE in text and "./layerloop.yaml" in text for text in helps.values()), helps
+
+
+def test_precedence_defaults_file_env_flags(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LAYERLOOP__LOOP__ROUNDS", raising=False)
+    assert load(None).loop.rounds == 3  # built-in default
+    (tmp_path / "layerloop.yaml").write_text("loop:\n  rounds: 5\n  batch_size: 3\n")
+    assert (load(None).loop.rounds, load(None).loop.batch_size) == (5, 3)  # the working directory's file
+    other = tmp_path / "other.yaml"
+    other.write_text("loop:\n  rounds: 6\n")
+    replaced = load(other)  # --config replaces ./layerloop.yaml: none of its fields apply
+    assert (replaced.loop.rounds, replaced.loop.batch_size) == (6, 8)
+    monkeypatch.setenv("LAYERLOOP__LOOP__ROUNDS", "7")
+    assert load(None).loop.rounds == 7  # env beats the file
+    assert load(None, flags={"loop": {"rounds": 8}}).loop.rounds == 8  # a flag beats env
+    assert load(None, defaults={"loop": {"batch_size": 9, "eval_size": 4}}).loop.eval_size == 4  # command default
+    assert load(None, defaults={"loop": {"batch_size": 9}}).loop.batch_size == 3  # ... under the file
+
+
+@pytest.fixture
+def two_stores(tmp_path, tiny_inputs):
+    """Store A with the seeds committed as round 0, and an empty store B."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    assert _invoke(["ingest-seeds", tiny_inputs["seeds"], "--store", str(a)]).exit_code == 0
+    assert _invoke(["init", "--store", str(b), "--config-out", str(tmp_path / "unused.yaml")]).exit_code == 0
+    return a, b
+
+
+def test_data_judge_and_report_commands_follow_the_precedence(two_stores, tmp_path, monkeypatch):
+    a, b = two_stores
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "layerloop.yaml").write_text(f"store:\n  uri: {a}\n")
+    monkeypatch.delenv("LAYERLOOP_STORE", raising=False)
+    listed = _invoke(["rounds", "list"])  # data command: the file's store
+    assert listed.exit_code == 0 and "0000" in listed.output, listed.output
+    exported = _invoke(["review", "export", "0", "--out", "review", "--random", "2"])  # judge command
+    assert exported.exit_code == 0 and json.loads(exported.output)["n"] == 2, exported.output
+    reported = _invoke(["report", "0"])  # report command
+    assert reported.exit_code == 0 and (a / "rounds" / "round-0000" / "report.html").is_file(), reported.output
+
+    env = {"LAYERLOOP__STORE__URI": str(b)}
+    listed = _invoke(["rounds", "list"], env=env)  # env beats the file
+    assert listed.exit_code == 0 and f"no committed rounds in {b}" in listed.output, listed.output
+    listed = _invoke(["rounds", "list", "--store", str(a)], env=env)  # the flag beats env
+    assert listed.exit_code == 0 and "0000" in listed.output
+    listed = _invoke(["rounds", "list"], env={**env, "LAYERLOOP_STORE": str(a)})  # the flag's own env var
+    assert listed.exit_code == 0 and "0000" in listed.output
+
+
+def test_run_uses_the_working_directory_file_under_env_and_flags(prefect_harness, tiny_inputs, tmp_path,
+                                                                 monkeypatch):
+    import torch
+
+    torch.set_num_threads(1)  # as the flow tests do: seconds, not minutes, on a shared small box
+    work, in_file, in_env = tmp_path / "work", tmp_path / "file-store", tmp_path / "env-store"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    settings = smoke_overrides(str(in_file), tiny_inputs, rounds=2)
+    (work / "layerloop.yaml").write_text(yaml.safe_dump(settings))
+    env = {"LAYERLOOP__STORE__URI": str(in_env), "LAYERLOOP__LOOP__ROUNDS": "3"}
+    result = _invoke(["run", "--rounds", "1"], env=env)
+    assert result.exit_code == 0, result.output
+    from layerloop.storage.rounds import RoundStore
+
+    # the file's sizes ran (a default config would train 300 steps), env moved the store, --rounds won
+    assert RoundStore(str(in_env)).committed_rounds() == [0, 1] and not in_file.exists()
+    info = RoundStore(str(in_env)).round_info(1)
+    assert info["config"]["train"]["steps"] == settings["train"]["steps"]
+    assert info["config"]["loop"]["rounds"] == 1 and Path(info["config"]["store"]["uri"]) == in_env

@@ -44,6 +44,13 @@ def test_bad_config_says_what_to_fix(tmp_path, text, needle):
     assert needle in str(err.value)
 
 
+def test_the_old_cycle_threshold_field_names_the_new_one(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("loop:\n  cycle_error_threshold: 0.1\n")
+    with pytest.raises(ConfigError, match=r"loop.cycle_error_threshold moved to thresholds.max_cycle_error"):
+        load_config(path, environ={})
+
+
 def test_missing_file_and_bad_env_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml", environ={})

@@ -26,14 +26,23 @@ def _artifacts(key: str):
                                      sort=ArtifactSort.CREATED_DESC)
 
 
+def _task_runs_named(names: set[str]) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=sorted(names))))
+    return {run.name for run in runs}
+
+
 def test_loop_commits_rounds_and_publishes_artifacts(prefect_harness, tiny_cfg):
     from layerloop.flows.self_improve import self_improve
-    from layerloop.tasks import stages
+    from layerloop.tasks.stages.handles import open_store
 
     cfg = tiny_cfg.model_copy(update={"loop": tiny_cfg.loop.model_copy(update={"rounds": 2})})
     rows = self_improve(cfg)
     assert [r["round"] for r in rows] == [0, 1, 2]
-    assert stages.open_store(cfg).committed_rounds() == [0, 1, 2]
+    assert open_store(cfg).committed_rounds() == [0, 1, 2]
     assert rows[1]["candidates"] == 6 and 0 <= rows[1]["selection_rate"] <= 1
     assert "heldout_psnr_logo" in rows[2] and "heldout_psnr_object" in rows[2]
     table = _artifacts("selection-rate")
@@ -42,16 +51,19 @@ def test_loop_commits_rounds_and_publishes_artifacts(prefect_harness, tiny_cfg):
         assert _artifacts(key), f"artifact {key} missing"
     progress = _artifacts("round-0002-progress")[0]
     assert float(progress.data) == pytest.approx(100.0)
-    info = stages.open_store(cfg).round_info(2)["info"]
+    info = open_store(cfg).round_info(2)["info"]
     assert {"train", "evaluate", "generate", "judge", "cycle"} <= set(info["timings"])
+    # units travel typed but the task runs keep readable names
+    names = {"generate-2-gen-0000", "judge-2-pool-0000", "cycle-2-gen-0001", "commit-2"}
+    assert _task_runs_named(names) == names
 
 
 def test_rerun_commits_nothing_new(prefect_harness, tiny_cfg):
     from layerloop.flows.self_improve import self_improve
-    from layerloop.tasks import stages
+    from layerloop.tasks.stages.handles import open_store
 
     self_improve(tiny_cfg)
-    store = stages.open_store(tiny_cfg)
+    store = open_store(tiny_cfg)
     marker = Path(store.round_uri(1)) / "COMMITTED"
     before = (marker.read_bytes(), store.read(1, "all").to_json())
     rows = self_improve(tiny_cfg)
@@ -79,12 +91,12 @@ def _wait_for(folder: Path, pattern: str, proc, log: Path, timeout: float = 240.
 
 def test_resume_after_kill_9_mid_round(prefect_harness, tiny_cfg, tiny_inputs, tmp_path):
     """kill -9 once the first generated unit of round 1 is written; the rerun keeps that unit as it was."""
-    from layerloop.tasks import stages
+    from layerloop.tasks.stages.handles import open_store
 
     store = Path(tiny_cfg.store.uri)
     cfg_file = tmp_path / "layerloop.yaml"
     cfg_file.write_text(yaml.safe_dump(smoke_overrides(str(store), tiny_inputs, rounds=1)))
-    cmd = [sys.executable, "-m", "flows", "run", "--config", str(cfg_file)]
+    cmd = [sys.executable, "-m", "layerloop.flows", "run", "--config", str(cfg_file)]
     log = tmp_path / "first-run.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=_api_env(), stdout=out, stderr=subprocess.STDOUT)
@@ -103,7 +115,7 @@ def test_resume_after_kill_9_mid_round(prefect_harness, tiny_cfg, tiny_inputs, t
     env = {**_api_env(), "LAYERLOOP__LOOP__GPU_SLOT": "gpu-after-kill"}
     rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
-    assert stages.open_store(tiny_cfg).committed_rounds() == [0, 1]
+    assert open_store(tiny_cfg).committed_rounds() == [0, 1]
     assert unit.read_bytes() == first  # the finished unit was reused, not regenerated
-    committed = stages.open_store(tiny_cfg).read(1, "all")
+    committed = open_store(tiny_cfg).read(1, "all")
     assert committed["unit"].value_counts().to_dict() == {"gen-0000": 2, "gen-0001": 2, "pool-0000": 2}

@@ -3,32 +3,39 @@ from __future__ import annotations
 
 import pytest
 
-from layerloop.tasks import stages
+from layerloop.tasks.stages.adapter import adapter_exists, train_adapter, train_config
+from layerloop.tasks.stages.commit import commit_round
+from layerloop.tasks.stages.consistency import cycle_generated, cycle_pool, round_pool
+from layerloop.tasks.stages.generation import generate
+from layerloop.tasks.stages.handles import Unit, open_store, units
+from layerloop.tasks.stages.ingest import ingest_seeds
+from layerloop.tasks.stages.judging import judge
+from layerloop.tasks.stages.summary import round_summary
 
 
 def _run_round(cfg, r):
-    gen = stages.unit_names("gen", cfg.loop.candidates_per_round, cfg.loop.batch_size)
-    pool = stages.unit_names("pool", len(stages.round_pool(cfg, r)), cfg.loop.batch_size)
+    gen = units("gen", cfg.loop.candidates_per_round, cfg.loop.batch_size)
+    pool = units("pool", len(round_pool(open_store(cfg), cfg, r)), cfg.loop.batch_size)
     for unit in gen:
-        stages.generate(cfg, r, unit)
-        stages.judge(cfg, r, unit)
-        stages.cycle_generated(cfg, r, unit)
+        generate(cfg, r, unit)
+        judge(cfg, r, unit)
+        cycle_generated(cfg, r, unit)
     for unit in pool:
-        stages.cycle_pool(cfg, r, unit)
-        stages.judge(cfg, r, unit)
-    return stages.commit(cfg, r, {"timings": {"generate": 1.0}})
+        cycle_pool(cfg, r, unit)
+        judge(cfg, r, unit)
+    return commit_round(cfg, r, {"timings": {"generate": 1.0}})
 
 
 def test_one_round_by_hand_has_exact_lineage(tiny_cfg):
     from layerloop.models.prompts import PromptSet
     from layerloop.storage import schema as S
 
-    assert stages.ingest_seeds(tiny_cfg)["pool"]["pool_size"] == 6
-    trained = stages.train_adapter(tiny_cfg, 0)
-    assert trained["skipped"] is False and stages.adapter_exists(tiny_cfg, 0)
+    assert ingest_seeds(tiny_cfg)["pool"]["pool_size"] == 6
+    trained = train_adapter(tiny_cfg, 0)
+    assert trained["skipped"] is False and adapter_exists(tiny_cfg, 0)
     committed = _run_round(tiny_cfg, 1)
     assert committed["skipped"] is False
-    store = stages.open_store(tiny_cfg)
+    store = open_store(tiny_cfg)
     assert store.committed_rounds() == [0, 1]
     info = store.round_info(1)
     assert (info["parent_round"], info["adapter_id"]) == (0, "round-0000")
@@ -40,48 +47,52 @@ def test_one_round_by_hand_has_exact_lineage(tiny_cfg):
     assert sorted(rows[S.SOURCE].value_counts().items()) == [("cycle", 2), ("generated", 4)]
     assert rows[S.SCORE_OVERALL].notna().all() and rows[S.CYCLE_ERROR].notna().all()
     assert (rows[~rows[S.ACCEPTED]][S.REASON].str.len() > 0).all()  # every rejection says why
-    summary = stages.round_summary(tiny_cfg, 1)
+    summary = round_summary(open_store(tiny_cfg), 1)
     assert summary["candidates"] == 6 and summary["accepted"] == int(rows[S.ACCEPTED].sum())
 
 
 def test_rerun_of_committed_round_changes_nothing(tiny_cfg):
-    stages.ingest_seeds(tiny_cfg)
-    stages.train_adapter(tiny_cfg, 0)
+    ingest_seeds(tiny_cfg)
+    train_adapter(tiny_cfg, 0)
     _run_round(tiny_cfg, 1)
-    store = stages.open_store(tiny_cfg)
+    store = open_store(tiny_cfg)
     before = (store.round_info(1)["committed_at"], store.read(1, "all").to_json())
-    again = [stages.ingest_seeds(tiny_cfg), stages.train_adapter(tiny_cfg, 0), stages.commit(tiny_cfg, 1, {})]
+    again = [ingest_seeds(tiny_cfg), train_adapter(tiny_cfg, 0), commit_round(tiny_cfg, 1, {})]
     assert all(step["skipped"] for step in again)
     assert (store.round_info(1)["committed_at"], store.read(1, "all").to_json()) == before
 
 
-def test_cycle_threshold_rejects_with_reason(tiny_cfg):
-    import pandas as pd
-
+def test_commit_rejects_on_the_cycle_threshold_with_its_reason(tiny_cfg):
     from layerloop.storage import schema as S
 
-    rows = pd.DataFrame([S.empty_row(sample_id=f"s{i}", round=1, source="cycle", cycle_error=e,
-                                     **{c: 0.9 for c in S.SCORE_COLUMNS}) for i, e in enumerate([0.01, 0.5])])
-    cfg = tiny_cfg.model_copy(update={"loop": tiny_cfg.loop.model_copy(update={"cycle_error_threshold": 0.1})})
-    decided = stages.decide_rows(cfg, rows)
-    assert decided[S.ACCEPTED].tolist() == [True, False]
-    assert "cycle_error 0.5000 > 0.1000" in decided[S.REASON].iloc[1]
+    cfg = tiny_cfg.model_copy(update={"thresholds": tiny_cfg.thresholds.model_copy(update={
+        "max_cycle_error": 0.0, "logo_clean": 0.0, "object_clean": 0.0, "composite_consistent": 0.0,
+        "realism": 0.0, "overall": 0.0})})
+    ingest_seeds(cfg)
+    train_adapter(cfg, 0)
+    _run_round(cfg, 1)
+    rows = open_store(cfg).read(1, "all")
+    cycled = rows[rows[S.CYCLE_ERROR] > 0]
+    assert len(cycled) and not cycled[S.ACCEPTED].any()  # every score passes: only the cycle rule rejects
+    assert all(r.startswith("cycle_error ") and r.endswith(" > 0.0000") for r in cycled[S.REASON])
 
 
 def test_missing_seeds_path_is_a_clear_error(tiny_cfg):
     cfg = tiny_cfg.model_copy(update={"loop": tiny_cfg.loop.model_copy(update={"seeds_path": None})})
     with pytest.raises(ValueError, match="loop.seeds_path is not set"):
-        stages.ingest_seeds(cfg)
+        ingest_seeds(cfg)
 
 
-def test_units_and_prompts_are_stable():
-    assert stages.unit_names("gen", 5, 2) == ["gen-0000", "gen-0001", "gen-0002"]
-    assert list(stages.batch_slice("gen-0002", 5, 2)) == [4]
+def test_units_split_items_into_batches_with_readable_names():
+    assert units("gen", 5, 2) == [Unit("gen", 0), Unit("gen", 1), Unit("gen", 2)]
+    assert [str(u) for u in units("gen", 5, 2)] == ["gen-0000", "gen-0001", "gen-0002"]  # task-run names
+    assert list(Unit("gen", 2).items(5, 2)) == [4] and list(Unit("pool", 0).items(5, 2)) == [0, 1]
+    assert units("pool", 0, 2) == []
 
 
 def test_adapters_that_continue_train_round_train_steps(tiny_cfg):
     cfg = tiny_cfg.model_copy(update={"loop": tiny_cfg.loop.model_copy(update={"round_train_steps": 7})})
-    assert stages.train_config(cfg, continues=False).steps == tiny_cfg.train.steps
-    assert stages.train_config(cfg, continues=True).steps == 7
-    assert stages.train_config(tiny_cfg, continues=True).steps == tiny_cfg.train.steps
+    assert train_config(cfg, continues=False).steps == tiny_cfg.train.steps
+    assert train_config(cfg, continues=True).steps == 7
+    assert train_config(tiny_cfg, continues=True).steps == tiny_cfg.train.steps
     assert cfg.train.steps == tiny_cfg.train.steps, "the run's own config is not changed"

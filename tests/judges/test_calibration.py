@@ -6,11 +6,11 @@ import itertools
 import numpy as np
 import pytest
 
-from layerloop.models.judges.registry import build_judge
 from layerloop.models.judges.calibration import (calibration_report, oracle_labels, precision_recall,
                                                  read_labels, roc_auc, synthetic_calibration_set,
                                                  threshold_for_precision)
 from layerloop.models.judges.config import JudgeConfig
+from layerloop.models.judges.registry import build_judge
 from tests.judges.conftest import GroundTruthSampler
 
 

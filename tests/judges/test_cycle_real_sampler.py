@@ -20,10 +20,11 @@ def real_sampler():
 
 
 def test_cycle_judge_with_the_real_sampler(real_sampler):
-    from layerloop.models.judges.base import apply_thresholds, results_to_frame
-    from layerloop.models.judges.registry import build_judge
+    from layerloop.models.judges.acceptance import decide_rows
+    from layerloop.models.judges.base import results_to_frame
     from layerloop.models.judges.calibration import synthetic_calibration_set
     from layerloop.models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
+    from layerloop.models.judges.registry import build_judge
     from layerloop.models.metrics import cycle_error
 
     items = synthetic_calibration_set(3, seed=0)
@@ -35,5 +36,5 @@ def test_cycle_judge_with_the_real_sampler(real_sampler):
         assert res.error is None and res.backend == "cycle"
         assert all(0.0 <= res.scores[c] <= 1.0 for c in CRITERIA) and 0.0 <= res.overall <= 1.0
         assert res.details["cycle_error"] == pytest.approx(cycle_error(item.triplet["composite"], back), abs=2e-3)
-    decided = apply_thresholds(results_to_frame(results), ThresholdConfig())
+    decided = decide_rows(results_to_frame(results), ThresholdConfig())
     assert decided["reason"].map(lambda r: r == "" or r.startswith("below threshold")).all()

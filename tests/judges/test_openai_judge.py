@@ -5,10 +5,11 @@ import logging
 
 import pytest
 
-from layerloop.models.judges.base import JudgeItem, apply_thresholds, results_to_frame
-from layerloop.models.judges.registry import build_judge
+from layerloop.models.judges.acceptance import decide_rows
+from layerloop.models.judges.base import JudgeItem, results_to_frame
 from layerloop.models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
 from layerloop.models.judges.openai_judge import BadResponse, parse_scores
+from layerloop.models.judges.registry import build_judge
 from layerloop.models.judges.scripted_server import ScriptedChatServer
 
 KEY = "sk-test-SECRET-0123456789"
@@ -71,8 +72,8 @@ def test_failures_retry_then_unscored_never_accepted(key_env, triplets, behaviou
     bad, good = res
     assert bad.overall is None and expect in bad.error and "after 3 attempts" in bad.error
     assert bad.details["attempts"] == 3 and good.error is None
-    out = apply_thresholds(results_to_frame(res), ThresholdConfig(overall=0.0, logo_clean=0, object_clean=0,
-                                                                   composite_consistent=0, realism=0))
+    out = decide_rows(results_to_frame(res), ThresholdConfig(overall=0.0, logo_clean=0, object_clean=0,
+                                                             composite_consistent=0, realism=0))
     assert list(out["accepted"]) == [False, True]
     assert out["reason"].iloc[0].startswith("unscored: ")
     retries = [r for r in caplog.records if "retrying" in r.getMessage() and "s0" in r.getMessage()]

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from layerloop.models.judges.acceptance import decide
 from layerloop.models.judges.base import JudgeItem
-from layerloop.models.judges.registry import build_judge
 from layerloop.models.judges.config import CRITERIA, JudgeConfig, ThresholdConfig
-from layerloop.models.judges.thresholds import decide
+from layerloop.models.judges.registry import build_judge
 from tests.judges.conftest import GroundTruthSampler, spoil
 
 

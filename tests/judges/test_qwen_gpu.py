@@ -18,8 +18,8 @@ def qwen_dir(tmp_path_factory):
 
 
 def _score(path, device, dtype, batch_size, items):
-    from layerloop.models.judges.registry import build_judge
     from layerloop.models.judges.config import JudgeConfig
+    from layerloop.models.judges.registry import build_judge
 
     cfg = JudgeConfig(backend="qwen", qwen={"path": path, "device": device, "dtype": dtype,
                                             "batch_size": batch_size, "max_pixels": 112 * 112})

@@ -12,7 +12,8 @@ from PIL import Image
 
 from layerloop.storage import schema as S
 from layerloop.storage.rounds import RoundStore
-from layerloop.tasks.review import apply_overrides, export_review, import_review, load_overrides, read_review_csv
+from layerloop.models.judges.acceptance import apply_overrides
+from layerloop.tasks.review import export_review, import_review, load_overrides, read_review_csv
 
 
 def _png(colour) -> bytes:

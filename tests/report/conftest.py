@@ -34,11 +34,13 @@ def _gen_fields(i: int, sid: str, meta: dict) -> dict:
 
     accepted = i < 2
     score = 0.9 if accepted else 0.2
+    reason = "below threshold: logo_clean 0.200 < 0.500 <script>"
+    if i == 4:  # a person looked at it too (review import) and rejected it
+        reason = "human review (reject) by ann at 2026-01-02T03:04:05+00:00: smudged"
     return {S.SAMPLE_ID: f"gen-{sid}", S.ROUND: 1, S.SOURCE: "generated", S.PROMPT: f"a mug <b>{i}</b>",
             S.SCORE_LOGO_CLEAN: score, S.SCORE_OBJECT_CLEAN: score, S.SCORE_COMPOSITE_CONSISTENT: score,
             S.SCORE_REALISM: score, S.SCORE_OVERALL: score, S.CYCLE_ERROR: 0.01 + 0.02 * i,
-            S.ACCEPTED: accepted, S.REASON: None if accepted else "below threshold: logo_clean 0.200 < 0.500 <script>",
-            S.JUDGE_BACKEND: "cycle"}
+            S.ACCEPTED: accepted, S.REASON: None if accepted else reason, S.JUDGE_BACKEND: "cycle"}
 
 
 def _round1(store, cfg: dict) -> None:
@@ -68,8 +70,8 @@ def _adapter_metrics(store, r: int, losses: list[float]) -> None:
 @pytest.fixture
 def two_round_store(tmp_path):
     """A local RoundStore with rounds 0 and 1 committed and adapter metrics for both."""
-    from layerloop.tasks.config import PipelineConfig
     from layerloop.storage.rounds import RoundStore
+    from layerloop.tasks.config import PipelineConfig
 
     store = RoundStore(str(tmp_path / "store"))
     store.init()

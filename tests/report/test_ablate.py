@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from layerloop.flows.ablate import NO_CYCLE_FILTER, default_base, run_config, summarise, to_markdown, verdict
+from layerloop.flows.ablate import default_base, run_config, summarise, to_markdown, verdict
 from layerloop.tasks.config import ConfigError
 
 INPUTS = {"seeds": "/data/seeds", "pool": "/data/pool"}
@@ -17,9 +17,9 @@ def test_run_configs_switch_exactly_the_ablated_parts(tmp_path):
     assert (b.train.cycle_weight, c.train.cycle_weight, d.train.cycle_weight) == (0.0, base.train.cycle_weight,
                                                                                  base.train.cycle_weight)
     assert b.loop.pool_per_round == c.loop.pool_per_round == 0
-    assert b.loop.cycle_error_threshold == c.loop.cycle_error_threshold == NO_CYCLE_FILTER
+    assert b.thresholds.max_cycle_error is c.thresholds.max_cycle_error is None  # no cycle rule
     assert d.loop.pool_per_round == base.loop.pool_per_round > 0
-    assert d.loop.cycle_error_threshold == base.loop.cycle_error_threshold
+    assert d.thresholds.max_cycle_error == base.thresholds.max_cycle_error == 0.05
     for cfg in (b, c, d):
         assert cfg.train.seed == cfg.sample.seed == 3 and cfg.loop.rounds == 2 and cfg.loop.train_final
         assert cfg.loop.seeds_path == "/data/seeds"

@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from layerloop.tasks.config import PipelineConfig
 from layerloop.flows.evaluate import AdapterNotFound, resolve_adapter, to_csv, to_markdown, write_outputs
+from layerloop.tasks.config import PipelineConfig
 
 ROWS = [
     {"method": "identity baseline", "adapter": "", "psnr_logo": 9.51234, "psnr_object": 21.0, "ssim_logo": 0.3,
@@ -43,10 +43,10 @@ def test_resolve_adapter_errors(tmp_path):
 def test_vlm_backend_adds_vqascore_and_vlmscore(tmp_path):
     import torch
 
+    from layerloop.flows.evaluate import vlm_scorers
     from layerloop.models.evaluation import identity_baseline, identity_predictions
     from layerloop.models.synthetic import make_split
     from tests.judges.tiny_qwen import build_tiny_qwen
-    from layerloop.flows.evaluate import vlm_scorers
 
     torch.set_num_threads(1)
     path = build_tiny_qwen(str(tmp_path / "qwen"))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layerloop.tasks.report import build_report, thresholds_from_config
+from layerloop.tasks.report import build_report, round_thresholds
 
 DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
@@ -42,6 +42,10 @@ def test_json_numbers(built):
     assert r1["selection_rate_by_source"] == {"cycle": 1.0, "generated": pytest.approx(0.4)}
     assert r1["accepted_by_source"] == {"generated": 2, "cycle": 1}
     assert data["thresholds"]["logo_clean"] == 0.5 and data["thresholds"]["cycle_error"] == 0.04
+    # read from the rows' reasons, not from the config: 3 passed, 2 below threshold, 1 rejected by a person
+    assert data["decisions"] == {"passed": {"accepted": 3, "rejected": 0},
+                                 "thresholds": {"accepted": 0, "rejected": 2},
+                                 "review": {"accepted": 0, "rejected": 1}}
     logo = data["scores"]["logo_clean"]
     assert logo["n"] == 6 and logo["pass_rate"] == pytest.approx(0.5) and sum(logo["hist_counts"]) == 6
     cyc = data["scores"]["cycle_error"]
@@ -61,7 +65,7 @@ def test_html_is_self_contained_and_complete(built):
     assert len(images) == 16
     for b64 in images:
         assert Image.open(io.BytesIO(base64.b64decode(b64))).size[0] > 0
-    for heading in ("Selection rate per round", "Scores and cycle error", "Dataset growth", "Accepted samples",
+    for heading in ("Selection rate per round", "Decisions by rule", "Scores and cycle error", "Dataset growth", "Accepted samples",
                     "Rejected samples", "Training loss", "Per-stage timings"):
         assert heading in html
     for sid in data["samples_shown"]["rejected"]:
@@ -97,12 +101,13 @@ def test_uncommitted_round_is_refused(two_round_store):
         build_report(two_round_store, 5)
 
 
-def test_threshold_sources():
-    cfg = {"thresholds": {"logo_clean": 0.6, "overall": 0.7, "max_cycle_error": None}, "loop": {"cycle_error_threshold": 0.05}}
-    assert thresholds_from_config(cfg) == {"logo_clean": 0.6, "overall": 0.7, "cycle_error": 0.05}
+def test_thresholds_drawn_are_the_config_fields_by_their_one_name():
+    cfg = {"thresholds": {"logo_clean": 0.6, "overall": 0.7, "max_cycle_error": None}}
+    assert round_thresholds(cfg) == {"logo_clean": 0.6, "overall": 0.7}  # null = no cycle rule, no line
     cfg["thresholds"]["max_cycle_error"] = 0.02
-    assert thresholds_from_config(cfg)["cycle_error"] == 0.02
-    assert thresholds_from_config({}) == {}
+    assert round_thresholds(cfg)["cycle_error"] == 0.02
+    # other spellings are not guessed at
+    assert round_thresholds({"thresholds": {"min_logo_clean": 0.6}, "loop": {"cycle_error_threshold": 0.05}}) == {}
 
 
 def test_report_command_rebuilds_and_refuses_unknown_rounds(two_round_store):

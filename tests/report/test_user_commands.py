@@ -87,8 +87,8 @@ def test_eval_without_prefect_writes_the_table(tmp_path, tiny_adapter, config_fi
 def test_evaluate_flow_publishes_a_table_artifact(tmp_path, tiny_adapter, config_file, prefect_harness):
     from prefect.client.orchestration import get_client
 
-    from layerloop.tasks.config import load_config
     from layerloop.flows.evaluate import ARTIFACT_KEY, evaluate
+    from layerloop.tasks.config import load_config
 
     cfg = load_config(config_file)
     result = evaluate(cfg, adapters=[tiny_adapter["adapter_dir"]], out_dir=str(tmp_path / "ev"), n=2)

@@ -1,7 +1,9 @@
-"""Small fsspec helpers for adapter directories and JSON side files (local paths or s3:// alike).
+"""Adapter directories in the store (`adapters/round-NNNN/`, local paths or s3:// alike) and their JSON side files.
 
 The trainer and sampler work on local directories; these helpers publish a finished local directory
 to the store (weights file last, so its presence means "complete") and fetch a remote one to a cache.
+Every write goes through the store's own atomic write (storage/fsutil.py: temp name, fsync, rename
+locally; one whole PUT on object stores), so a crash never leaves half a file under its final name.
 """
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
+
+from layerloop.models.lora_io import WEIGHTS_NAME as WEIGHTS  # written last: its presence = complete
+from layerloop.storage import fsutil
 
 
 def _fs(uri: str):
@@ -35,6 +40,11 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def has_weights(adapter_uri: str) -> bool:
+    """True when the adapter directory is complete (its weights file, written last, is there)."""
+    return exists(join(adapter_uri, WEIGHTS))
+
+
 def read_json(uri: str) -> dict | None:
     """Parsed JSON at uri, or None when the file does not exist."""
     fs, path = _fs(uri)
@@ -45,20 +55,12 @@ def read_json(uri: str) -> dict | None:
 
 
 def write_json(uri: str, data: dict) -> None:
-    """Write JSON whole: temp name then rename locally; a single PUT on object stores."""
-    payload = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
-    if is_local(uri):
-        path = Path(local_path(uri))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
-        return
+    """Write JSON whole (storage.fsutil's atomic write)."""
     fs, path = _fs(uri)
-    fs.pipe_file(path, payload)
+    fsutil.write_json(fs, path, data)
 
 
-def publish_dir(local_dir: str, uri: str, last: str) -> None:
+def publish_dir(local_dir: str, uri: str, last: str = WEIGHTS) -> None:
     """Copy a finished local directory to uri, the file `last` at the end (it marks completeness)."""
     fs, dest = _fs(uri)
     fs.makedirs(dest, exist_ok=True)
@@ -67,12 +69,10 @@ def publish_dir(local_dir: str, uri: str, last: str) -> None:
         raise FileNotFoundError(f"{local_dir} has no {last}: training did not finish")
     for name in [n for n in names if n != last] + [last]:
         src = Path(local_dir) / name
-        if is_local(uri):
-            tmp = Path(local_path(dest)) / f".{name}.tmp"
-            tmp.write_bytes(src.read_bytes())
-            os.replace(tmp, Path(local_path(dest)) / name)
+        if fsutil.is_local(fs):
+            fsutil.write_bytes(fs, join(dest, name), src.read_bytes())
         else:
-            fs.put_file(str(src), join(dest, name))
+            fs.put_file(str(src), join(dest, name))  # streamed: an object store shows the object whole
 
 
 def local_dir(uri: str) -> str:

@@ -1,0 +1,63 @@
+"""How every `layerloop` command gets its config and its store, and the one way a command reports bad input.
+
+One precedence for every command, lowest first:
+  built-in defaults (PipelineConfig's; `demo` and `ablate` lay their own sizes on top)
+  < the config file: --config FILE, else ./layerloop.yaml when the working directory has one
+  < LAYERLOOP__SECTION__FIELD=value environment variables
+  < command-line flags (--store or its env LAYERLOOP_STORE, --rounds, ...).
+A bad config or bad input prints `error: ...` in red on stderr and exits with code 2.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from layerloop.storage.rounds import RoundStore
+    from layerloop.tasks.config import PipelineConfig
+
+DEFAULT_FILE = Path("layerloop.yaml")
+PRECEDENCE = "built-in defaults < this file < LAYERLOOP__SECTION__FIELD env < flags"
+
+CONFIG_OPT = typer.Option(None, "--config", "-c",
+                          help=f"config file (default: ./layerloop.yaml when present). Precedence: {PRECEDENCE}")
+STORE_OPT = typer.Option(None, "--store", envvar="LAYERLOOP_STORE",
+                         help="store root: local path or fsspec URL (s3://bucket/prefix); a flag, so it beats "
+                              "store.uri from the file and LAYERLOOP__STORE__URI")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """The one error printer: `error: message` in red on stderr, then exit (2 = bad input or config)."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def config_file(config: Optional[Path]) -> Optional[Path]:
+    """--config when given (it replaces ./layerloop.yaml), else ./layerloop.yaml when present, else none."""
+    if config is not None:
+        return config
+    return DEFAULT_FILE if DEFAULT_FILE.is_file() else None
+
+
+def load(config: Optional[Path], *, store: Optional[str] = None, flags: Optional[dict] = None,
+         defaults: Optional[dict] = None) -> "PipelineConfig":
+    """The command's PipelineConfig in the one precedence; `store` is the --store flag, `flags` the others."""
+    from layerloop.tasks.config import ConfigError, deep_merge, load_config
+
+    given = deep_merge(flags or {}, {"store": {"uri": store}} if store else {})
+    try:
+        return load_config(config_file(config), defaults=defaults, overrides=given)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def open_store(cfg: "PipelineConfig") -> "RoundStore":
+    """The config's store; a bad URI or a missing fsspec backend (s3fs, ...) is one error line."""
+    from layerloop.storage.rounds import RoundStore
+
+    try:
+        return RoundStore(cfg.store.uri, cfg.store.storage_options)
+    except (ValueError, ImportError) as exc:
+        fail(f"cannot open store {cfg.store.uri!r}: {exc}")

@@ -1,0 +1,51 @@
+"""Committing a round: join the stage parts into its rows, decide each row, and publish the round whole.
+
+The decision is models/judges/acceptance.py's (thresholds, then the cycle rule, then human review from
+`layerloop review import`); the store's commit is put-if-absent, so a committed round is never rewritten.
+"""
+from __future__ import annotations
+
+from layerloop.models.prompts import prompt_hash
+from layerloop.tasks.config import PipelineConfig
+from layerloop.tasks.stages import consistency, judging
+from layerloop.tasks.stages.handles import RoundWork, counts, timed
+
+
+def merge_parts(writer, rows):
+    """Round rows with judge scores and generated candidates' cycle errors joined in by sample id."""
+    import pandas as pd
+
+    from layerloop.models.judges.acceptance import ERROR_COLUMN
+    from layerloop.storage import schema as S
+
+    rows = rows.copy()
+    for stage, keep in ((judging.PART, [*S.SCORE_COLUMNS, S.JUDGE_BACKEND, ERROR_COLUMN]),
+                        (consistency.PART, [S.CYCLE_ERROR])):
+        parts = [writer.get_part(stage, u) for u in sorted(rows[S.UNIT].unique())]
+        parts = [p for p in parts if p is not None and len(p)]
+        if not parts:
+            continue
+        part = pd.concat(parts, ignore_index=True).set_index(S.SAMPLE_ID)
+        part = part[[c for c in keep if c in part.columns]]
+        for col in part.columns:
+            fill = rows[S.SAMPLE_ID].map(part[col])
+            rows[col] = fill.where(fill.notna(), rows[col]) if col in rows.columns else fill
+    return rows
+
+
+def commit_round(cfg: PipelineConfig, round_: int, info: dict) -> dict:
+    """Decide and commit round r; a committed round is returned unchanged."""
+    from layerloop.models.judges.acceptance import ERROR_COLUMN, decide_rows
+    from layerloop.tasks.review import load_overrides
+
+    with timed({"round": round_}) as out:
+        work = RoundWork(cfg, round_)
+        if round_ in work.store.committed_rounds():
+            out.update(skipped=True, **counts(work.store.round_info(round_)))
+            return out
+        rows = decide_rows(merge_parts(work.writer, work.writer.rows()), cfg.thresholds,
+                           load_overrides(work.store))
+        info = {**info, "prompt_set_sha256": prompt_hash(cfg.loop.prompt_set())}
+        result = work.writer.commit(rows.drop(columns=[ERROR_COLUMN], errors="ignore"), info=info)
+        out.update(skipped=False, **counts(result))
+    return out

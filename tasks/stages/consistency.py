@@ -1,0 +1,86 @@
+"""The cycle stage: decompose a composite, re-synthesize it from its layers, and measure how far it moved.
+
+Generated candidates get their cycle error stored as a part (the acceptance rule's cycle rule reads it);
+unlabeled pool composites become new candidate triplets (the real composite, or its re-synthesis, with
+the decomposed layers), judged like the generated ones.
+"""
+from __future__ import annotations
+
+from layerloop.tasks.config import PipelineConfig
+from layerloop.tasks.stages.handles import RoundWork, Unit, timed
+from layerloop.tasks.stages.panels import decode, encode
+
+PART = "cycle"
+
+
+def round_pool(store, cfg: PipelineConfig, round_: int):
+    """This round's slice of the store's pool: the next pool_per_round rows by sample id, wrapping around."""
+    from layerloop.storage import schema as S
+
+    rows = store.read_pool().sort_values(S.SAMPLE_ID, kind="stable").reset_index(drop=True)
+    if not len(rows) or cfg.loop.pool_per_round == 0:
+        return rows.iloc[:0]
+    n, start = min(cfg.loop.pool_per_round, len(rows)), (round_ - 1) * cfg.loop.pool_per_round
+    return rows.iloc[[(start + i) % len(rows) for i in range(n)]].reset_index(drop=True)
+
+
+def _cycle_errors(smp, composites: list) -> tuple[list[dict], list, list[float]]:
+    from layerloop.models.metrics import cycle_error
+
+    layers = smp.decompose(composites)
+    again = smp.synthesize(layers)
+    return layers, again, [float(cycle_error(a, b)) for a, b in zip(composites, again)]
+
+
+def cycle_pool(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
+    """Decompose + re-synthesize one batch of pool composites; write them as candidate triplets."""
+    from layerloop.storage import schema as S
+
+    with timed({"unit": unit.name}) as out:
+        work = RoundWork(cfg, round_)
+        if work.already_done(unit, out):
+            return out
+        pool = round_pool(work.store, cfg, round_)
+        batch = pool.iloc[list(unit.items(len(pool), cfg.loop.batch_size))]
+        items = [(row, decode({"composite": p["composite"]})["composite"])
+                 for row, p in work.store.load_panels(batch)]
+        samples = []
+        if items:
+            layers, again, errors = _cycle_errors(work.sampler(), [img for _, img in items])
+            keep_original = cfg.loop.cycle_keep_composite == "original"
+            for (prow, original), lay, resynth, err in zip(items, layers, again, errors):
+                pid = prow[S.SAMPLE_ID]
+                row = work.row(f"r{round_:04d}-{unit.name}-{pid}", "cycle", **{
+                    S.CYCLE_ERROR: err, S.CAPTION: prow.get(S.CAPTION), S.KIND: prow.get(S.KIND),
+                    S.EXTRA_JSON: {"pool_id": pid}})
+                composite = original if keep_original else resynth
+                samples.append((row, encode({"composite": composite, **lay})))
+        out.update(skipped=False, n=len(work.writer.write_unit(unit.name, samples)))
+    return out
+
+
+def cycle_generated(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
+    """Cycle error of generated candidates (composite -> layers -> composite), stored as a stage part."""
+    import pandas as pd
+
+    from layerloop.storage import schema as S
+    from layerloop.tasks.stages.judging import PART as JUDGE_PART
+
+    with timed({"unit": unit.name}) as out:
+        work = RoundWork(cfg, round_)
+        if work.already_done(unit, out, part=PART):
+            return out
+        judged = work.writer.get_part(JUDGE_PART, unit.name)
+        if judged is not None and S.CYCLE_ERROR in judged and judged[S.CYCLE_ERROR].notna().all():
+            # the cycle judge already decomposed and re-synthesized these composites: reuse, don't redo
+            work.writer.put_part(PART, unit.name, judged[[S.SAMPLE_ID, S.CYCLE_ERROR]].copy())
+            out.update(skipped=False, n=len(judged), reused_judge=True)
+            return out
+        ids, composites = [], []
+        for row, panels in work.writer.load_panels(work.unit_rows(unit)):
+            ids.append(row[S.SAMPLE_ID])
+            composites.append(decode({"composite": panels["composite"]})["composite"])
+        errors = _cycle_errors(work.sampler(), composites)[2] if composites else []
+        work.writer.put_part(PART, unit.name, pd.DataFrame({S.SAMPLE_ID: ids, S.CYCLE_ERROR: errors}))
+        out.update(skipped=False, n=len(ids))
+    return out

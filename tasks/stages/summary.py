@@ -1,0 +1,42 @@
+"""What a committed round reports: its HTML/JSON report (tasks/report.py) and its row of the selection-rate table."""
+from __future__ import annotations
+
+from layerloop.tasks.config import PipelineConfig
+from layerloop.tasks.stages.handles import open_store, timed
+
+
+def report(cfg: PipelineConfig, round_: int) -> dict:
+    """HTML/JSON report of a committed round; returns the written paths."""
+    from layerloop.tasks.report import build_report
+
+    with timed({"round": round_}) as out:
+        out["paths"] = dict(build_report(open_store(cfg), round_))
+    return out
+
+
+def round_summary(store, round_: int) -> dict:
+    """One row of the `selection-rate` table for a committed round."""
+    from layerloop.models.judges.config import CRITERIA
+    from layerloop.storage import schema as S
+
+    rows = store.read(round_, "all")
+    cand = rows[rows[S.SOURCE] != "seed"]
+    acc = rows[rows[S.ACCEPTED].astype(bool)]
+    info = (store.round_info(round_).get("info") or {})
+    row = {"round": round_, "candidates": int(len(cand)), "accepted": int(len(acc)),
+           "selection_rate": round(float(cand[S.ACCEPTED].mean()), 4) if len(cand) else None,
+           "cycle_kept": int((acc[S.SOURCE] == "cycle").sum()),
+           "dataset_size": int(len(store.training_view(up_to=round_)))}
+    for c in CRITERIA:
+        col = cand[f"score_{c}"].dropna()
+        row[f"mean_{c}"] = round(float(col.mean()), 4) if len(col) else None
+    for k, v in (info.get("heldout") or {}).items():
+        if k.startswith("psnr_"):
+            row[f"heldout_{k}"] = round(float(v), 3)
+    return row
+
+
+def selection_table(cfg: PipelineConfig) -> list[dict]:
+    """`selection-rate` rows for every committed round, oldest first."""
+    store = open_store(cfg)
+    return [round_summary(store, r) for r in store.committed_rounds()]
