@@ -37,7 +37,7 @@ HEADLINE = "psnr_mean"  # mean of the two layers' PSNR: the number the ordering 
 
 # Demo-sized tiny world: B, C, D x 2 seeds x (seed + 2 rounds + final) must fit in ~30 min on 2 CPU cores.
 ABLATION_DEFAULTS = {
-    "train": {"steps": 40, "batch_size": 4, "checkpoint_every": 20, "cycle_warmup_steps": 10},
+    "train": {"steps": 40, "batch_size": 4, "checkpoint_every": 20, "cycle_weight": 0.5, "cycle_warmup_steps": 10},
     "sample": {"steps": 6, "batch_size": 8},
     "loop": {"candidates_per_round": 8, "pool_per_round": 8, "batch_size": 8, "eval_size": 16},
 }

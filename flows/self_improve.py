@@ -1,9 +1,12 @@
 """The self-improving loop as a Prefect flow: `self_improve` runs rounds 1..N, each a `round` subflow.
 
-Round r: make sure adapter r-1 exists (trained on training_view(r-1)) -> generate candidates with it ->
-judge -> cycle (generated composites and a slice of the unlabeled pool) -> commit round r -> report ->
-artifacts. The work lives in tasks/stages/; these bodies only sequence task calls. Units run one after
-another on purpose: the round holds the strict `gpu` slot around them, and the model is shared per process.
+Round r: make sure adapter r-1 exists (trained on training_view(r-1)) -> measure it on the validation split
+and held-out data, and promote it or keep the current adapter -> (loop.control) train and measure the
+matched-compute control -> generate candidates with the current adapter -> judge -> cycle (generated
+composites and a slice of the unlabeled pool) -> commit round r -> report -> artifacts. The work lives in
+tasks/stages/; these bodies only sequence task calls (tasks/stages/driver.py runs the same sequence without
+Prefect, for benchmarks and machines without it). Units run one after another on purpose: the round holds
+the strict `gpu` slot around them, and the model is shared per process.
 """
 from __future__ import annotations
 
@@ -16,10 +19,11 @@ from layerloop.tasks import publish
 from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks.gpu_slot import ensure_gpu_slot, gpu_slot
 from layerloop.tasks.prefect_tasks import (commit_round_task, cycle_generated_task, cycle_pool_task,
-                                           evaluate_adapter_task, generate_task, judge_task, report_task,
-                                           train_adapter_task, with_retries)
+                                           evaluate_adapter_task, evaluate_control_task, generate_task, judge_task,
+                                           report_task, train_adapter_task, train_control_task, with_retries)
+from layerloop.tasks.stages.commit import round_info
 from layerloop.tasks.stages.consistency import round_pool
-from layerloop.tasks.stages.handles import adapter_id, is_committed, next_round, open_store, units
+from layerloop.tasks.stages.handles import is_committed, next_round, open_store, stage_seconds, units
 
 
 @flow(name="self-improve", log_prints=True)
@@ -35,7 +39,17 @@ def self_improve(config: PipelineConfig = PipelineConfig()) -> list[dict]:
         with gpu_slot(cfg):
             with_retries(train_adapter_task, cfg)(cfg, cfg.loop.rounds)
             with_retries(evaluate_adapter_task, cfg)(cfg, cfg.loop.rounds)
+            control(cfg, cfg.loop.rounds)
     return publish.publish_table(cfg)
+
+
+def control(cfg: PipelineConfig, adapter_round: int) -> dict | None:
+    """The matched-compute control of adapter `adapter_round` (loop.control), trained and measured."""
+    if not cfg.loop.control:
+        return None
+    if adapter_round >= 1:
+        with_retries(train_control_task, cfg)(cfg, adapter_round)
+    return with_retries(evaluate_control_task, cfg)(cfg, adapter_round)
 
 
 @flow(name="round", flow_run_name="round-{round_:04d}", log_prints=True)
@@ -50,20 +64,20 @@ def improve_round(cfg: PipelineConfig, round_: int) -> dict:
     progress = publish.Progress(round_, 3 * len(gen_units) + 2 * len(pool_units))
     with gpu_slot(cfg):
         trained = with_retries(train_adapter_task, cfg)(cfg, round_ - 1)
-        heldout = with_retries(evaluate_adapter_task, cfg)(cfg, round_ - 1)
+        measured = with_retries(evaluate_adapter_task, cfg)(cfg, round_ - 1)
+        controlled = control(cfg, round_ - 1)
         generated = progress.run(with_retries(generate_task, cfg), cfg, round_, gen_units)
         judged = progress.run(with_retries(judge_task, cfg), cfg, round_, gen_units)
         cycled = progress.run(with_retries(cycle_generated_task, cfg), cfg, round_, gen_units)
         pooled = progress.run(with_retries(cycle_pool_task, cfg), cfg, round_, pool_units)
         judged_pool = progress.run(with_retries(judge_task, cfg), cfg, round_, pool_units)
-    timings = publish.stage_seconds(train=[trained], evaluate=[heldout], generate=generated,
+    timings = stage_seconds(train=[trained], evaluate=[measured], generate=generated,
                                     judge=judged + judged_pool, cycle=cycled + pooled)
-    info = {"timings": timings, "train": trained.get("metrics", {}), "heldout": heldout["metrics"],
-            "heldout_adapter": adapter_id(round_ - 1), "candidates": cfg.loop.candidates_per_round,
-            "pool_used": n_pool}
+    info = round_info(cfg, round_, trained=trained, measured=measured, control=controlled, pool_used=n_pool,
+                      timings=timings)
     committed = with_retries(commit_round_task, cfg)(cfg, round_, info)
     reported = with_retries(report_task, cfg)(cfg, round_) if cfg.loop.report else None
-    publish.publish_round(cfg, round_, reported, heldout["metrics"])
+    publish.publish_round(cfg, round_, reported, measured["metrics"])
     wall = time.perf_counter() - start
     get_run_logger().info("round %d committed (%s) in %.1f s", round_, committed, wall)
     timings.update(commit=committed["seconds"], report=reported["seconds"] if reported else 0.0)

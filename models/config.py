@@ -96,10 +96,15 @@ class TrainConfig(_Section):
     lr_warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 over this many steps")
     batch_size: int = Field(4, ge=1)
     seed: int = 0
-    cycle_weight: float = Field(0.5, ge=0)
+    cycle_weight: float = Field(
+        0.0, ge=0, description="weight of the cycle-consistency term; 0 = off (the default: no variant measured "
+                                "so far improved decomposition, docs/training.md)")
     cycle_warmup_steps: int = Field(50, ge=0)
     cycle_intermediate: Literal["one_step", "sampler"] = "one_step"
     cycle_sampler_steps: int = Field(4, ge=1)
+    cycle_max_t: float = Field(
+        1.0, gt=0, le=1, description="apply the cycle term only to samples noised to t <= this (ControlNet++ "
+                                     "uses its one-step consistency loss at low noise only; 1.0 = every t)")
     generate_fraction: float = Field(0.0, ge=0, le=1, description="share of tau_G samples (text -> triplet)")
     guidance: float = Field(1.0, ge=0, description="FLUX guidance embedding while training (ICEdit: 1.0)")
     text_dropout: float = Field(0.1, ge=0, lt=1)

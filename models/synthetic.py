@@ -553,6 +553,11 @@ class WorldSlice:
         return all(values is None or meta.get(key) in values
                    for key, values in (("kind", self.kinds), ("logo_shape", self.shapes), ("text", self.words)))
 
+    def as_dict(self) -> dict[str, list[str]]:
+        """The restricted fields as lists (JSON-able; WorldSlice(**d) rebuilds it)."""
+        return {k: list(v) for k, v in (("kinds", self.kinds), ("shapes", self.shapes), ("words", self.words))
+                if v is not None}
+
     def describe(self) -> str:
         parts = [f"{k}={'/'.join(v)}" for k, v in (("kinds", self.kinds), ("shapes", self.shapes),
                                                   ("words", self.words)) if v is not None]
@@ -588,6 +593,8 @@ def make_split(split: str, n: int, size: int, seed: int,
         s = item_seed(split, i, seed)
         triplet, meta = render_triplet(s, size)
         meta.update(split=split, index=i, base_seed=int(seed))
+        if not where.is_everything:
+            meta["world_slice"] = where.as_dict()  # what the split was drawn from: "seen" for evaluation
         yield f"{ID_PREFIX[split]}-{int(seed)}-{i:05d}", triplet, meta
 
 

@@ -448,7 +448,8 @@ class CycleTrainer:
         torch.manual_seed(_mix(self.cfg.seed, step))  # LoRA dropout draws from the global RNG
         b = self.batch(step, gen)
         weight = losses.cycle_weight_at(step, self.cfg.cycle_weight, self.cfg.cycle_warmup_steps)
-        sel = [k for k, task in enumerate(b.tasks) if task in OPPOSITE] if weight > 0 else []
+        sel = [k for k, task in enumerate(b.tasks)
+               if task in OPPOSITE and float(b.t[k]) <= self.cfg.cycle_max_t] if weight > 0 else []
         if not sel:
             v = self.codec.velocity(b.x_t, b.cond, b.t, b.embeds, self.cfg.guidance)
             return self._combine(v, b.x0, b.noise, {}, weight, self.token_weight(b.tasks, b.idx))

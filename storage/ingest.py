@@ -226,8 +226,19 @@ def _mark_duplicates(items: list[InputItem]) -> None:
         seen.add(item.item_id)
 
 
+def validation_ids(items: list[InputItem], n: int) -> set[str]:
+    """The n item ids held out as the labeled validation split: lowest sha256 of the id first, so the
+    choice is stable, independent of listing order, and spread over the set rather than its first folder."""
+    import hashlib
+
+    ids = sorted({i.item_id for i in items if not i.problem}, key=lambda x: hashlib.sha256(x.encode()).hexdigest())
+    if n and n >= len(ids):
+        raise IngestError(f"validation_size {n} leaves nothing to train on: only {len(ids)} labeled items")
+    return set(ids[:n])
+
+
 def _unit(store: Any, writer: Any, unit: str, items: list[InputItem], panels: tuple[str, ...], limits: Any,
-          base: dict) -> tuple[Any, list[dict]]:
+          base: dict, held_out: set[str] = frozenset()) -> tuple[Any, list[dict]]:
     import pandas as pd
 
     if writer.unit_done(unit):
@@ -238,7 +249,8 @@ def _unit(store: Any, writer: Any, unit: str, items: list[InputItem], panels: tu
         raw: dict[str, bytes] = {}
         try:
             fields, pngs = _prepare(item, panels, limits, raw)
-            good.append(({**base, **fields}, pngs))
+            split = {S.SPLIT: "validation"} if item.item_id in held_out else {}
+            good.append(({**base, **fields, **split}, pngs))
         except InvalidImage as exc:
             store.quarantine(item.item_id or "unnamed", raw, str(exc))
             bad.append({"item": item.item_id, "reason": exc.reason, "detail": exc.detail})
@@ -246,12 +258,14 @@ def _unit(store: Any, writer: Any, unit: str, items: list[InputItem], panels: tu
     return writer.write_unit(unit, good), bad
 
 
-def _ingest(path: str, store: Any, cfg: Any, *, kind: str, progress: Progress | None) -> IngestReport:
+def _ingest(path: str, store: Any, cfg: Any, *, kind: str, progress: Progress | None,
+            validation_size: int = 0) -> IngestReport:
     import pandas as pd
 
     panels = SEED_PANELS if kind == "seeds" else POOL_PANELS
     layout, items = discover(path, panels)
     _mark_duplicates(items)
+    held_out = validation_ids(items, validation_size) if kind == "seeds" else set()
     opts = dict(shard_max_bytes=cfg.shard_max_bytes, shard_max_samples=cfg.shard_max_samples)
     config = {"ingest": kind, "source_path": path, "store": cfg.model_dump(mode="json")}
     if kind == "seeds":
@@ -263,7 +277,7 @@ def _ingest(path: str, store: Any, cfg: Any, *, kind: str, progress: Progress | 
     frames, quarantined = [], []
     for start in range(0, len(items), UNIT_SIZE):
         df, bad = _unit(store, writer, f"{kind}-{start // UNIT_SIZE:04d}", items[start:start + UNIT_SIZE],
-                        panels, cfg, base)
+                        panels, cfg, base, held_out)
         frames.append(df)
         quarantined += bad
         if progress is not None:
@@ -274,14 +288,20 @@ def _ingest(path: str, store: Any, cfg: Any, *, kind: str, progress: Progress | 
         raise IngestError(f"no valid items in {path}: {len(quarantined)} quarantined {reasons}; "
                           f"see {store.uri}/quarantine")
     conv = int(sum(len(c) for c in rows[S.CONVERSIONS]))
+    n_val = int((rows[S.SPLIT] == "validation").sum())
     writer.commit(rows, {"ingest": {"kind": kind, "layout": layout, "found": len(items),
-                                    "quarantined": len(quarantined), "conversions": conv}})
+                                    "quarantined": len(quarantined), "conversions": conv, "validation": n_val}})
     return IngestReport(kind, writer.round, layout, len(items), len(rows), quarantined, conv, writer.dir)
 
 
-def ingest_seeds(path: str, store: Any, cfg: Any, *, progress: Progress | None = None) -> IngestReport:
-    """Validate labeled triplets at `path` and commit the good ones as round 0000 (source=seed)."""
-    return _ingest(path, store, cfg, kind="seeds", progress=progress)
+def ingest_seeds(path: str, store: Any, cfg: Any, *, progress: Progress | None = None,
+                 validation_size: int = 0) -> IngestReport:
+    """Validate labeled triplets at `path` and commit the good ones as round 0000 (source=seed).
+
+    `validation_size` of them (chosen by id hash) get split "validation": the store's training view never
+    returns them, so every adapter can be measured on labeled data it was not trained on.
+    """
+    return _ingest(path, store, cfg, kind="seeds", progress=progress, validation_size=validation_size)
 
 
 def ingest_pool(path: str, store: Any, cfg: Any, *, progress: Progress | None = None) -> IngestReport:

@@ -102,6 +102,10 @@ class RoundStore:
     def adapter_uri(self, round: int) -> str:
         return self._url(self._path(f"adapters/round-{_check_round(round):04d}"))
 
+    def control_adapter_uri(self, round: int) -> str:
+        """The matched-compute control of adapter `round`: the same training on the labeled seeds alone."""
+        return self._url(self._path(f"adapters/control-{_check_round(round):04d}"))
+
     # -- writing -------------------------------------------------------------------------
     def init(self) -> str:
         """Create the store's top-level folders (idempotent); returns the root."""
@@ -206,15 +210,25 @@ class RoundStore:
         return pd.concat(frames, ignore_index=True) if frames else _to_frame(S.empty_table())
 
     def training_view(self, up_to: int):
-        """Accepted rows of every committed round <= up_to, first occurrence per CONTENT_HASH kept."""
+        """Accepted rows of every committed round <= up_to, first occurrence per CONTENT_HASH kept.
+
+        Rows of the labeled validation split are never part of it.
+        """
         import pandas as pd
 
         rounds = [r for r in self.committed_rounds() if r <= _check_round(up_to)]
         if not rounds:
             return _to_frame(S.empty_table())
         df = pd.concat([self.read(r) for r in rounds], ignore_index=True)
-        df = df.sort_values([S.ROUND], kind="stable")
+        df = df[df[S.SPLIT] != "validation"].sort_values([S.ROUND], kind="stable")
         return df.drop_duplicates(S.CONTENT_HASH, keep="first").reset_index(drop=True)
+
+    def validation_view(self):
+        """The labeled validation split: round 0's accepted rows held out from training (empty when none)."""
+        if 0 not in self.committed_rounds():
+            return _to_frame(S.empty_table())
+        rows = self.read(0)
+        return rows[rows[S.SPLIT] == "validation"].reset_index(drop=True)
 
     def round_info(self, round: int) -> dict:
         """round.json of a committed round (lineage, counts, info) plus its config."""

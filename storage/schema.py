@@ -57,7 +57,7 @@ CREATED_AT = "created_at"
 EXTRA_JSON = "extra_json"  # free-form JSON text (never pickle)
 
 SOURCES = ("seed", "generated", "cycle", "imported")
-SPLITS = ("train", "pool", "test")
+SPLITS = ("train", "validation", "pool", "test")  # validation: labeled, held out, never trained on
 SCORE_COLUMNS = (SCORE_LOGO_CLEAN, SCORE_OBJECT_CLEAN, SCORE_COMPOSITE_CONSISTENT, SCORE_REALISM, SCORE_OVERALL)
 DEFAULT_PANELS = ("composite", "logo", "object")
 

@@ -40,7 +40,9 @@ class LoopConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rounds: int = Field(3, ge=1, le=1000, description="run rounds 1..rounds (round 0 is the seed round)")
-    candidates_per_round: int = Field(16, ge=1, description="triplets generated with tau_G per round")
+    candidates_per_round: int = Field(
+        0, ge=0, description="triplets generated with tau_G per round; 0 = off (default: on the tiny world "
+                             "0-3 % of them passed the judge and they added nothing the pool does not)")
     prompts: list[str] | None = Field(
         None, description="prompt set for generation; null = prompts_file, else every product x logo pair")
     prompts_file: str | None = Field(
@@ -55,6 +57,24 @@ class LoopConfig(BaseModel):
                           "null = use whatever pool the store already holds (layerloop ingest-pool)")
     pool_per_round: int = Field(16, ge=0, description="pool composites decomposed + re-synthesized per round")
     batch_size: int = Field(8, ge=1, description="images per task (one Prefect task per batch, never per image)")
+    pool_targets: Literal["anchored", "decomposed"] = Field(
+        "anchored", description="what a kept pool sample trains on: anchored = the real composite wherever the "
+                                "model left it unchanged (trusted), the model's layers elsewhere (untrusted, "
+                                "decomposition only); decomposed = the model's own layers as plain targets "
+                                "(measured to make the decomposer worse)")
+    anchor_threshold: float = Field(
+        64.0, ge=0, le=255, description="anchored targets: a pixel the model's object departs from the composite "
+                                        "by more than this (0-255, max over channels) is the logo's footprint")
+    anchor_grow: int = Field(1, ge=0, le=8, description="anchored targets: pixels the footprint is grown by")
+    validation_size: int = Field(
+        10, ge=0, description="labeled seeds held out of training as the validation split (chosen by id hash "
+                              "when round 0 is ingested; fixed from then on)")
+    promotion_tolerance_db: float | None = Field(
+        0.3, ge=0, description="adapter r generates round r+1 only if its validation PSNR (logo and object) is "
+                               "not below the current adapter's by more than this; null = always promote")
+    control: bool = Field(
+        False, description="also train a matched-compute control beside every round (same steps, labeled seeds "
+                           "only) and report the loop against it")
     cycle_keep_composite: Literal["original", "resynthesized"] = Field(
         "original", description="composite stored with a kept pool sample's decomposed layers: the real pool "
                                 "image or its re-synthesis from those layers")

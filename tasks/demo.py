@@ -57,5 +57,5 @@ def smoke_overrides(store: str, inputs: dict[str, str], rounds: int = 1) -> dict
         "lora": {"rank": 2},
         "loop": {"rounds": rounds, "seeds_path": inputs["seeds"], "pool_path": inputs["pool"],
                  "candidates_per_round": 4, "pool_per_round": 2, "batch_size": 2, "eval_size": 2,
-                 "task_retries": 0},
+                 "validation_size": 2, "task_retries": 0},
     }

@@ -55,6 +55,16 @@ def evaluate_adapter_task(cfg: PipelineConfig, round_: int) -> dict:
     return adapter.evaluate_adapter(cfg, round_)
 
 
+@task(name="train-control", task_run_name="train-control-{round_}", **_COMMON)
+def train_control_task(cfg: PipelineConfig, round_: int) -> dict:
+    return adapter.train_control(cfg, round_)
+
+
+@task(name="evaluate-control", task_run_name="evaluate-control-{round_}", **_COMMON)
+def evaluate_control_task(cfg: PipelineConfig, round_: int) -> dict:
+    return adapter.evaluate_control(cfg, round_)
+
+
 @task(name="generate", task_run_name="generate-{round_}-{unit}", **_COMMON)
 def generate_task(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
     return generation.generate(cfg, round_, unit)

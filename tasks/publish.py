@@ -33,11 +33,6 @@ class Progress:
         return results
 
 
-def stage_seconds(**stages_: list[dict]) -> dict[str, float]:
-    """Seconds of plain-function work per stage, summed over its units (goes into round info)."""
-    return {name: round(sum(r.get("seconds", 0.0) for r in results), 4) for name, results in stages_.items()}
-
-
 def _link(uri: str) -> str:
     return uri if "://" in uri else "file://" + os.path.abspath(uri)
 

@@ -1,32 +1,49 @@
-"""The round's LoRA: train adapters/round-NNNN on every accepted triplet so far, and measure it on held-out data.
+"""The round's LoRA: train adapters/round-NNNN on every accepted triplet so far, measure it, and promote it.
 
-`adapters/round-NNNN` is the LoRA trained on `training_view(up_to=N)`; an adapter that already exists is
-never retrained, and held-out metrics are cached next to it, keyed by what they depend on.
+`adapters/round-NNNN` is the LoRA trained on `training_view(up_to=N)` (the labeled validation split is never
+in it). It continues from the current adapter, the newest promoted one (handles.generator_round), and is
+measured on the labeled validation split and, in the synthetic world, on held-out test items per slice
+(kinds/shapes/words the seeds showed vs the rest). It is promoted to generate the next round only if its
+validation PSNR is not worse than the current adapter's beyond `loop.promotion_tolerance_db`.
+
+With `loop.control` each adapter r >= 1 gets a matched-compute control, `adapters/control-NNNN`: the same
+steps from control r-1 (or the seed adapter) on the labeled seeds alone, measured the same way. An adapter
+that already exists is never retrained; measurements are cached next to it, keyed by what they depend on.
 """
 from __future__ import annotations
 
 from layerloop.tasks import adapter_files
 from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.stages.handles import adapter_id, backbone, open_store, sampler, timed
-from layerloop.tasks.stages.panels import decode
+from layerloop.tasks.stages.handles import (PROMOTION_FILE, adapter_id, backbone, generator_round, open_store,
+                                            timed)
+from layerloop.tasks.stages.panels import decode, decode_trust
 
 METRICS_FILE = "metrics.json"
 EVAL_FILE = "heldout.json"
+HEADLINE = ("psnr_logo", "psnr_object")  # what promotion compares on the validation split
 
 
 def adapter_exists(cfg: PipelineConfig, round_: int) -> bool:
     return adapter_files.has_weights(open_store(cfg).adapter_uri(round_))
 
 
-def training_triplets(store, up_to: int) -> tuple[list[dict], list[str]]:
-    """Accepted triplets of rounds <= up_to (deduplicated by the store) and their captions."""
+def training_set(store, rows) -> dict:
+    """train_lora's inputs for manifest rows: triplets, captions, per-triplet trust maps, tasks, labeled flags.
+
+    A pseudo-label (a sample with trust panels) is trained on decomposition only: its layers are partly the
+    model's own, not good enough to condition synthesis on. Only the human-labeled seeds are `labeled`.
+    """
     from layerloop.storage import schema as S
 
-    triplets, captions = [], []
-    for row, panels in store.load_panels(store.training_view(up_to=up_to)):
-        triplets.append(decode(panels))
-        captions.append(str(row.get(S.PROMPT) or ""))
-    return triplets, captions
+    out: dict = {"triplets": [], "captions": [], "trust": [], "tasks": [], "labeled": []}
+    for row, panels in store.load_panels(rows):
+        trust = decode_trust(panels)
+        out["triplets"].append(decode(panels))
+        out["captions"].append(str(row.get(S.PROMPT) or ""))
+        out["trust"].append(trust)
+        out["tasks"].append(("decompose",) if trust else None)
+        out["labeled"].append(row[S.SOURCE] == "seed")
+    return out
 
 
 def train_adapter(cfg: PipelineConfig, round_: int) -> dict:
@@ -40,18 +57,21 @@ def train_adapter(cfg: PipelineConfig, round_: int) -> dict:
             return out
         if round_ not in store.committed_rounds():
             raise ValueError(f"cannot train adapter {adapter_id(round_)}: round {round_} is not committed")
-        triplets, captions = training_triplets(store, round_)
-        if not triplets:
+        data = training_set(store, store.training_view(up_to=round_))
+        if not data["triplets"]:
             raise ValueError(f"training_view(up_to={round_}) is empty: no accepted triplets to train on")
-        out.update(skipped=False, n_train=len(triplets), metrics=_train(cfg, store, round_, triplets, captions))
+        init = _init_adapter(cfg, store, round_)
+        metrics = _train(cfg, uri, work_key=adapter_id(round_), data=data, init=init)
+        out.update(skipped=False, n_train=len(data["triplets"]), n_labeled=sum(data["labeled"]),
+                   init=adapter_id(generator_round(store, round_)) if init else None, metrics=metrics)
     return out
 
 
 def _init_adapter(cfg: PipelineConfig, store, round_: int) -> str | None:
-    """The previous round's adapter to continue from (train.continue_from_previous), when there is one."""
+    """The adapter to continue from (train.continue_from_previous): the current one, the newest promoted."""
     if round_ == 0 or not cfg.train.continue_from_previous:
         return None
-    previous = store.adapter_uri(round_ - 1)
+    previous = store.adapter_uri(generator_round(store, round_))
     return adapter_files.local_dir(previous) if adapter_files.has_weights(previous) else None
 
 
@@ -63,33 +83,32 @@ def train_config(cfg: PipelineConfig, *, continues: bool):
     return cfg.train
 
 
-def train_work_dir(adapter_uri: str, round_: int) -> str:
-    """Where training of adapter round_ writes checkpoints: kept across a crash so a rerun resumes."""
+def train_work_dir(adapter_uri: str, key: str) -> str:
+    """Where training of an adapter writes checkpoints: kept across a crash so a rerun resumes."""
     import hashlib
     import tempfile
     from pathlib import Path
 
     if adapter_files.is_local(adapter_uri):
-        path = Path(adapter_files.local_path(adapter_uri)).parent / "_train" / adapter_id(round_)
+        path = Path(adapter_files.local_path(adapter_uri)).parent / "_train" / key
     else:
         digest = hashlib.sha256(adapter_uri.encode()).hexdigest()[:16]
         path = Path(tempfile.gettempdir()) / "layerloop-train" / digest
     return str(path)
 
 
-def _train(cfg: PipelineConfig, store, round_: int, triplets: list[dict], captions: list[str]) -> dict:
+def _train(cfg: PipelineConfig, uri: str, *, work_key: str, data: dict, init: str | None) -> dict:
     import shutil
 
     from layerloop.models.lora_io import unload_adapter
     from layerloop.models.trainer import train_lora
 
-    uri = store.adapter_uri(round_)
-    work = train_work_dir(uri, round_)
+    work = train_work_dir(uri, work_key)
     bb = backbone(cfg)
     unload_adapter(bb)  # the shared backbone may still carry the adapter the last sampler loaded
-    init = _init_adapter(cfg, store, round_)
-    result = train_lora(bb, triplets, train_config(cfg, continues=init is not None), cfg.lora, work,
-                        init_adapter=init, captions=captions)
+    result = train_lora(bb, data["triplets"], train_config(cfg, continues=init is not None), cfg.lora, work,
+                        init_adapter=init, captions=data["captions"], trust=data["trust"], tasks=data["tasks"],
+                        labeled=data["labeled"])
     adapter_files.publish_dir(result.adapter_dir, uri)
     shutil.rmtree(work, ignore_errors=True)
     return _summary(dict(result.metrics))
@@ -100,25 +119,157 @@ def _summary(metrics: dict | None) -> dict:
     return {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
-def evaluate_adapter(cfg: PipelineConfig, round_: int) -> dict:
-    """Held-out per-layer PSNR/SSIM of adapter round_ on the synthetic test split (cached next to it)."""
-    with timed({"adapter_round": round_}) as out:
-        if cfg.loop.eval_size == 0:
-            out["metrics"] = {}
-            return out
-        store = open_store(cfg)
-        uri = adapter_files.join(store.adapter_uri(round_), EVAL_FILE)
-        cached = adapter_files.read_json(uri)
-        key = {"eval_size": cfg.loop.eval_size, "eval_seed": cfg.loop.eval_seed,
-               "sample": cfg.sample.model_dump(mode="json")}
-        if cached and cached.get("key") == key:
-            out.update(skipped=True, metrics=cached["metrics"])
-            return out
-        from layerloop.models.evaluation import evaluate_decomposition
-        from layerloop.models.synthetic import make_split
+# --- measuring --------------------------------------------------------------------------------------------
 
-        items = list(make_split("test", cfg.loop.eval_size, cfg.model.panel_size, cfg.loop.eval_seed))
-        metrics = _summary(evaluate_decomposition(sampler(cfg, round_, store), items))
-        adapter_files.write_json(uri, {"key": key, "metrics": metrics})
-        out.update(skipped=False, metrics=metrics)
+def evaluate_adapter(cfg: PipelineConfig, round_: int) -> dict:
+    """Validation and held-out metrics of adapter round_, and whether it is promoted (both cached beside it)."""
+    with timed({"adapter_round": round_}) as out:
+        store = open_store(cfg)
+        measured = measure(cfg, store, store.adapter_uri(round_))
+        out.update(skipped=measured.pop("cached"), metrics=measured["heldout"], **measured,
+                   promotion=promote(cfg, store, round_, measured["validation"]))
+    return out
+
+
+def measure(cfg: PipelineConfig, store, adapter_uri: str) -> dict:
+    """{"heldout": overall + per-slice means, "validation": means} of one adapter, cached as heldout.json."""
+    uri = adapter_files.join(adapter_uri, EVAL_FILE)
+    key = {"eval_size": cfg.loop.eval_size, "eval_seed": cfg.loop.eval_seed, "v": 2,
+           "validation": sorted(store.validation_view()["sample_id"]), "sample": cfg.sample.model_dump(mode="json")}
+    cached = adapter_files.read_json(uri)
+    if cached and cached.get("key") == key:
+        return {"cached": True, "heldout": cached["heldout"], "validation": cached["validation"]}
+    smp = _sampler_at(cfg, adapter_uri)
+    result = {"heldout": _heldout(cfg, store, smp), "validation": _validation(store, smp)}
+    adapter_files.write_json(uri, {"key": key, **result})
+    return {"cached": False, **result}
+
+
+def _sampler_at(cfg: PipelineConfig, adapter_uri: str):
+    from layerloop.models.sampler import Sampler
+
+    return Sampler(backbone(cfg), adapter_files.local_dir(adapter_uri), cfg.sample)
+
+
+def _heldout(cfg: PipelineConfig, store, smp) -> dict:
+    """Synthetic test split means (0 items: {}), per slice when the seeds come from a slice of the world."""
+    if cfg.loop.eval_size == 0:
+        return {}
+    from layerloop.models.evaluation import evaluate_decomposition
+    from layerloop.models.synthetic import make_split
+
+    items = list(make_split("test", cfg.loop.eval_size, cfg.model.panel_size, cfg.loop.eval_seed))
+    return _flatten(evaluate_decomposition(smp, items, slices=seen_slices(store)))
+
+
+def _validation(store, smp) -> dict:
+    """Means over the labeled validation split ({} when the store has none)."""
+    rows = store.validation_view()
+    if not len(rows):
+        return {}
+    from layerloop.models.evaluation import evaluate_decomposition
+
+    items = [(row["sample_id"], decode(panels)) for row, panels in store.load_panels(rows)]
+    return _summary(evaluate_decomposition(smp, items))
+
+
+def seen_slices(store) -> dict | None:
+    """{"seen", "unseen"} predicates on a test item's meta, from the seeds' synthetic meta: the slice they
+    were drawn from (recorded by models.synthetic when sliced), else the kinds, logo shapes and words they
+    show. None for seeds without such meta (real data) or seeds from the whole world (nothing is unseen)."""
+    import json
+
+    from layerloop.models.synthetic import KINDS, SHAPES, WORDS, WorldSlice
+    from layerloop.storage import schema as S
+
+    if 0 not in store.committed_rounds():
+        return None
+    metas = [json.loads(x or "{}").get("meta") or {} for x in store.read(0)[S.EXTRA_JSON]]
+    recorded = {json.dumps(m.get("world_slice"), sort_keys=True) for m in metas}
+    if len(recorded) == 1 and metas[0].get("world_slice"):
+        seen = WorldSlice(**metas[0]["world_slice"])
+    elif metas and all(all(k in m for k in ("kind", "logo_shape", "text")) for m in metas):
+        seen = WorldSlice(*(tuple(sorted({m[k] for m in metas})) for k in ("kind", "logo_shape", "text")))
+    else:
+        return None
+    whole = {"kinds": KINDS, "shapes": SHAPES, "words": WORDS}
+    if all(set(getattr(seen, f) or whole[f]) >= set(whole[f]) for f in whole):
+        return None
+    return {"seen": seen.contains, "unseen": lambda m: not seen.contains(m)}
+
+
+def _flatten(result: dict) -> dict:
+    """Scalar means, plus `<metric>@<slice>` for each slice."""
+    flat = _summary(result)
+    for name, means in (result.get("slices") or {}).items():
+        flat.update({f"{k}@{name}": v for k, v in _summary(means).items()})
+    return flat
+
+
+# --- promotion --------------------------------------------------------------------------------------------
+
+def promote(cfg: PipelineConfig, store, round_: int, validation: dict) -> dict:
+    """Decide (once) whether adapter round_ generates the next round; the decision is kept beside it."""
+    uri = adapter_files.join(store.adapter_uri(round_), PROMOTION_FILE)
+    decided = adapter_files.read_json(uri)
+    if decided is not None:
+        return decided
+    current = generator_round(store, round_)
+    decision = promotion_decision(round_, current, validation, _validation_of(cfg, store, current),
+                                  cfg.loop.promotion_tolerance_db)
+    adapter_files.write_json(uri, decision)
+    return decision
+
+
+def _validation_of(cfg: PipelineConfig, store, round_: int) -> dict:
+    cached = adapter_files.read_json(adapter_files.join(store.adapter_uri(round_), EVAL_FILE)) or {}
+    return cached.get("validation") or measure(cfg, store, store.adapter_uri(round_))["validation"]
+
+
+def promotion_decision(round_: int, current: int, new: dict, old: dict, tolerance_db: float | None) -> dict:
+    """Promoted unless a headline validation metric fell by more than the tolerance (pure, for tests)."""
+    base = {"adapter": adapter_id(round_), "compared_with": adapter_id(current), "tolerance_db": tolerance_db}
+    if round_ == 0 or round_ == current:
+        return {**base, "promoted": True, "reason": "seed adapter"}
+    if tolerance_db is None:
+        return {**base, "promoted": True, "reason": "promotion gate off (loop.promotion_tolerance_db: null)"}
+    if not new or not old:
+        return {**base, "promoted": True, "reason": "no validation split to compare on"}
+    drops = {k: round(old[k] - new[k], 3) for k in HEADLINE if k in new and k in old}
+    worse = {k: d for k, d in drops.items() if d > tolerance_db}
+    if worse:
+        detail = ", ".join(f"{k} {new[k]:.2f} < {old[k]:.2f} - {tolerance_db}" for k in worse)
+        return {**base, "promoted": False, "drops_db": drops,
+                "reason": f"validation worse than {adapter_id(current)}: {detail}; it stays current"}
+    return {**base, "promoted": True, "drops_db": drops, "reason": "validation not worse beyond tolerance"}
+
+
+# --- the matched-compute control ----------------------------------------------------------------------------
+
+def train_control(cfg: PipelineConfig, round_: int) -> dict:
+    """adapters/control-NNNN: the steps adapter round_ got, on the labeled seeds alone, from control r-1."""
+    with timed({"adapter_round": round_}) as out:
+        store = open_store(cfg)
+        uri = store.control_adapter_uri(round_)
+        out["adapter_uri"] = uri
+        if round_ < 1:
+            raise ValueError("the control starts at round 1: round 0's control is the seed adapter itself")
+        if adapter_files.has_weights(uri):
+            out.update(skipped=True)
+            return out
+        before = store.control_adapter_uri(round_ - 1) if round_ > 1 else store.adapter_uri(0)
+        if not adapter_files.has_weights(before):
+            raise ValueError(f"control {round_} continues from {before}, which does not exist yet")
+        data = training_set(store, store.training_view(up_to=0))
+        init = adapter_files.local_dir(before) if cfg.train.continue_from_previous else None
+        out.update(skipped=False, metrics=_train(cfg, uri, work_key=f"control-{round_:04d}", data=data, init=init))
+    return out
+
+
+def evaluate_control(cfg: PipelineConfig, round_: int) -> dict:
+    """Validation and held-out metrics of control round_ (cached beside it)."""
+    with timed({"adapter_round": round_}) as out:
+        store = open_store(cfg)
+        measured = measure(cfg, store, store.control_adapter_uri(round_) if round_ else store.adapter_uri(0))
+        out.update(skipped=measured.pop("cached"), **measured)
     return out

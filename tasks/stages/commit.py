@@ -33,6 +33,20 @@ def merge_parts(writer, rows):
     return rows
 
 
+def round_info(cfg: PipelineConfig, round_: int, *, trained: dict, measured: dict, control: dict | None,
+               pool_used: int, timings: dict) -> dict:
+    """What round.json records beside lineage and counts: how adapter r-1 measured, whether it was promoted
+    (and so which adapter made the round), the control's measurements, the stage timings."""
+    from layerloop.tasks.stages.handles import adapter_id, generator_round, open_store
+
+    return {"timings": timings, "train": trained.get("metrics", {}), "heldout": measured["heldout"],
+            "validation": measured["validation"], "promotion": measured["promotion"],
+            "heldout_adapter": adapter_id(round_ - 1),
+            "generator": adapter_id(generator_round(open_store(cfg), round_)),
+            "control": {k: control[k] for k in ("heldout", "validation")} if control else None,
+            "candidates": cfg.loop.candidates_per_round, "pool_used": pool_used}
+
+
 def commit_round(cfg: PipelineConfig, round_: int, info: dict) -> dict:
     """Decide and commit round r; a committed round is returned unchanged."""
     from layerloop.models.judges.acceptance import ERROR_COLUMN, decide_rows
@@ -45,7 +59,10 @@ def commit_round(cfg: PipelineConfig, round_: int, info: dict) -> dict:
             return out
         rows = decide_rows(merge_parts(work.writer, work.writer.rows()), cfg.thresholds,
                            load_overrides(work.store))
-        info = {**info, "prompt_set_sha256": prompt_hash(cfg.loop.prompt_set())}
+        from layerloop.tasks.stages.health import loop_health
+
+        health = loop_health(cfg, work.store, work.writer, rows)
+        info = {**info, "prompt_set_sha256": prompt_hash(cfg.loop.prompt_set()), **({"health": health} if health else {})}
         result = work.writer.commit(rows.drop(columns=[ERROR_COLUMN], errors="ignore"), info=info)
         out.update(skipped=False, **counts(result))
     return out

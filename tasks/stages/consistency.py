@@ -2,13 +2,15 @@
 
 Generated candidates get their cycle error stored as a part (the acceptance rule's cycle rule reads it);
 unlabeled pool composites become new candidate triplets (the real composite, or its re-synthesis, with
-the decomposed layers), judged like the generated ones.
+the decomposed layers), judged like the generated ones. With `loop.pool_targets: anchored` (the default)
+a candidate's object is the real composite wherever the model left it unchanged, and trust panels say
+which pixels are real (models/anchoring.py): the model's own outputs are never trusted as targets.
 """
 from __future__ import annotations
 
 from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks.stages.handles import RoundWork, Unit, timed
-from layerloop.tasks.stages.panels import decode, encode
+from layerloop.tasks.stages.panels import decode, encode, encode_trust
 
 PART = "cycle"
 
@@ -52,11 +54,22 @@ def cycle_pool(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
                 pid = prow[S.SAMPLE_ID]
                 row = work.row(f"r{round_:04d}-{unit.name}-{pid}", "cycle", **{
                     S.CYCLE_ERROR: err, S.CAPTION: prow.get(S.CAPTION), S.KIND: prow.get(S.KIND),
-                    S.EXTRA_JSON: {"pool_id": pid}})
-                composite = original if keep_original else resynth
-                samples.append((row, encode({"composite": composite, **lay})))
+                    S.EXTRA_JSON: {"pool_id": pid, "targets": cfg.loop.pool_targets}})
+                samples.append((row, pool_panels(cfg, original if keep_original else resynth, lay)))
         out.update(skipped=False, n=len(work.writer.write_unit(unit.name, samples)))
     return out
+
+
+def pool_panels(cfg: PipelineConfig, composite, layers: dict) -> dict[str, bytes]:
+    """A pool candidate's stored panels: composite, layers (anchored or as decomposed) and trust panels."""
+    if cfg.loop.pool_targets == "decomposed":
+        return encode({"composite": composite, **layers})
+    from layerloop.models.anchoring import anchor
+
+    # the last layer of the schema is the background the others are printed on ("object" by default)
+    anchored, trust = anchor(composite, layers, threshold=cfg.loop.anchor_threshold, grow=cfg.loop.anchor_grow,
+                             background=cfg.model.layers[-1])
+    return {**encode({"composite": composite, **anchored}), **encode_trust(trust)}
 
 
 def cycle_generated(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:

@@ -17,6 +17,7 @@ from layerloop.tasks import adapter_files
 from layerloop.tasks.config import PipelineConfig
 
 _BACKBONES: dict[str, Any] = {}
+PROMOTION_FILE = "promotion.json"  # beside an adapter: was it promoted to generate the next round, and why
 
 
 def adapter_id(round_: int) -> str:
@@ -59,10 +60,31 @@ def timed(result: dict) -> Iterator[dict]:
         result["seconds"] = time.perf_counter() - start
 
 
+def stage_seconds(**stages_: list[dict]) -> dict[str, float]:
+    """Seconds of plain-function work per stage, summed over its units (goes into round info)."""
+    return {name: round(sum(r.get("seconds", 0.0) for r in results), 4) for name, results in stages_.items()}
+
+
 def open_store(cfg: PipelineConfig):
     from layerloop.storage.rounds import RoundStore
 
     return RoundStore(cfg.store.uri, cfg.store.storage_options)
+
+
+def generator_round(store, round_: int) -> int:
+    """The adapter that makes round r's samples: the newest adapter before r that was promoted.
+
+    An adapter not yet judged for promotion counts as promoted (the flow judges adapter r-1 before round
+    r generates anything); adapter 0, the seed adapter, always is.
+    """
+    for k in range(round_ - 1, 0, -1):
+        uri = store.adapter_uri(k)
+        if not adapter_files.has_weights(uri):
+            continue
+        decision = adapter_files.read_json(adapter_files.join(uri, PROMOTION_FILE))
+        if decision is None or decision.get("promoted"):
+            return k
+    return 0
 
 
 def counts(round_info: dict) -> dict:
@@ -101,24 +123,29 @@ def sampler(cfg: PipelineConfig, adapter_round: int, store=None):
 
 class RoundWork:
     """The handles of one stage call on round r, each opened once: the store, the round's writer, and the
-    sampler of adapter r-1, which makes round r's samples."""
+    sampler of the current (last promoted) adapter, which makes round r's samples."""
 
     def __init__(self, cfg: PipelineConfig, round_: int):
         self.cfg, self.round = cfg, round_
         self.store = open_store(cfg)
 
     @cached_property
+    def generator(self) -> int:
+        """The round of the adapter that makes this round's samples (see generator_round)."""
+        return generator_round(self.store, self.round)
+
+    @cached_property
     def writer(self):
         """The resumable writer of round r (same round id after a crash reuses its finished units)."""
         r = self.round
         return self.store.begin(r, parent_round=r - 1 if r > 0 else None,
-                                adapter_id=adapter_id(r - 1) if r > 0 else None,
+                                adapter_id=adapter_id(self.generator) if r > 0 else None,
                                 config=self.cfg.model_dump(mode="json"),
                                 shard_max_bytes=self.cfg.store.shard_max_bytes,
                                 shard_max_samples=self.cfg.store.shard_max_samples)
 
     def sampler(self):
-        return sampler(self.cfg, self.round - 1, self.store)
+        return sampler(self.cfg, self.generator, self.store)
 
     def unit_rows(self, unit: Unit):
         """The rows the unit has written to the round so far."""
@@ -145,4 +172,4 @@ class RoundWork:
         from layerloop.storage import schema as S
 
         return S.empty_row(**{S.SAMPLE_ID: sample_id, S.ROUND: self.round, S.SOURCE: source,
-                              S.PARENT_ROUND: self.round - 1, S.ADAPTER_ID: adapter_id(self.round - 1)}, **fields)
+                              S.PARENT_ROUND: self.round - 1, S.ADAPTER_ID: adapter_id(self.generator)}, **fields)

@@ -20,7 +20,7 @@ def ingest_seeds(cfg: PipelineConfig) -> dict:
                              "labeled seed triplets (folder of <id>/{composite,logo,object}.png or a CSV)")
         from layerloop.storage.ingest import ingest_seeds as ingest
 
-        report = ingest(cfg.loop.seeds_path, store, cfg.store)
+        report = ingest(cfg.loop.seeds_path, store, cfg.store, validation_size=cfg.loop.validation_size)
         out.update(skipped=False, report=_jsonable(report), pool=ingest_pool(cfg, store))
     return out
 

@@ -1,13 +1,39 @@
-"""Panels between the store (PNG bytes) and the models (PIL RGB images)."""
+"""Panels between the store (PNG bytes) and the models (PIL RGB images, trust maps as float arrays).
+
+A pseudo-label sample carries, besides its image panels, one greyscale `trust_<layer>` panel per layer
+(models/anchoring.py): which of that layer's pixels the trainer may believe.
+"""
 from __future__ import annotations
 
 import io
 
+TRUST_PREFIX = "trust_"
+
 
 def decode(panels: dict[str, bytes]) -> dict:
+    """The image panels as RGB images (trust panels left out)."""
     from PIL import Image
 
-    return {name: Image.open(io.BytesIO(data)).convert("RGB") for name, data in panels.items()}
+    return {name: Image.open(io.BytesIO(data)).convert("RGB") for name, data in panels.items()
+            if not name.startswith(TRUST_PREFIX)}
+
+
+def decode_trust(panels: dict[str, bytes]) -> dict | None:
+    """{layer: (H, W) float trust} of a pseudo-label sample; None for a sample without trust panels."""
+    from PIL import Image
+
+    from layerloop.models.anchoring import trust_from_image
+
+    maps = {name[len(TRUST_PREFIX):]: trust_from_image(Image.open(io.BytesIO(data)))
+            for name, data in panels.items() if name.startswith(TRUST_PREFIX)}
+    return maps or None
+
+
+def encode_trust(trust: dict) -> dict[str, bytes]:
+    """Trust maps as `trust_<layer>` PNG panels."""
+    from layerloop.models.anchoring import trust_to_image
+
+    return {f"{TRUST_PREFIX}{layer}": _png(trust_to_image(m)) for layer, m in trust.items()}
 
 
 def _png(img) -> bytes:

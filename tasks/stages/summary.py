@@ -30,10 +30,21 @@ def round_summary(store, round_: int) -> dict:
     for c in CRITERIA:
         col = cand[f"score_{c}"].dropna()
         row[f"mean_{c}"] = round(float(col.mean()), 4) if len(col) else None
-    for k, v in (info.get("heldout") or {}).items():
-        if k.startswith("psnr_"):
-            row[f"heldout_{k}"] = round(float(v), 3)
+    row.update(_measured("heldout", info.get("heldout")))
+    row.update(_measured("validation", info.get("validation")))
+    control = info.get("control") or {}
+    row.update(_measured("control_heldout", control.get("heldout")))
+    row.update(_measured("control_validation", control.get("validation")))
+    if info.get("promotion"):
+        row["promoted"] = bool(info["promotion"].get("promoted"))
+        row["generator"] = info.get("generator")
     return row
+
+
+def _measured(prefix: str, metrics: dict | None) -> dict:
+    """PSNR and logo-shape IoU means (overall and per slice) of one adapter, as `<prefix>_<metric>` columns."""
+    return {f"{prefix}_{k}": round(float(v), 3) for k, v in (metrics or {}).items()
+            if k.startswith(("psnr_", "iou_")) and v is not None}
 
 
 def selection_table(cfg: PipelineConfig) -> list[dict]:

@@ -43,7 +43,7 @@ def _triplets(n: int, size: int = 32, seed: int = 0) -> list[dict]:
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(steps=2, batch_size=2, cycle_warmup_steps=1, checkpoint_every=100, lr=1e-2)
+    base = dict(steps=2, batch_size=2, cycle_weight=0.5, cycle_warmup_steps=1, checkpoint_every=100, lr=1e-2)
     return TrainConfig(**{**base, **kw})
 
 

@@ -174,3 +174,21 @@ def test_renderer_layout_with_meta_and_pool(tmp_path):
     pool = store.read_pool()
     assert p.accepted == 4 and set(pool[S.SPLIT]) == {"pool"} and set(pool[S.SOURCE]) == {"imported"}
     assert store.committed_rounds() == [0]
+
+
+def test_a_validation_split_is_held_out_of_every_training_view(tmp_path):
+    from layerloop.models.synthetic import write_split
+
+    write_split("seeds", 8, 32, 0, str(tmp_path / "seeds"))
+    store = RoundStore(str(tmp_path / "store"))
+    ingest_seeds(str(tmp_path / "seeds"), store, StoreConfig(), validation_size=3)
+    val = store.validation_view()
+    assert len(val) == 3 and set(val[S.SPLIT]) == {"validation"}
+    train = store.training_view(up_to=0)
+    assert len(train) == 5 and not set(train[S.SAMPLE_ID]) & set(val[S.SAMPLE_ID])
+    assert store.round_info(0)["info"]["ingest"]["validation"] == 3
+    again = RoundStore(str(tmp_path / "again"))  # same items -> the same held-out ids, whatever the listing order
+    ingest_seeds(str(tmp_path / "seeds"), again, StoreConfig(), validation_size=3)
+    assert set(again.validation_view()[S.SAMPLE_ID]) == set(val[S.SAMPLE_ID])
+    with pytest.raises(IngestError, match="leaves nothing to train on"):
+        ingest_seeds(str(tmp_path / "seeds"), RoundStore(str(tmp_path / "third")), StoreConfig(), validation_size=8)

@@ -1,0 +1,102 @@
+"""The loop's recipe on the plain stages: anchored pool targets with trust panels, the labeled validation split,
+promotion of adapters, the matched-compute control and the loop-health block of a round."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from layerloop.tasks.stages.adapter import promotion_decision, seen_slices, training_set
+from layerloop.tasks.stages.driver import run_loop
+from layerloop.tasks.stages.handles import PROMOTION_FILE, generator_round, open_store
+
+
+@pytest.fixture
+def recipe_cfg(tiny_cfg, tmp_path):
+    from layerloop.models.synthetic import WorldSlice, write_split
+
+    seeds = tmp_path / "sliced-seeds"
+    write_split("seeds", 8, 32, 5, str(seeds), WorldSlice(kinds=("mug", "bottle")))
+    loop = tiny_cfg.loop.model_copy(update={
+        "seeds_path": str(seeds), "candidates_per_round": 0, "pool_per_round": 2, "eval_size": 4,
+        "validation_size": 2, "control": True, "rounds": 1, "train_final": True, "report": False})
+    return tiny_cfg.model_copy(update={"loop": loop})
+
+
+def test_one_round_of_the_recipe_records_what_it_measured(recipe_cfg):
+    from layerloop.storage import schema as S
+
+    rows = run_loop(recipe_cfg, log=lambda m: None)
+    store = open_store(recipe_cfg)
+    # the validation split is labeled, held out, and never in a training view
+    val = store.validation_view()
+    assert len(val) == 2 and not set(val[S.SAMPLE_ID]) & set(store.training_view(up_to=1)[S.SAMPLE_ID])
+    # pool candidates: the real composite, an anchored object, and trust panels for every layer
+    cand = store.read(1, "all")
+    assert set(cand[S.SOURCE]) == {"cycle"} and len(cand) == 2
+    for row, panels in store.load_panels(cand):
+        assert set(panels) == {"composite", "logo", "object", "trust_logo", "trust_object"}
+    info = store.round_info(1)["info"]
+    assert set(info["validation"]) >= {"psnr_logo", "psnr_object", "iou_logo"}
+    assert info["promotion"]["promoted"] and info["generator"] == "round-0000"
+    assert "psnr_object@unseen" in info["heldout"] or "psnr_object@seen" in info["heldout"]
+    assert info["control"]["validation"] == info["validation"]  # control 0 is the seed adapter itself
+    assert info["health"]["n"] == 2 and "rank_corr" in info["health"]
+    # adapter 1 and its control were trained and measured beside each other
+    for uri in (store.adapter_uri(1), store.control_adapter_uri(1)):
+        measured = json.loads(open(f"{uri}/heldout.json").read())
+        assert measured["validation"]["psnr_object"] > 0
+    assert rows[-1]["round"] == 1 and "validation_psnr_object" in rows[-1]
+
+
+def test_pseudo_labels_train_decomposition_only_with_their_trust(recipe_cfg):
+    from layerloop.storage import schema as S
+
+    run_loop(recipe_cfg.model_copy(update={"loop": recipe_cfg.loop.model_copy(
+        update={"train_final": False, "control": False})}), log=lambda m: None)
+    store = open_store(recipe_cfg)
+    every = store.read(1, "all")
+    data = training_set(store, every)
+    assert data["tasks"] == [("decompose",)] * 2 and data["labeled"] == [False, False]
+    for trust, trip in zip(data["trust"], data["triplets"]):
+        assert set(trust) == {"logo", "object"} and trust["logo"].max() == 0.0
+        comp, obj = np.asarray(trip["composite"]), np.asarray(trip["object"])
+        real = trust["object"] == 1.0
+        assert real.any() and np.array_equal(comp[real], obj[real])  # trusted pixels are the real composite
+    seeds = training_set(store, store.training_view(up_to=0).head(2))
+    assert seeds["tasks"] == [None, None] and seeds["labeled"] == [True, True] and seeds["trust"] == [None, None]
+    assert set(store.read(0)[S.SPLIT]) == {"train", "validation"}
+
+
+def test_seen_slice_comes_from_the_seeds_recorded_slice(recipe_cfg):
+    from layerloop.tasks.stages.ingest import ingest_seeds
+
+    ingest_seeds(recipe_cfg)
+    parts = seen_slices(open_store(recipe_cfg))
+    assert parts["seen"]({"kind": "mug", "logo_shape": "star", "text": "ZAP"})
+    assert parts["unseen"]({"kind": "bag", "logo_shape": "star", "text": "ZAP"})
+
+
+def test_promotion_keeps_the_current_adapter_when_validation_drops():
+    old = {"psnr_logo": 11.0, "psnr_object": 25.0}
+    kept = promotion_decision(3, 2, {"psnr_logo": 11.1, "psnr_object": 24.5}, old, 0.3)
+    assert not kept["promoted"] and "psnr_object 24.50 < 25.00" in kept["reason"]
+    assert promotion_decision(3, 2, {"psnr_logo": 10.8, "psnr_object": 24.9}, old, 0.3)["promoted"]
+    assert promotion_decision(3, 2, {"psnr_logo": 1.0, "psnr_object": 1.0}, old, None)["promoted"]
+    assert promotion_decision(3, 2, {}, old, 0.3)["reason"] == "no validation split to compare on"
+
+
+def test_generator_is_the_newest_promoted_adapter(tmp_path):
+    from layerloop.storage.rounds import RoundStore
+
+    store = RoundStore(str(tmp_path / "store"))
+    for k, promoted in ((0, True), (1, True), (2, False), (3, None)):
+        d = tmp_path / "store" / "adapters" / f"round-{k:04d}"
+        d.mkdir(parents=True)
+        (d / "pytorch_lora_weights.safetensors").write_bytes(b"x")
+        if promoted is not None:
+            (d / PROMOTION_FILE).write_text(json.dumps({"promoted": promoted}))
+    assert generator_round(store, 2) == 1
+    assert generator_round(store, 3) == 1  # adapter 2 was not promoted: adapter 1 stays current
+    assert generator_round(store, 4) == 3  # not judged yet counts as promoted
