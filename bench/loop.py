@@ -12,6 +12,11 @@ from, and loop minus control; then the verdicts of issue 11 against the spread o
     python bench/loop.py --gpu-scale           # GPU: 8 rounds x 512 pool candidates, bigger sampler batches
     python bench/loop.py --quick               # seconds: checks the script end to end
     python bench/loop.py --json rows.json      # one row per (variant loop|control, seed, adapter)
+
+With --separate-control the control is its own pipeline (no pool: every round accepts nothing, so each
+adapter gets the same steps on the labeled seeds alone) in its own store, so that `--only loop` and
+`--only control` can run in two processes side by side (one GPU serves both); `--report-only` then reads
+both stores and prints the table.
 """
 from __future__ import annotations
 
@@ -49,6 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gpu-scale", action="store_true", help="8 rounds x 512 candidates, sampler batch 128")
     p.add_argument("--quick", action="store_true", help="tiny counts to check the script")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--separate-control", action="store_true",
+                   help="the control as its own pipeline and store (see above)")
+    p.add_argument("--only", choices=["loop", "control"], default=None, help="with --separate-control: run one")
+    p.add_argument("--report-only", action="store_true", help="read the stores under --work, run nothing")
     args = p.parse_args(argv)
     if args.gpu_scale:
         args.rounds, args.pool_per_round, args.sample_batch = max(args.rounds, 8), max(args.pool_per_round, 512), 128
@@ -74,8 +83,9 @@ def make_inputs(args, root: Path) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
-def config(args, seed: int, store: Path, inputs: dict[str, str]):
-    """The benchmark's pipeline config: the default recipe at the benchmark's sizes, control on."""
+def config(args, seed: int, store: Path, inputs: dict[str, str], variant: str = "both"):
+    """The benchmark's pipeline config: the default recipe at the benchmark's sizes, control on (variant
+    "both"), or the loop alone ("loop"), or the separate control pipeline ("control": no pool)."""
     from layerloop.tasks.config import validate_config
 
     train = {"steps": args.seed_steps, "batch_size": 4, "lr": 5e-3, "seed": seed, "checkpoint_every": 10**6}
@@ -86,23 +96,27 @@ def config(args, seed: int, store: Path, inputs: dict[str, str]):
         "sample": {"steps": args.sample_steps, "batch_size": args.sample_batch, "seed": seed},
         "loop": {"rounds": args.rounds, "seeds_path": inputs["seeds"], "pool_path": inputs["pool"],
                  "pool_per_round": args.pool_per_round, "batch_size": args.sample_batch,
-                 "eval_size": args.n_test, "validation_size": args.validation, "control": True,
+                 "eval_size": args.n_test, "validation_size": args.validation, "control": variant == "both",
                  "train_final": True, "round_train_steps": args.round_steps, "report": False,
-                 "pool_targets": args.pool_targets}}, source="bench/loop.py")
+                 "pool_targets": args.pool_targets,
+                 # the control continues from its own previous adapter every round, as loop.control does
+                 **({"pool_per_round": 0, "promotion_tolerance_db": None} if variant == "control" else {})}}, source="bench/loop.py")
 
 
-def rows_of(cfg, seed: int) -> list[dict]:
-    """One row per (variant, adapter): held-out overall and per slice, validation, selection rate."""
+def rows_of(cfg, seed: int, control_cfg=None) -> list[dict]:
+    """One row per (variant, adapter): held-out overall and per slice, validation, selection rate.
+    Control rows come from the loop's own store, or from the separate control pipeline's."""
     from layerloop.tasks import adapter_files
     from layerloop.tasks.stages.handles import open_store
     from layerloop.tasks.stages.summary import round_summary
 
     store = open_store(cfg)
+    cstore = open_store(control_cfg) if control_cfg is not None else None
     table = {r: round_summary(store, r) for r in store.committed_rounds()}
     out = []
     for k in range(cfg.loop.rounds + 1):
-        for variant, uri in (("loop", store.adapter_uri(k)),
-                             ("control", store.control_adapter_uri(k) if k else store.adapter_uri(0))):
+        control_uri = cstore.adapter_uri(k) if cstore else (store.control_adapter_uri(k) if k else store.adapter_uri(0))
+        for variant, uri in (("loop", store.adapter_uri(k)), ("control", control_uri)):
             measured = adapter_files.read_json(adapter_files.join(uri, "heldout.json")) or {}
             promo = adapter_files.read_json(adapter_files.join(store.adapter_uri(k), "promotion.json")) or {}
             out.append({"variant": variant, "seed": seed, "round": k, **_prefixed(measured),
@@ -119,12 +133,19 @@ def _prefixed(measured: dict) -> dict:
 
 
 def run_seed(args, seed: int, root: Path, inputs: dict[str, str]) -> tuple[list[dict], float]:
+    """Run (unless --report-only) and read one training seed's pipeline(s)."""
     from layerloop.tasks.stages.driver import run_loop
 
-    cfg = config(args, seed, root / f"store-seed{seed}", inputs)
+    if not args.separate_control:
+        cfgs = {"both": config(args, seed, root / f"store-seed{seed}", inputs)}
+    else:
+        cfgs = {v: config(args, seed, root / f"store-{v}-seed{seed}", inputs, v) for v in ("loop", "control")}
     start = time.perf_counter()
-    run_loop(cfg, log=lambda m: print(f"  seed {seed}: {m}", flush=True))
-    return rows_of(cfg, seed), time.perf_counter() - start
+    for variant, cfg in cfgs.items():
+        if not args.report_only and args.only in (None, variant):
+            run_loop(cfg, log=lambda m: print(f"  seed {seed} {variant}: {m}", flush=True))
+    main_cfg = cfgs.get("both") or cfgs["loop"]
+    return rows_of(main_cfg, seed, cfgs.get("control")), time.perf_counter() - start
 
 
 def print_table(rows: list[dict], seeds: list[int], rounds: int) -> None:

@@ -32,21 +32,41 @@ def _prefect_env() -> None:
 
 
 def print_table(rows: list[dict], title: str = "selection rate per round") -> None:
-    """The per-round table: candidates, accepted, selection rate, held-out per-layer PSNR."""
+    """The per-round table: candidates, accepted, selection rate, and the generating adapter's held-out and
+    validation metrics beside its matched-compute control's (when loop.control ran one)."""
     from rich.console import Console
     from rich.table import Table
 
-    psnr_cols = sorted({k for r in rows for k in r if k.startswith("heldout_psnr_")})
+    metrics = [m for m in TABLE_METRICS if any(f"heldout_{m}" in r or f"validation_{m}" in r for r in rows)]
     table = Table(title=title)
-    for col in ["round", "candidates", "accepted", "selection rate", "cycle kept", "dataset"] + \
-               [c.replace("heldout_", "held-out ") + " (adapter r-1)" for c in psnr_cols]:
+    for col in ["round", "candidates", "accepted", "selection rate", "dataset", "promoted"] + \
+               [_metric_title(m) for m in metrics]:
         table.add_column(col, justify="right")
     for r in rows:
         rate = "-" if r["selection_rate"] is None else f"{100 * r['selection_rate']:.1f} %"
-        cells = [r["round"], r["candidates"], r["accepted"], rate, r["cycle_kept"], r["dataset_size"]]
-        cells += [f"{r[c]:.2f}" if r.get(c) is not None else "-" for c in psnr_cols]
+        promoted = {True: "yes", False: "no"}.get(r.get("promoted"), "-")
+        cells = [r["round"], r["candidates"], r["accepted"], rate, r["dataset_size"], promoted]
+        cells += [_pair(r, m) for m in metrics]
         table.add_row(*[str(c) for c in cells])
-    Console(width=None if sys.stdout.isatty() else 160).print(table)  # pipes default to 80 columns
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # pipes default to 80 columns
+
+
+# held-out (synthetic test split, per slice when the seeds came from one) and validation columns
+TABLE_METRICS = ("psnr_object@unseen", "psnr_object@seen", "psnr_logo@unseen", "psnr_logo@seen",
+                 "iou_logo@unseen", "psnr_object", "psnr_logo")
+
+
+def _metric_title(metric: str) -> str:
+    return f"{metric.replace('@', ' ')} (adapter r-1 / control)"
+
+
+def _pair(row: dict, metric: str) -> str:
+    """'loop / control' of one metric: held-out when measured, else validation (no slice there)."""
+    source = "heldout" if f"heldout_{metric}" in row else "validation"
+    loop, control = row.get(f"{source}_{metric}"), row.get(f"control_{source}_{metric}")
+    if loop is None:
+        return "-"
+    return f"{loop:.2f}" + (f" / {control:.2f}" if control is not None else "")
 
 
 def run(config: Optional[Path] = CONFIG_OPT,
@@ -95,7 +115,7 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
     start = time.perf_counter()
     cfg = load(config, defaults=demo_world.DEMO_SIZES,
                flags=demo_world.demo_flags(store, demo_world.input_paths(inputs), rounds))
-    demo_world.make_inputs(inputs)
+    demo_world.make_inputs(inputs, seed_slice=demo_world.DEMO_SLICE)
     if fresh and Path(store).exists():
         shutil.rmtree(store)
     _prefect_env()
@@ -111,6 +131,11 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
     if cfg.loop.train_final and cfg.loop.eval_size:
         _print_heldout(f"final adapter {adapter_id(last)} (trained on rounds 0..{last})",
                        evaluate_adapter(cfg, last)["metrics"])
+        if cfg.loop.control:
+            from layerloop.tasks.stages.adapter import evaluate_control
+
+            _print_heldout("its control (the same steps on the labeled seeds alone)",
+                           evaluate_control(cfg, last)["heldout"])
     typer.echo(f"report: {open_store(cfg).round_uri(last)}/report.html")
     typer.echo(f"demo took {time.perf_counter() - start:.0f} s")
 
@@ -118,11 +143,14 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
 def _identity(cfg: "PipelineConfig") -> dict:
     from layerloop.models.evaluation import identity_baseline
     from layerloop.models.synthetic import make_split
+    from layerloop.tasks.stages.adapter import flatten_slices, seen_slices
+    from layerloop.tasks.stages.handles import open_store
 
-    return identity_baseline(make_split("test", cfg.loop.eval_size, cfg.model.panel_size, cfg.loop.eval_seed))
+    items = make_split("test", cfg.loop.eval_size, cfg.model.panel_size, cfg.loop.eval_seed)
+    return flatten_slices(identity_baseline(items, slices=seen_slices(open_store(cfg))))
 
 
 def _print_heldout(label: str, metrics: dict) -> None:
     typer.echo(f"held-out PSNR, {label}: "
-               + ", ".join(f"{k.removeprefix('psnr_')} {v:.2f} dB" for k, v in sorted(metrics.items())
-                           if k.startswith("psnr_")))
+               + ", ".join(f"{k.removeprefix('psnr_').replace('@', ' ')} {v:.2f} dB"
+                           for k, v in sorted(metrics.items()) if k.startswith("psnr_")))

@@ -76,7 +76,23 @@ def _round_summary(store, r: int) -> dict[str, Any]:
         "selection_rate_by_source": _rate_by_source(candidates),
         "accepted_by_source": {src: int(n) for src, n in accepted[s.SOURCE].value_counts().items()},
         "heldout": _heldout(store.round_info(r)),
+        "loop_health": loop_health_of(store.round_info(r)),
     }
+
+
+def loop_health_of(round_info: dict) -> dict[str, Any]:
+    """What the round recorded about the loop's health: the generating adapter's validation metrics and
+    promotion, its control's, and (synthetic world) the true quality of accepted vs rejected candidates."""
+    info = round_info.get("info") or {}
+    control = info.get("control") or {}
+    keep = lambda d: {k: float(v) for k, v in (d or {}).items()  # noqa: E731
+                      if k.startswith(("psnr_", "iou_")) and isinstance(v, (int, float))}
+    return {"adapter": info.get("heldout_adapter"), "validation": keep(info.get("validation")),
+            "heldout": keep(info.get("heldout")), "control_heldout": keep(control.get("heldout")),
+            "control_validation": keep(control.get("validation")),
+            "promoted": (info.get("promotion") or {}).get("promoted"),
+            "promotion_reason": (info.get("promotion") or {}).get("reason"),
+            "generator": info.get("generator"), "truth": info.get("health")}
 
 
 def _heldout(round_info: dict) -> dict[str, float]:
@@ -371,6 +387,7 @@ def render_html(data: dict, plots: dict[str, bytes], thumbs: dict[str, list[dict
         _summary_section(data),
         "<section><h2>Selection rate per round</h2>" + _img(plots["selection_rate"], "selection rate") + "</section>",
         _decisions_section(data),
+        _health_section(data, plots),
         _scores_section(data, plots),
         "<section><h2>Dataset growth</h2>" + _img(plots["growth"], "dataset growth") + _growth_table(data) + "</section>",
         "<section><h2>Accepted samples</h2>" + _thumb_grid(thumbs["accepted"], "no accepted samples") + "</section>",
@@ -391,6 +408,53 @@ def _summary_section(data: dict) -> str:
     note = ("<p class='empty'>held-out metrics belong to the adapter that generated the round "
             "(round r is made with adapter r-1)</p>") if held else ""
     return "<section><h2>Rounds</h2>" + _table(header, rows) + note + "</section>"
+
+
+HEALTH_COLUMNS = ("psnr_object@unseen", "psnr_object@seen", "psnr_logo@unseen", "iou_logo@unseen")
+
+
+def _health_section(data: dict, plots: dict[str, bytes]) -> str:
+    """Per round: the adapter that made it against its matched-compute control, validation, promotion,
+    and the true quality of what the judge accepted vs rejected (synthetic world)."""
+    header = ["round", "adapter", *[f"held-out {c} (loop / control)" for c in HEALTH_COLUMNS],
+              "validation psnr object / logo", "promoted", "true object PSNR accepted / rejected",
+              "judge precision / recall vs oracle"]
+    rows = [_health_row(x) for x in data["rounds"] if x["round"] > 0]
+    if not rows:
+        return ""
+    note = ("<p class='empty'>round r is made with the last promoted adapter; its metrics are adapter r-1's, "
+            "the control is the same training on the labeled seeds alone</p>")
+    img = _img(plots["health"], "loop vs control") if "health" in plots else ""
+    return "<section><h2>Loop health: the loop against its control</h2>" + _table(header, rows) + note + img + "</section>"
+
+
+def _health_row(x: dict) -> list[Any]:
+    h = x["loop_health"]
+    pair = lambda c: "/".join(_fmt(h[k].get(c)) for k in ("heldout", "control_heldout"))  # noqa: E731
+    truth = h.get("truth") or {}
+    acc, rej = truth.get("accepted") or {}, truth.get("rejected") or {}
+    return [x["round"], h.get("adapter"), *[pair(c) for c in HEALTH_COLUMNS],
+            f"{_fmt(h['validation'].get('psnr_object'))} / {_fmt(h['validation'].get('psnr_logo'))}",
+            {True: "yes", False: "no"}.get(h.get("promoted"), "-"),
+            f"{_fmt(acc.get('psnr_object'))} / {_fmt(rej.get('psnr_object'))}" if truth else "-",
+            f"{_fmt(truth.get('precision'))} / {_fmt(truth.get('recall'))}" if truth else "-"]
+
+
+def plot_health(rounds: list[dict]) -> bytes | None:
+    """Held-out object PSNR per round on each slice: the loop's adapters against their controls."""
+    points = [(x["round"], x["loop_health"]) for x in rounds if x["round"] > 0]
+    keys = [k for k in ("psnr_object@unseen", "psnr_object@seen", "psnr_object") if any(k in h["heldout"] for _, h in points)]
+    if not keys:
+        return None
+    plt, fig, ax = _figure()
+    for key in keys[:2]:
+        for variant, style in (("heldout", "-o"), ("control_heldout", "--s")):
+            ys = [h[variant].get(key) for _, h in points]
+            ax.plot([r - 1 for r, _ in points], ys, style, label=f"{'loop' if variant == 'heldout' else 'control'} {key}")
+    ax.set_xlabel("adapter (round - 1)")
+    ax.set_ylabel("held-out PSNR (dB)")
+    ax.legend(fontsize=7)
+    return _png(plt, fig)
 
 
 def _decisions_section(data: dict) -> str:
@@ -430,6 +494,9 @@ def make_plots(data: dict) -> dict[str, bytes]:
         "loss": plot_loss_curves(data["loss_curves"]),
     }
     plots.update({f"hist_{name}": plot_histogram(name, s) for name, s in data["scores"].items()})
+    health = plot_health(data["rounds"])
+    if health is not None:
+        plots["health"] = health
     if data["timings"]:
         plots["timings"] = plot_timings(data["timings"])
     return plots

@@ -159,7 +159,7 @@ def _heldout(cfg: PipelineConfig, store, smp) -> dict:
     from layerloop.models.synthetic import make_split
 
     items = list(make_split("test", cfg.loop.eval_size, cfg.model.panel_size, cfg.loop.eval_seed))
-    return _flatten(evaluate_decomposition(smp, items, slices=seen_slices(store)))
+    return flatten_slices(evaluate_decomposition(smp, items, slices=seen_slices(store)))
 
 
 def _validation(store, smp) -> dict:
@@ -198,7 +198,7 @@ def seen_slices(store) -> dict | None:
     return {"seen": seen.contains, "unseen": lambda m: not seen.contains(m)}
 
 
-def _flatten(result: dict) -> dict:
+def flatten_slices(result: dict) -> dict:
     """Scalar means, plus `<metric>@<slice>` for each slice."""
     flat = _summary(result)
     for name, means in (result.get("slices") or {}).items():

@@ -35,6 +35,11 @@ def round_summary(store, round_: int) -> dict:
     control = info.get("control") or {}
     row.update(_measured("control_heldout", control.get("heldout")))
     row.update(_measured("control_validation", control.get("validation")))
+    truth = info.get("health") or {}
+    if truth:
+        for part in ("accepted", "rejected"):
+            row[f"true_psnr_object_{part}"] = (truth.get(part) or {}).get("psnr_object")
+        row.update(judge_precision=truth.get("precision"), judge_recall=truth.get("recall"))
     if info.get("promotion"):
         row["promoted"] = bool(info["promotion"].get("promoted"))
         row["generator"] = info.get("generator")
