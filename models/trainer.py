@@ -376,10 +376,25 @@ class CycleTrainer:
         order = torch.randperm(n, generator=gen).tolist()
         tasks = ["decompose" if order[i] % 2 == 0 else "synthesize" for i in range(n)]
         if self.cache.allowed is not None:
-            tasks = [t if t in self.cache.allowed[j] else self.cache.allowed[j][0] for t, j in zip(tasks, idx)]
+            tasks = self._restricted_tasks(idx, order)
         if self.cfg.generate_fraction > 0:
             u = torch.rand(n, generator=gen).tolist()
             tasks = ["generate" if u[i] < self.cfg.generate_fraction else tasks[i] for i in range(n)]
+        return tasks
+
+    def _restricted_tasks(self, idx: list[int], order: list[int]) -> list[str]:
+        """Tasks when some triplets allow only some: the restricted ones get their first allowed task, and the
+        free ones take the decomposition slots first (as many as an all-free batch has), then synthesis.
+
+        Pseudo-labels are decomposition-only; without this the labeled seeds would do less decomposition
+        than in the same training without pseudo-labels, and the kinds the seeds show would pay for it.
+        """
+        allowed = [self.cache.allowed[j] for j in idx]
+        tasks = [a[0] if len(a) == 1 else "" for a in allowed]
+        free = sorted((i for i, t in enumerate(tasks) if not t), key=lambda i: order[i])
+        slots = (len(idx) + 1) // 2
+        for rank, i in enumerate(free):
+            tasks[i] = "decompose" if rank < slots else "synthesize"
         return tasks
 
     def embeddings(self, idx: list[int], tasks: list[str], gen: "torch.Generator", dropout: bool = True):
@@ -654,10 +669,11 @@ def _check_per_item(n: int, **options) -> None:
 def add_item_options(cache: DataCache, codec: FillCodec, *, trust=None, tasks=None, labeled=None) -> None:
     """Per-triplet trust maps (as token weights), allowed tasks and labeled flags; part of the data fingerprint."""
     cache.trust = trust_tokens(codec, trust) if trust is not None and any(t is not None for t in trust) else None
-    cache.allowed = [tuple(t) if t else tuple(OPPOSITE) for t in tasks] if tasks is not None else None
+    restricted = tasks is not None and any(tasks)  # all None: plain batches, exactly as without the option
+    cache.allowed = [tuple(t) if t else tuple(OPPOSITE) for t in tasks] if restricted else None
     cache.labeled = [bool(x) for x in labeled] if labeled is not None else None
-    if trust is None and tasks is None and labeled is None:
-        return
+    if cache.trust is None and cache.allowed is None and (labeled is None or all(labeled)):
+        return  # nothing per-triplet: the same run, and fingerprint, as a plain list of triplets
     h = hashlib.sha256(json.dumps([cache.allowed, cache.labeled]).encode())
     if cache.trust is not None:
         h.update(cache.trust.numpy().tobytes())

@@ -371,3 +371,18 @@ def test_per_triplet_options_are_checked(backbone, tmp_path):
     with pytest.raises(TrainError, match="must be a 32x32 array"):
         train_lora(backbone, trips, _cfg(), LoraConfig(rank=2), str(tmp_path),
                    trust=[{"object": np.ones((8, 8), np.float32)}, None])
+
+
+def test_labeled_triplets_keep_their_decomposition_slots_beside_pseudo_labels(trainer):
+    from layerloop.models.trainer import _mix, add_item_options
+
+    add_item_options(trainer.cache, trainer.codec, tasks=[None, None, None, ("decompose",)],
+                     labeled=[True, True, True, False])
+    trainer.cfg = trainer.cfg.model_copy(update={"batch_size": 4, "anchor_fraction": 0.75})
+    for step in range(4):
+        b = trainer.batch(step, torch.Generator().manual_seed(_mix(trainer.cfg.seed, step)))
+        by_item = dict(zip(b.idx, b.tasks))
+        assert by_item[3] == "decompose"  # the pseudo-label: decomposition only
+        labeled = [t for i, t in zip(b.idx, b.tasks) if i != 3]
+        # as many labeled decompositions as a batch of labeled triplets alone would have
+        assert labeled.count("decompose") == 2 and labeled.count("synthesize") == 1
