@@ -50,11 +50,9 @@ def init(store: Optional[str] = STORE_OPT,
     if config_out.exists() and not force:
         typer.echo(f"kept existing {config_out} (use --force to overwrite)")
         return
-    text = default_yaml_text()
-    if store:
-        text += f"\n# The store this file was created for (set with `layerloop init --store`):\n# store.uri: {store}\n"
-    config_out.write_text(text)
-    typer.echo(f"wrote {config_out}: edit it, then `layerloop ingest-seeds PATH` and `layerloop run`")
+    config_out.write_text(default_yaml_text({"store": {"uri": store}} if store else None))
+    typer.echo(f"wrote {config_out} (store.uri: {store or st.uri}): edit it, then `layerloop ingest-seeds PATH` "
+               "and `layerloop run`")
 
 
 def synth(split: str = typer.Argument(..., help="seeds (labeled triplets), pool (composites only) or test (held out)"),

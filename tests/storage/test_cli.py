@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import typer
+import yaml
 from typer.testing import CliRunner
 
 from layerloop.flows import cli_data
@@ -37,6 +38,16 @@ def test_init_ingest_show_verify_gc(tmp_path, monkeypatch):
     assert r.exit_code == 0 and "ok" in r.output
     r = run(app, ["gc", "--grace", "0", "--store", store])
     assert r.exit_code == 0 and "_work" in r.output
+
+
+def test_init_store_becomes_the_files_store_uri(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(_app(), ["init", "--store", "my-store"])
+    assert r.exit_code == 0 and "store.uri: my-store" in r.output, r.output
+    assert yaml.safe_load((tmp_path / "layerloop.yaml").read_text())["store"]["uri"] == "my-store"
+    write_item(tmp_path / "seeds", "s0", triplet(1))
+    r = CliRunner().invoke(_app(), ["ingest-seeds", "seeds"])  # no --store: the file's store.uri
+    assert r.exit_code == 0 and (tmp_path / "my-store/rounds/round-0000/COMMITTED").is_file(), r.output
 
 
 def test_bad_input_exits_2_with_what_to_fix(tmp_path, monkeypatch):
