@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 from PIL import Image, ImageOps
 
-from layerloop.flows.cli_config import CONFIG_OPT, STORE_OPT, fail, load, open_store
+from layerloop.flows.cli_config import CONFIG_OPT, STORE_OPT, fail, load, open_store, prefect_env, user_errors
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 FIT_MODES = ("pad", "resize")
@@ -205,7 +204,8 @@ def eval_cmd(adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a"
     from layerloop.flows import evaluate as ev
 
     cfg = load(config, store=store)
-    try:
+    prefect_env()  # offline, Prefect's telemetry service would log an ERROR on every run
+    with user_errors():  # an unknown adapter (AdapterNotFound) included
         if prefect:
             result = ev.evaluate(cfg, adapters=adapter or None, out_dir=str(out), n=n, seed=seed)
             rows, paths = result["rows"], result["paths"]
@@ -214,8 +214,6 @@ def eval_cmd(adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a"
             rows = ev.evaluation_table(cfg, pairs, n=n, seed=seed)
             paths = ev.write_outputs(rows, str(out))
             typer.echo(ev.to_markdown(rows))
-    except ev.AdapterNotFound as exc:
-        fail(str(exc))
     typer.echo(f"written: {', '.join(paths.values())}")
 
 
@@ -292,7 +290,8 @@ def ablate_cmd(seeds: list[int] = typer.Option([0, 1], "--seed", help="repeat wi
     from layerloop.flows.ablate import ABLATION_DEFAULTS, run_ablation
 
     cfg = load(config, defaults=ABLATION_DEFAULTS)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    result = run_ablation(cfg, seeds=list(seeds), rounds=rounds, work_dir=str(out))
+    prefect_env()
+    with user_errors():
+        result = run_ablation(cfg, seeds=list(seeds), rounds=rounds, work_dir=str(out))
     typer.echo(result["markdown"])
     typer.echo(f"written: {', '.join(result['paths'].values())}")
