@@ -55,7 +55,8 @@ def init(store: Optional[str] = STORE_OPT,
                "and `layerloop run`")
 
 
-def synth(split: str = typer.Argument(..., help="seeds (labeled triplets), pool (composites only) or test (held out)"),
+def synth(split: str = typer.Argument(..., metavar="SPLIT",
+                                     help="seeds (labeled triplets), pool (composites only) or test (held out)"),
           n: int = typer.Option(100, "--n", min=1, help="number of items"),
           size: int = typer.Option(32, "--size", min=16, help="panel size in pixels (32 tiny world, 512 FLUX)"),
           seed: int = typer.Option(0, "--seed", help="base seed; each split has its own RNG stream"),
@@ -97,13 +98,15 @@ def _ingest(kind: str, path: str, store: Optional[str], config: Optional[Path]) 
         typer.echo(f"  quarantined {count} x {reason}")
 
 
-def ingest_seeds_cmd(path: str = typer.Argument(..., help="folder (<id>/composite.png ... or <id>_composite.png ...) or CSV"),
+def ingest_seeds_cmd(path: str = typer.Argument(..., metavar="PATH",
+                                                help="folder (<id>/composite.png ... or <id>_composite.png ...) or CSV"),
                      store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Validate labeled (composite, logo, object) triplets and commit the good ones as round 0000."""
     _ingest("seeds", path, store, config)
 
 
-def ingest_pool_cmd(path: str = typer.Argument(..., help="folder of <id>/composite.png, <id>.png files, or CSV"),
+def ingest_pool_cmd(path: str = typer.Argument(..., metavar="PATH",
+                                               help="folder of <id>/composite.png, <id>.png files, or CSV"),
                     store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Validate unlabeled composites and commit them as the next pool batch."""
     _ingest("pool", path, store, config)
@@ -128,7 +131,7 @@ def rounds_list(store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFI
     Console().print(table)
 
 
-def rounds_show(round: int = typer.Argument(..., help="round number, e.g. 0"),
+def rounds_show(round: int = typer.Argument(..., metavar="ROUND", help="round number, e.g. 0"),
                 store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT,
                 as_json: bool = typer.Option(False, "--json", help="print round.json as JSON")) -> None:
     """Describe one committed round: lineage, counts by source and reason, shards, size, conversions."""

@@ -178,7 +178,7 @@ def register(app: typer.Typer) -> None:
 _ADAPTER = typer.Option(None, "--adapter", "-a", help="round number or adapter directory (default: latest round)")
 
 
-def report_cmd(round: int = typer.Argument(..., help="committed round to report on"),
+def report_cmd(round: int = typer.Argument(..., metavar="ROUND", help="committed round to report on"),
                store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Rebuild report.html / report.json / selection_rate.png of a committed round."""
     from layerloop.tasks.report import build_report
@@ -224,7 +224,7 @@ def _fit_and_config(fit: str, config: Optional[Path], store: Optional[str]):
     return load(config, store=store)
 
 
-def decompose_cmd(images: list[Path] = typer.Argument(..., help="composite images (any size)"),
+def decompose_cmd(images: list[Path] = typer.Argument(..., metavar="IMAGE", help="composite images (any size)"),
                   out: Path = typer.Option(..., "--out", "-o", help="output directory"),
                   adapter: Optional[str] = _ADAPTER,
                   fit: str = typer.Option("pad", "--fit", help="pad (letterbox, keeps aspect) or resize (stretch)"),
@@ -247,7 +247,7 @@ def decompose_cmd(images: list[Path] = typer.Argument(..., help="composite image
         raise typer.Exit(1)
 
 
-def synthesize_cmd(logo: Path = typer.Argument(..., help="logo image"),
+def synthesize_cmd(logo: Path = typer.Argument(..., metavar="LOGO", help="logo image"),
                    object_: Path = typer.Argument(..., metavar="OBJECT", help="clean object image"),
                    out: Path = typer.Option(..., "--out", "-o", help="output composite file (.png)"),
                    adapter: Optional[str] = _ADAPTER,
