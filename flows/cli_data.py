@@ -166,14 +166,28 @@ def describe_round(info: dict, rows: Any) -> list[str]:
         lines.append("  by source: " + ", ".join(f"{k}={v}" for k, v in rows[S.SOURCE].value_counts().items()))
     if len(acc) and acc[S.KIND].notna().any():
         lines.append("  kinds (accepted): " + ", ".join(f"{k}={v}" for k, v in acc[S.KIND].value_counts().items()))
-    reasons = rows.loc[~rows[S.ACCEPTED].astype(bool), S.REASON].fillna("(none)").value_counts()
-    lines += [f"  rejected {v} x {k}" for k, v in reasons.items()]
+    lines += [f"  rejected {n} x {kind}" for kind, n in _rejections(rows, S).items()]
     conv = sum(len(c) for c in rows[S.CONVERSIONS])
     if conv:
         lines.append(f"  input conversions recorded: {conv}")
     if info.get("info"):
-        lines.append("  info: " + json.dumps(info["info"], default=str)[:400])
+        lines.append("  info (all of it: --json):")
+        lines += [f"    {key}: {_short(value)}" for key, value in info["info"].items()]
     return lines
+
+
+def _rejections(rows: Any, S: Any) -> dict[str, int]:
+    """Rejections counted by cause (the reason without its measured scores), most frequent first."""
+    from layerloop.models.judges.acceptance import reason_kind
+
+    kinds = rows.loc[~rows[S.ACCEPTED].astype(bool), S.REASON].map(reason_kind).replace("", "(no reason)")
+    return kinds.value_counts().to_dict()
+
+
+def _short(value: Any, width: int = 100) -> str:
+    """One line of compact JSON, cut at `width` characters with an ellipsis that says so."""
+    text = json.dumps(value, default=str, separators=(", ", ": "))
+    return text if len(text) <= width else text[:width - 2] + " …"
 
 
 def verify(round: Optional[int] = typer.Option(None, "--round", help="only this round (default: all + pool)"),
