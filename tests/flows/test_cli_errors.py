@@ -62,3 +62,18 @@ def test_bad_input_found_inside_the_flow_is_one_line_too(tmp_path, prefect_harne
     lines = _lines(proc)
     assert proc.returncode == 2, "\n".join(lines)
     assert len(lines) == 1 and lines[0].startswith("error: no valid items in") and "not_an_image" in lines[0], lines
+
+
+def test_every_command_gets_prefects_offline_settings_before_prefect_starts(tmp_path, monkeypatch):
+    """`eval` used to start Prefect without them and log `ERROR ... Failed to send telemetry` offline."""
+    from typer.testing import CliRunner
+
+    from layerloop.flows.cli import app
+
+    for name in ("PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_LOGGING_LEVEL"):
+        monkeypatch.setenv(name, "unset")  # recorded first, so what the command sets is undone afterwards
+        monkeypatch.delenv(name)
+    result = CliRunner().invoke(app, ["rounds", "list", "--store", str(tmp_path / "store")])
+    assert result.exit_code == 0, result.output
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert os.environ["PREFECT_LOGGING_LEVEL"] == "CRITICAL"  # without --debug: no run logs around errors
