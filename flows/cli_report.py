@@ -230,14 +230,11 @@ def decompose_cmd(images: list[Path] = typer.Argument(..., metavar="IMAGE", help
                   fit: str = typer.Option("pad", "--fit", help="pad (letterbox, keeps aspect) or resize (stretch)"),
                   store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Split composites into <name>.logo.png, <name>.object.png, <name>.grid.png (+ <name>.json sidecar)."""
-    from layerloop.flows.evaluate import AdapterNotFound
     from layerloop.models.grid import LayerSchema
 
     cfg = _fit_and_config(fit, config, store)
-    try:
+    with user_errors():  # an unknown adapter, a bad model.path or base: one error line
         label, sampler = _sampler(cfg, adapter or _latest_adapter(cfg))
-    except AdapterNotFound as exc:
-        fail(str(exc))
     failed = decompose_files(sampler, list(images), out, panel_size=cfg.model.panel_size,
                              schema=LayerSchema(tuple(cfg.model.layers)), fit=fit,
                              max_pixels=cfg.store.max_image_pixels, max_bytes=cfg.store.max_file_bytes,
@@ -254,17 +251,16 @@ def synthesize_cmd(logo: Path = typer.Argument(..., metavar="LOGO", help="logo i
                    fit: str = typer.Option("pad", "--fit", help="pad (letterbox) or resize (stretch)"),
                    store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Print LOGO onto OBJECT: writes the composite at the object's size (+ FILE.json sidecar)."""
-    from layerloop.flows.evaluate import AdapterNotFound
-
     cfg = _fit_and_config(fit, config, store)
     if list(cfg.model.layers) != ["logo", "object"]:
         fail(f"synthesize takes LOGO OBJECT; this config's layers are {cfg.model.layers}")
     limits = {"max_pixels": cfg.store.max_image_pixels, "max_bytes": cfg.store.max_file_bytes}
     try:
         (logo_img, logo_conv), (obj_img, obj_conv) = load_input(logo, **limits), load_input(object_, **limits)
-        label, sampler = _sampler(cfg, adapter or _latest_adapter(cfg))
-    except (InputImageError, AdapterNotFound) as exc:
+    except InputImageError as exc:
         fail(str(exc))
+    with user_errors():  # an unknown adapter, a bad model.path or base: one error line
+        label, sampler = _sampler(cfg, adapter or _latest_adapter(cfg))
     size = cfg.model.panel_size
     logo_panel, logo_rec = fit_to_panel(logo_img, size, fit)
     obj_panel, obj_rec = fit_to_panel(obj_img, size, fit)
