@@ -9,9 +9,10 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from layerloop.models.config import ModelConfig
 from layerloop.models.grid import LayerSchema, task_prompt, validate_templates
@@ -196,7 +197,8 @@ def _pretrained(path: str, cfg: ModelConfig, device, dtype, what: str) -> dict[s
     from diffusers import FluxFillPipeline
 
     try:
-        pipe = FluxFillPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True)
+        with _no_progress_bars():
+            pipe = FluxFillPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise BackboneConfigError(
             f"could not load {what} from '{path}': {exc}. Point model.path at a local "
@@ -213,6 +215,23 @@ def _pretrained(path: str, cfg: ModelConfig, device, dtype, what: str) -> dict[s
     local = Path(path).expanduser()
     return {**{n: getattr(pipe, n) for n in names}, "_pipe": pipe,
             "_path": str(local.resolve()) if local.is_dir() else path}
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """diffusers and transformers draw loading bars per component; every process that builds a backbone
+    would print them into a run's output. Their switches are global: put back what was there."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libs = [lib for lib in (diffusers_logging, transformers_logging) if lib.is_progress_bar_enabled()]
+    for lib in libs:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib in libs:
+            lib.enable_progress_bar()
 
 
 def _flux_source(path: str | None) -> str:

@@ -179,3 +179,11 @@ def test_pretrain_smoke_run_writes_a_base_the_factory_loads(tmp_path):
     backbone = build_backbone(ModelConfig(path=str(tmp_path)))
     assert backbone.base_id.startswith("tiny-base@")
     assert backbone.vae.config.scaling_factor != 1.0  # set from the trained VAE's latent statistics
+
+
+def test_loading_the_base_draws_no_progress_bars_and_leaves_them_switched_on(capfd):
+    from diffusers.utils import logging as diffusers_logging
+
+    build_backbone(ModelConfig())  # every stage process does this: its output stays clean
+    assert "Loading" not in capfd.readouterr().err
+    assert diffusers_logging.is_progress_bar_enabled()  # the user's own pipelines still show theirs
