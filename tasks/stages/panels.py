@@ -1,4 +1,4 @@
-"""Panels between the store (PNG bytes) and the models (PIL RGB images), and as a person looks at them."""
+"""Panels between the store (PNG bytes) and the models (PIL RGB images)."""
 from __future__ import annotations
 
 import io
