@@ -5,12 +5,16 @@ One precedence for every command, lowest first:
   < the config file: --config FILE, else ./layerloop.yaml when the working directory has one
   < LAYERLOOP__SECTION__FIELD=value environment variables
   < command-line flags (--store or its env LAYERLOOP_STORE, --rounds, ...).
-A bad config or bad input prints `error: ...` in red on stderr and exits with code 2.
+A bad config or bad input prints `error: ...` in red on stderr and exits with code 2: one line, also when
+the bad input is only found deep inside a flow (`user_errors`), and without Prefect's run logs. The
+global `--debug` flag (or LAYERLOOP_DEBUG=1) shows the traceback and Prefect's logs instead.
 """
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Optional
+from typing import TYPE_CHECKING, Iterator, NoReturn, Optional
 
 import typer
 
@@ -26,6 +30,53 @@ CONFIG_OPT = typer.Option(None, "--config", "-c",
 STORE_OPT = typer.Option(None, "--store", envvar="LAYERLOOP_STORE",
                          help="store root: local path or fsspec URL (s3://bucket/prefix); a flag, so it beats "
                               "store.uri from the file and LAYERLOOP__STORE__URI")
+
+
+# Bad input: what the project raises for it (ValueError subclasses, docs/INTERFACES.md) and paths that are not there.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+DEBUG_HINT = "(--debug shows the traceback)"
+_state = {"debug": False}
+
+
+def set_debug(on: bool) -> None:
+    """Set by the app's --debug flag before any command runs."""
+    _state["debug"] = bool(on)
+
+
+def debug() -> bool:
+    return _state["debug"]
+
+
+def prefect_env() -> None:
+    """Settings of local Prefect runs; must be set before prefect is imported (the app does it first).
+
+    Without --debug Prefect logs only what is CRITICAL: a task that fails on bad input would otherwise
+    print its traceback several times (task run, flow run, subflow) around the one `error:` line.
+    """
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: its telemetry logs ERRORs
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING" if debug() else "CRITICAL")
+    # Ephemeral servers keep slot leases in memory but the slot counts in the shared SQLite DB: a run
+    # killed while holding the gpu slot would leak it for good. On disk, any later server expires it.
+    os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE",
+                          "prefect.server.concurrency.lease_storage.filesystem")
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Bad input found while a command works (in a flow, a stage, the model factory) -> one `error:` line
+    and exit 2; with --debug the exception propagates with its traceback. Bugs always propagate."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        if debug():
+            raise
+        fail(f"{_message(exc)} {DEBUG_HINT}")
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return str(exc) or type(exc).__name__
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -50,14 +50,13 @@ def init(store: Optional[str] = STORE_OPT,
     if config_out.exists() and not force:
         typer.echo(f"kept existing {config_out} (use --force to overwrite)")
         return
-    text = default_yaml_text()
-    if store:
-        text += f"\n# The store this file was created for (set with `layerloop init --store`):\n# store.uri: {store}\n"
-    config_out.write_text(text)
-    typer.echo(f"wrote {config_out}: edit it, then `layerloop ingest-seeds PATH` and `layerloop run`")
+    config_out.write_text(default_yaml_text({"store": {"uri": store}} if store else None))
+    typer.echo(f"wrote {config_out} (store.uri: {store or st.uri}): edit it, then `layerloop ingest-seeds PATH` "
+               "and `layerloop run`")
 
 
-def synth(split: str = typer.Argument(..., help="seeds (labeled triplets), pool (composites only) or test (held out)"),
+def synth(split: str = typer.Argument(..., metavar="SPLIT",
+                                     help="seeds (labeled triplets), pool (composites only) or test (held out)"),
           n: int = typer.Option(100, "--n", min=1, help="number of items"),
           size: int = typer.Option(32, "--size", min=16, help="panel size in pixels (32 tiny world, 512 FLUX)"),
           seed: int = typer.Option(0, "--seed", help="base seed; each split has its own RNG stream"),
@@ -99,13 +98,15 @@ def _ingest(kind: str, path: str, store: Optional[str], config: Optional[Path]) 
         typer.echo(f"  quarantined {count} x {reason}")
 
 
-def ingest_seeds_cmd(path: str = typer.Argument(..., help="folder (<id>/composite.png ... or <id>_composite.png ...) or CSV"),
+def ingest_seeds_cmd(path: str = typer.Argument(..., metavar="PATH",
+                                                help="folder (<id>/composite.png ... or <id>_composite.png ...) or CSV"),
                      store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Validate labeled (composite, logo, object) triplets and commit the good ones as round 0000."""
     _ingest("seeds", path, store, config)
 
 
-def ingest_pool_cmd(path: str = typer.Argument(..., help="folder of <id>/composite.png, <id>.png files, or CSV"),
+def ingest_pool_cmd(path: str = typer.Argument(..., metavar="PATH",
+                                               help="folder of <id>/composite.png, <id>.png files, or CSV"),
                     store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Validate unlabeled composites and commit them as the next pool batch."""
     _ingest("pool", path, store, config)
@@ -130,7 +131,7 @@ def rounds_list(store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFI
     Console().print(table)
 
 
-def rounds_show(round: int = typer.Argument(..., help="round number, e.g. 0"),
+def rounds_show(round: int = typer.Argument(..., metavar="ROUND", help="round number, e.g. 0"),
                 store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT,
                 as_json: bool = typer.Option(False, "--json", help="print round.json as JSON")) -> None:
     """Describe one committed round: lineage, counts by source and reason, shards, size, conversions."""
@@ -165,14 +166,28 @@ def describe_round(info: dict, rows: Any) -> list[str]:
         lines.append("  by source: " + ", ".join(f"{k}={v}" for k, v in rows[S.SOURCE].value_counts().items()))
     if len(acc) and acc[S.KIND].notna().any():
         lines.append("  kinds (accepted): " + ", ".join(f"{k}={v}" for k, v in acc[S.KIND].value_counts().items()))
-    reasons = rows.loc[~rows[S.ACCEPTED].astype(bool), S.REASON].fillna("(none)").value_counts()
-    lines += [f"  rejected {v} x {k}" for k, v in reasons.items()]
+    lines += [f"  rejected {n} x {kind}" for kind, n in _rejections(rows, S).items()]
     conv = sum(len(c) for c in rows[S.CONVERSIONS])
     if conv:
         lines.append(f"  input conversions recorded: {conv}")
     if info.get("info"):
-        lines.append("  info: " + json.dumps(info["info"], default=str)[:400])
+        lines.append("  info (all of it: --json):")
+        lines += [f"    {key}: {_short(value)}" for key, value in info["info"].items()]
     return lines
+
+
+def _rejections(rows: Any, S: Any) -> dict[str, int]:
+    """Rejections counted by cause (the reason without its measured scores), most frequent first."""
+    from layerloop.models.judges.acceptance import reason_kind
+
+    kinds = rows.loc[~rows[S.ACCEPTED].astype(bool), S.REASON].map(reason_kind).replace("", "(no reason)")
+    return kinds.value_counts().to_dict()
+
+
+def _short(value: Any, width: int = 100) -> str:
+    """One line of compact JSON, cut at `width` characters with an ellipsis that says so."""
+    text = json.dumps(value, default=str, separators=(", ", ": "))
+    return text if len(text) <= width else text[:width - 2] + " …"
 
 
 def verify(round: Optional[int] = typer.Option(None, "--round", help="only this round (default: all + pool)"),

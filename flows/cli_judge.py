@@ -139,7 +139,8 @@ def review_export(round_: int = typer.Argument(..., metavar="ROUND", help="a com
 
 
 @review_app.command("import")
-def review_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="the filled review.csv"),
+def review_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, metavar="FILE",
+                                             help="the filled review.csv"),
                   reviewer: Optional[str] = typer.Option(None, "--reviewer", help="for rows without a reviewer"),
                   config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) -> None:
     """Record review decisions; they override the judge in the next commit (committed rounds stay as they are)."""

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 from PIL import Image, ImageOps
 
-from layerloop.flows.cli_config import CONFIG_OPT, STORE_OPT, fail, load, open_store
+from layerloop.flows.cli_config import CONFIG_OPT, STORE_OPT, fail, load, open_store, prefect_env, user_errors
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 FIT_MODES = ("pad", "resize")
@@ -179,7 +178,7 @@ def register(app: typer.Typer) -> None:
 _ADAPTER = typer.Option(None, "--adapter", "-a", help="round number or adapter directory (default: latest round)")
 
 
-def report_cmd(round: int = typer.Argument(..., help="committed round to report on"),
+def report_cmd(round: int = typer.Argument(..., metavar="ROUND", help="committed round to report on"),
                store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Rebuild report.html / report.json / selection_rate.png of a committed round."""
     from layerloop.tasks.report import build_report
@@ -205,7 +204,8 @@ def eval_cmd(adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a"
     from layerloop.flows import evaluate as ev
 
     cfg = load(config, store=store)
-    try:
+    prefect_env()  # offline, Prefect's telemetry service would log an ERROR on every run
+    with user_errors():  # an unknown adapter (AdapterNotFound) included
         if prefect:
             result = ev.evaluate(cfg, adapters=adapter or None, out_dir=str(out), n=n, seed=seed)
             rows, paths = result["rows"], result["paths"]
@@ -214,8 +214,6 @@ def eval_cmd(adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a"
             rows = ev.evaluation_table(cfg, pairs, n=n, seed=seed)
             paths = ev.write_outputs(rows, str(out))
             typer.echo(ev.to_markdown(rows))
-    except ev.AdapterNotFound as exc:
-        fail(str(exc))
     typer.echo(f"written: {', '.join(paths.values())}")
 
 
@@ -226,20 +224,17 @@ def _fit_and_config(fit: str, config: Optional[Path], store: Optional[str]):
     return load(config, store=store)
 
 
-def decompose_cmd(images: list[Path] = typer.Argument(..., help="composite images (any size)"),
+def decompose_cmd(images: list[Path] = typer.Argument(..., metavar="IMAGE", help="composite images (any size)"),
                   out: Path = typer.Option(..., "--out", "-o", help="output directory"),
                   adapter: Optional[str] = _ADAPTER,
                   fit: str = typer.Option("pad", "--fit", help="pad (letterbox, keeps aspect) or resize (stretch)"),
                   store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Split composites into <name>.logo.png, <name>.object.png, <name>.grid.png (+ <name>.json sidecar)."""
-    from layerloop.flows.evaluate import AdapterNotFound
     from layerloop.models.grid import LayerSchema
 
     cfg = _fit_and_config(fit, config, store)
-    try:
+    with user_errors():  # an unknown adapter, a bad model.path or base: one error line
         label, sampler = _sampler(cfg, adapter or _latest_adapter(cfg))
-    except AdapterNotFound as exc:
-        fail(str(exc))
     failed = decompose_files(sampler, list(images), out, panel_size=cfg.model.panel_size,
                              schema=LayerSchema(tuple(cfg.model.layers)), fit=fit,
                              max_pixels=cfg.store.max_image_pixels, max_bytes=cfg.store.max_file_bytes,
@@ -249,24 +244,23 @@ def decompose_cmd(images: list[Path] = typer.Argument(..., help="composite image
         raise typer.Exit(1)
 
 
-def synthesize_cmd(logo: Path = typer.Argument(..., help="logo image"),
+def synthesize_cmd(logo: Path = typer.Argument(..., metavar="LOGO", help="logo image"),
                    object_: Path = typer.Argument(..., metavar="OBJECT", help="clean object image"),
                    out: Path = typer.Option(..., "--out", "-o", help="output composite file (.png)"),
                    adapter: Optional[str] = _ADAPTER,
                    fit: str = typer.Option("pad", "--fit", help="pad (letterbox) or resize (stretch)"),
                    store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Print LOGO onto OBJECT: writes the composite at the object's size (+ FILE.json sidecar)."""
-    from layerloop.flows.evaluate import AdapterNotFound
-
     cfg = _fit_and_config(fit, config, store)
     if list(cfg.model.layers) != ["logo", "object"]:
         fail(f"synthesize takes LOGO OBJECT; this config's layers are {cfg.model.layers}")
     limits = {"max_pixels": cfg.store.max_image_pixels, "max_bytes": cfg.store.max_file_bytes}
     try:
         (logo_img, logo_conv), (obj_img, obj_conv) = load_input(logo, **limits), load_input(object_, **limits)
-        label, sampler = _sampler(cfg, adapter or _latest_adapter(cfg))
-    except (InputImageError, AdapterNotFound) as exc:
+    except InputImageError as exc:
         fail(str(exc))
+    with user_errors():  # an unknown adapter, a bad model.path or base: one error line
+        label, sampler = _sampler(cfg, adapter or _latest_adapter(cfg))
     size = cfg.model.panel_size
     logo_panel, logo_rec = fit_to_panel(logo_img, size, fit)
     obj_panel, obj_rec = fit_to_panel(obj_img, size, fit)
@@ -292,7 +286,8 @@ def ablate_cmd(seeds: list[int] = typer.Option([0, 1], "--seed", help="repeat wi
     from layerloop.flows.ablate import ABLATION_DEFAULTS, run_ablation
 
     cfg = load(config, defaults=ABLATION_DEFAULTS)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    result = run_ablation(cfg, seeds=list(seeds), rounds=rounds, work_dir=str(out))
+    prefect_env()
+    with user_errors():
+        result = run_ablation(cfg, seeds=list(seeds), rounds=rounds, work_dir=str(out))
     typer.echo(result["markdown"])
     typer.echo(f"written: {', '.join(result['paths'].values())}")

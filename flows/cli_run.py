@@ -7,7 +7,6 @@ commands so `layerloop --help` stays fast.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -15,20 +14,10 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from layerloop.flows.cli_config import CONFIG_OPT, STORE_OPT, load
+from layerloop.flows.cli_config import CONFIG_OPT, STORE_OPT, load, prefect_env, user_errors
 
 if TYPE_CHECKING:
     from layerloop.tasks.config import PipelineConfig
-
-
-def _prefect_env() -> None:
-    """Settings for local runs; must be set before prefect is imported."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    # Ephemeral servers keep slot leases in memory but the slot counts in the shared SQLite DB: a run
-    # killed while holding the gpu slot would leak it for good. On disk, any later server expires it.
-    os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE",
-                          "prefect.server.concurrency.lease_storage.filesystem")
 
 
 def print_table(rows: list[dict], title: str = "selection rate per round") -> None:
@@ -74,19 +63,30 @@ def run(config: Optional[Path] = CONFIG_OPT,
         store: Optional[str] = STORE_OPT) -> None:
     """Run the self-improving loop: seed round if missing, then rounds up to loop.rounds."""
     cfg = load(config, store=store, flags={"loop": {"rounds": rounds}} if rounds is not None else None)
-    _prefect_env()
-    from layerloop.flows.self_improve import self_improve
+    with user_errors():
+        _check_inputs(cfg)
+        from layerloop.flows.self_improve import self_improve
 
-    print_table(self_improve(cfg))
+        rows = self_improve(cfg)
+    print_table(rows)
+
+
+def _check_inputs(cfg: "PipelineConfig") -> None:
+    """Missing seed / pool inputs are found before Prefect starts (seconds, and no flow-run logs)."""
+    from layerloop.tasks.stages.ingest import check_inputs
+
+    check_inputs(cfg)
+    prefect_env()
 
 
 def seed(config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) -> None:
     """Ingest the labeled seeds as round 0 and train the seed LoRA (adapters/round-0000)."""
     cfg = load(config, store=store)
-    _prefect_env()
-    from layerloop.flows.seed import seed as seed_flow
+    with user_errors():
+        _check_inputs(cfg)
+        from layerloop.flows.seed import seed as seed_flow
 
-    result = seed_flow(cfg)
+        result = seed_flow(cfg)
     typer.echo(f"seed round committed; held-out metrics of the seed LoRA: {result['heldout']}")
 
 
@@ -118,12 +118,13 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
     demo_world.make_inputs(inputs, seed_slice=demo_world.DEMO_SLICE)
     if fresh and Path(store).exists():
         shutil.rmtree(store)
-    _prefect_env()
+    prefect_env()
     from layerloop.flows.self_improve import self_improve
     from layerloop.tasks.stages.adapter import evaluate_adapter
     from layerloop.tasks.stages.handles import adapter_id, open_store
 
-    rows = self_improve(cfg)
+    with user_errors():
+        rows = self_improve(cfg)
     print_table(rows)
     if cfg.loop.eval_size:
         _print_heldout("identity baseline (composite as every layer)", _identity(cfg))

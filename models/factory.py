@@ -9,9 +9,10 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from layerloop.models.config import ModelConfig
 from layerloop.models.grid import LayerSchema, task_prompt, validate_templates
@@ -46,6 +47,8 @@ class Backbone:
     prompt_templates: dict[str, str]
     max_sequence_length: int = 512
     base_id: str = ""
+    # what `FluxFillPipeline.from_pretrained` takes to load this base: a local folder or a hub id
+    base_path: str = ""
     _pipe: Any = field(default=None, repr=False)
     _embeds: OrderedDict = field(default_factory=OrderedDict, repr=False)
     # pipeline calls mutate the shared scheduler (timesteps, step index): callers on threads hold this
@@ -100,9 +103,11 @@ def build_backbone(cfg: ModelConfig, *, allow_random_init: bool = False) -> Back
     else:
         modules, dtype, base_id, seq_len = _tiny_modules(cfg, device, allow_random_init, templates)
     pipe = modules.pop("_pipe", None)
+    base_path = modules.pop("_path", "")
     backbone = Backbone(
         **modules, schema=LayerSchema(tuple(cfg.layers)), panel_size=cfg.panel_size, device=device,
-        dtype=dtype, prompt_templates=templates, max_sequence_length=seq_len, base_id=base_id, _pipe=pipe,
+        dtype=dtype, prompt_templates=templates, max_sequence_length=seq_len, base_id=base_id,
+        base_path=base_path, _pipe=pipe,
     )
     _freeze(backbone)
     if cfg.gradient_checkpointing:
@@ -158,37 +163,46 @@ def _tiny_modules(cfg: ModelConfig, device, allow_random_init: bool, templates: 
 
     asset_dir = _tiny_asset_dir(cfg)
     if tiny.assets_present(asset_dir):
-        meta = tiny.read_meta(asset_dir)
-        modules = tiny.build_modules(meta)
-        tiny.load_weights(modules, asset_dir)
-        base_id = f"tiny-base@{_digest(asset_dir / 'transformer.safetensors')}"
-    elif allow_random_init:
-        modules = tiny.build_modules(tiny.default_meta(templates))
-        base_id = "tiny-random"
-    else:
+        # the shipped folder loads the way a user loads it: plain FluxFillPipeline.from_pretrained
+        modules = _pretrained(str(asset_dir), cfg, device, _dtype(cfg, "float32"), "the tiny base")
+        digest = _digest(tiny.weights_path(asset_dir, "transformer"))
+        return modules, _dtype(cfg, "float32"), f"tiny-base@{digest}", tiny.T5_MAX_LENGTH
+    if tiny.legacy_layout(asset_dir):
         raise BackboneConfigError(
-            f"tiny base weights not found in {asset_dir} (need base.json and "
-            f"{', '.join(c + '.safetensors' for c in tiny.COMPONENTS)}); run "
+            f"{asset_dir} holds a tiny base in the old flat layout (<component>.safetensors); convert it to a "
+            f"diffusers folder: python scripts/pretrain_tiny_base.py --convert-from {asset_dir} --out NEW_DIR")
+    if not allow_random_init:
+        raise BackboneConfigError(
+            f"tiny base not found in {asset_dir} (need {tiny.MODEL_INDEX} and per-component folders with "
+            "safetensors, as `FluxFillPipeline.save_pretrained` writes them); run "
             "`python scripts/pretrain_tiny_base.py` or set model.path to a directory that has them"
         )
+    modules = tiny.build_modules(tiny.default_meta(templates))
     dtype = _dtype(cfg, "float32")
     for name in tiny.COMPONENTS:
-        # the assets are fp32: cast only when asked, diffusers warns on every .to(dtype)
+        # random init is fp32: cast only when asked, diffusers warns on every .to(dtype)
         modules[name].to(device) if dtype == torch.float32 else modules[name].to(device=device, dtype=dtype)
-    return modules, dtype, base_id, tiny.T5_MAX_LENGTH
+    return modules, dtype, "tiny-random", tiny.T5_MAX_LENGTH
 
 
 def _flux_modules(cfg: ModelConfig, device):
-    from diffusers import FluxFillPipeline
-
     path = _flux_source(cfg.path)
     dtype = _dtype(cfg, "bfloat16")
+    modules = _pretrained(path, cfg, device, dtype, "FLUX.1-Fill-dev")
+    return modules, dtype, f"flux-fill:{path}", 512
+
+
+def _pretrained(path: str, cfg: ModelConfig, device, dtype, what: str) -> dict[str, Any]:
+    """The modules of the FluxFillPipeline folder at `path` (safetensors only), on `device`, plus the pipeline."""
+    from diffusers import FluxFillPipeline
+
     try:
-        pipe = FluxFillPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
+        with _no_progress_bars():
+            pipe = FluxFillPipeline.from_pretrained(path, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise BackboneConfigError(
-            f"could not load FLUX.1-Fill-dev from '{path}': {exc}. Point model.path at a local "
-            "FLUX.1-Fill-dev directory (with model_index.json and safetensors weights)"
+            f"could not load {what} from '{path}': {exc}. Point model.path at a local "
+            "FluxFillPipeline directory (with model_index.json and safetensors weights)"
         ) from exc
     if cfg.cpu_offload:
         if device.type != "cuda":
@@ -198,9 +212,26 @@ def _flux_modules(cfg: ModelConfig, device):
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     names = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
-    modules = {n: getattr(pipe, n) for n in names}
-    modules["_pipe"] = pipe
-    return modules, dtype, f"flux-fill:{path}", 512
+    local = Path(path).expanduser()
+    return {**{n: getattr(pipe, n) for n in names}, "_pipe": pipe,
+            "_path": str(local.resolve()) if local.is_dir() else path}
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """diffusers and transformers draw loading bars per component; every process that builds a backbone
+    would print them into a run's output. Their switches are global: put back what was there."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libs = [lib for lib in (diffusers_logging, transformers_logging) if lib.is_progress_bar_enabled()]
+    for lib in libs:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib in libs:
+            lib.enable_progress_bar()
 
 
 def _flux_source(path: str | None) -> str:

@@ -65,14 +65,54 @@ def _metadata(peft_cfg: Any) -> dict:
     return json.loads(json.dumps(clean, default=str))
 
 
+def base_model(backbone: Any) -> str:
+    """What the card names as the base: a folder or hub id `FluxFillPipeline.from_pretrained` loads
+    (an absolute path as it was at training time), else the base's id."""
+    return getattr(backbone, "base_path", "") or getattr(backbone, "base_id", "") or "unknown"
+
+
+def _how_to_load(backbone: Any) -> list[str]:
+    """The card's recipe: plain diffusers calls, the grid and mask the LoRA was trained on, its prompts."""
+    from layerloop.models.grid import task_prompt
+    from layerloop.models.tiny import ASSET_DIR
+
+    if not getattr(backbone, "base_path", ""):
+        return ["## How to load", "", f"The base (`{base_model(backbone)}`) was built in memory, not loaded from "
+                "a folder: load this LoRA with `FluxFillPipeline.load_lora_weights` onto that same pipeline.", ""]
+    p, panels = backbone.panel_size, backbone.schema.panels
+    prompt = task_prompt("decompose", backbone.prompt_templates)
+    lines = ["## How to load (plain diffusers)", "", "```python", "import torch",
+             "from diffusers import FluxFillPipeline", "from PIL import Image", "",
+             f'pipe = FluxFillPipeline.from_pretrained("{base_model(backbone)}", dtype=torch.{str(backbone.dtype).split(".")[-1]})',
+             'pipe.load_lora_weights("path/to/this/folder")  # pytorch_lora_weights.safetensors', "",
+             f"# decompose: [{' | '.join(panels)}], {p} px panels; white mask = panels to generate",
+             f'grid = Image.new("RGB", ({p * len(panels)}, {p}), "white")',
+             'grid.paste(Image.open("composite.png").convert("RGB").resize(' + f"({p}, {p})), (0, 0))",
+             f'mask = Image.new("L", ({p * len(panels)}, {p}), 0)',
+             f"mask.paste(255, ({p}, 0, {p * len(panels)}, {p}))",
+             f"prompt = {json.dumps(prompt)}",
+             f"out = pipe(prompt=prompt, image=grid, mask_image=mask, height={p}, width={p * len(panels)},",
+             f"           max_sequence_length={backbone.max_sequence_length}, num_inference_steps=8, "
+             "guidance_scale=30).images[0]",
+             f"layers = {{name: out.crop(({p} * i, 0, {p} * (i + 1), {p})) for i, name in "
+             f"enumerate({list(panels)!r}) if i}}",
+             "```", ""]
+    if Path(base_model(backbone)).resolve() == ASSET_DIR.resolve():
+        lines += ["The base is the tiny base shipped inside the layerloop package: "
+                  '`importlib.resources.files("layerloop.models") / "assets" / "tiny-base"` in any install.', ""]
+    lines += ["Its task prompts (`{caption}` is empty or \" <caption>\"; synthesize masks the composite instead):", ""]
+    lines += [f"- {task}: `{template}`" for task, template in backbone.prompt_templates.items()]
+    return lines + [""]
+
+
 def model_card(backbone: Any, peft_cfg: Any, state: dict, card: dict) -> str:
-    """Markdown card: base, LoRA shape, data rounds, training metrics."""
+    """Markdown card: base (loadable), how to load it with diffusers, LoRA shape, data rounds, training metrics."""
     targets = sorted(peft_cfg.target_modules) if not isinstance(peft_cfg.target_modules, str) else [peft_cfg.target_modules]
     n_params = sum(int(v.numel()) for v in state.values())
     metrics = card.get("metrics", {})
     lines = [
         "---", "library_name: diffusers", "tags: [lora, flux, fill, layerloop, layered-decomposition]",
-        f"base_model: {getattr(backbone, 'base_id', '') or 'unknown'}", "---", "",
+        f"base_model: {json.dumps(base_model(backbone))}", "---", "",
         "# layerloop decomposition / synthesis LoRA", "",
         "One LoRA on a FLUX.1-Fill-style in-context grid `[composite | "
         + " | ".join(backbone.schema.layers) + "]` trained with flow matching + cycle consistency.", "",
@@ -85,8 +125,8 @@ def model_card(backbone: Any, peft_cfg: Any, state: dict, card: dict) -> str:
     for key in ("data_rounds", "round", "parent_round", "n_triplets"):
         if key in card:
             lines.append(f"| {key.replace('_', ' ')} | {card[key]} |")
-    lines += ["", "## Training metrics", "", "```json", json.dumps(metrics, indent=1, default=str), "```", "",
-              "Load with `FluxFillPipeline.load_lora_weights(<this dir>)` or `models.lora_io.load_adapter`.", ""]
+    lines += ["", *_how_to_load(backbone), "Inside layerloop: `layerloop.models.lora_io.load_adapter(backbone, dir)`.",
+              "", "## Training metrics", "", "```json", json.dumps(metrics, indent=1, default=str), "```", ""]
     return "\n".join(lines)
 
 

@@ -464,13 +464,31 @@ def _check_size(size: int) -> None:
         raise ValueError(f"panel size must be an integer in [{MIN_SIZE}, {MAX_SIZE}] px, got {size!r}")
 
 
-def render_triplet(seed: int, size: int = 32) -> tuple[dict[str, Image.Image], dict]:
+def seed_value(seed: int | str) -> int:
+    """A render seed as an int, from an int or its decimal string (how meta.json and the store keep it).
+
+    Item seeds are 64-bit unsigned, beyond int64: JSON readers backed by Arrow reject such integers, so
+    meta stores them as strings; old stores hold ints. Every reader of meta["seed"] goes through here.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer, str)):
+        raise ValueError(f"seed must be a non-negative integer or its decimal string, got {seed!r}")
+    if isinstance(seed, str) and not seed.isdigit():
+        raise ValueError(f"seed must be a non-negative integer or its decimal string, got {seed!r}")
+    value = int(seed)
+    if value < 0:
+        raise ValueError(f"seed must be a non-negative integer or its decimal string, got {seed!r}")
+    return value
+
+
+def render_triplet(seed: int | str, size: int = 32) -> tuple[dict[str, Image.Image], dict]:
     """One (composite, logo, object) triplet and its meta (kind, colours, logo text, caption).
 
     Same seed and size -> identical pixels. Everything is drawn at >= 128 px and box-filtered down,
-    so a 32 px panel still shows a bold, anti-aliased logo.
+    so a 32 px panel still shows a bold, anti-aliased logo. `seed` may be meta["seed"] as stored (a
+    string) or an int: `render_triplet(meta["seed"], meta["size"])` re-renders an item's truth.
     """
     _check_size(size)
+    seed = seed_value(seed)
     rng = np.random.default_rng(seed)
     res = size * max(1, -(-_MIN_RENDER // size))
     kind, (obj_c, logo_c, text_c), shape, text = _draw_identity(rng)
@@ -498,7 +516,8 @@ def _meta(seed, size, kind, colours, shape, text, style: _Style) -> dict:
     logo_article = "an" if logo_c[0] in "aeiou" else "a"
     caption = f"{article} {obj_c} {pattern_word}{kind} with {logo_article} {logo_c} {shape} logo reading '{text}'"
     return {
-        "seed": int(seed), "size": int(size), "kind": kind, "pattern": style.pattern,
+        # the seed as a string: item seeds exceed int64 (see seed_value)
+        "seed": str(seed), "size": int(size), "kind": kind, "pattern": style.pattern,
         "object_colour": obj_c, "object_rgb": list(COLOURS[obj_c]),
         "logo_colour": logo_c, "logo_rgb": list(COLOURS[logo_c]), "logo_shape": shape,
         "text": text, "text_colour": text_c, "caption": caption,

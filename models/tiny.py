@@ -5,7 +5,10 @@ Shapes (panel 32 px, three panels => grid 96x32):
   packed latent 4*4 = 16 ch, masked-image latent 16 ch, packed mask (2*2)*4 = 16 ch
   FluxTransformer2DModel            -> in_channels 48, out_channels 16, 8x8 tokens per panel
   CLIP (pooled 64) + T5 (d_model 64) text towers over a word-level vocabulary.
-Only models/factory.py should import this module; everything else sees a `Backbone`.
+The shipped base (assets/tiny-base/) is a diffusers pipeline folder: model_index.json, one subfolder per
+component (config + safetensors, tokenizers saved by transformers), so plain
+`FluxFillPipeline.from_pretrained(folder)` loads it offline, and the factory loads it exactly that way.
+Only models/factory.py (and the pretraining script) should import this module; everything else sees a `Backbone`.
 """
 from __future__ import annotations
 
@@ -16,7 +19,13 @@ from typing import Any, Iterable
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets" / "tiny-base"
 COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2")
-BASE_META = "base.json"
+TOKENIZERS = ("tokenizer", "tokenizer_2")
+# diffusers' and transformers' own file names, so from_pretrained finds them
+WEIGHT_FILES = {"transformer": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
+                "text_encoder": "model.safetensors", "text_encoder_2": "model.safetensors"}
+MODEL_INDEX = "model_index.json"
+TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+BASE_META = "base.json"  # how the base was made: the pretraining run's record and metrics
 
 # Special ids: T5 wants pad=0 / eos=1; CLIP pools at the first eos, so eos must not be 2 (legacy argmax path).
 PAD, EOS, UNK, BOS = "<pad>", "</s>", "<unk>", "<s>"
@@ -146,46 +155,63 @@ def default_meta(templates: dict[str, str]) -> dict:
     return {"vocab": build_vocab(templates.values()), "vae_factors": {"shift_factor": 0.0, "scaling_factor": 1.0}}
 
 
-def read_meta(asset_dir: Path) -> dict:
-    path = asset_dir / BASE_META
-    meta = json.loads(path.read_text())
-    for key in ("vocab", "vae_factors"):
-        if key not in meta:
-            raise ValueError(f"{path} lacks '{key}'; regenerate it with scripts/pretrain_tiny_base.py")
-    return meta
+def weights_path(asset_dir: Path, component: str) -> Path:
+    return Path(asset_dir) / component / WEIGHT_FILES[component]
 
 
 def assets_present(asset_dir: Path) -> bool:
-    return (asset_dir / BASE_META).is_file() and all(
-        (asset_dir / f"{c}.safetensors").is_file() for c in COMPONENTS
-    )
+    """Whether `asset_dir` is a complete tiny base folder (what `save_base` writes)."""
+    asset_dir = Path(asset_dir)
+    return (asset_dir / MODEL_INDEX).is_file() and all(weights_path(asset_dir, c).is_file() for c in COMPONENTS) \
+        and all((asset_dir / t / "tokenizer.json").is_file() for t in TOKENIZERS)
 
 
-def load_weights(modules: dict[str, Any], asset_dir: Path) -> None:
-    """Load every component's safetensors strictly; a shape mismatch names the file and the fix."""
-    from safetensors.torch import load_file
+def legacy_layout(asset_dir: Path) -> bool:
+    """The flat layout of older bases (<component>.safetensors + base.json with the vocabulary)."""
+    return not (Path(asset_dir) / MODEL_INDEX).exists() and (Path(asset_dir) / "transformer.safetensors").is_file()
 
-    for name in COMPONENTS:
-        path = asset_dir / f"{name}.safetensors"
-        state = load_file(str(path))
-        try:
-            modules[name].load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(
-                f"{path} does not match the tiny config in models/tiny.py ({str(exc).splitlines()[0]}); "
-                "rerun scripts/pretrain_tiny_base.py"
-            ) from exc
+
+def vocab_of(tokenizer: Any) -> list[str]:
+    """The word list a tiny tokenizer was built from, in id order (to rebuild or extend it)."""
+    ids = tokenizer.get_vocab()
+    return sorted(ids, key=ids.__getitem__)
+
+
+def _portable_tokenizer_class(asset_dir: Path) -> None:
+    """Name the tokenizers PreTrainedTokenizerFast: transformers 5 saves its alias TokenizersBackend,
+    a name transformers 4 (which the project still allows) does not have."""
+    index = json.loads((asset_dir / MODEL_INDEX).read_text())
+    for name in TOKENIZERS:
+        index[name] = ["transformers", TOKENIZER_CLASS]
+        config_path = asset_dir / name / "tokenizer_config.json"
+        config = json.loads(config_path.read_text())
+        config["tokenizer_class"] = TOKENIZER_CLASS
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (asset_dir / MODEL_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def save_base(modules: dict[str, Any], asset_dir: Path, meta: dict) -> None:
-    """Write every component as fp32 safetensors plus base.json (vocab, VAE factors, configs, record)."""
+    """Write a diffusers FluxFillPipeline folder: model_index.json, each component's config and fp32
+    safetensors (the same bytes whichever way the modules were loaded), the tokenizers, and base.json
+    (`meta` without the vocabulary and VAE factors, which the tokenizers and the VAE config now hold)."""
+    from diffusers import FluxFillPipeline
     from safetensors.torch import save_file
 
+    asset_dir = Path(asset_dir)
     asset_dir.mkdir(parents=True, exist_ok=True)
+    FluxFillPipeline(**{k: modules[k] for k in (*COMPONENTS, *TOKENIZERS, "scheduler")}).save_config(asset_dir)
     for name in COMPONENTS:
+        module = modules[name]
+        (asset_dir / name).mkdir(exist_ok=True)
+        # config only: save_pretrained would also write the weights, with other header metadata
+        module.save_config(asset_dir / name) if hasattr(module, "save_config") else \
+            module.config.save_pretrained(asset_dir / name)
         # clone: T5 ties shared/embed_tokens and safetensors refuses tensors that share memory
-        state = {k: v.detach().float().cpu().clone() for k, v in modules[name].state_dict().items()}
-        save_file(state, str(asset_dir / f"{name}.safetensors"), metadata={"format": "pt", "component": name})
-    configs = {"transformer": transformer_config(), "vae": vae_config(), "clip": clip_config(),
-               "t5": t5_config(), "scheduler": scheduler_config()}
-    (asset_dir / BASE_META).write_text(json.dumps({**meta, "configs": configs}, indent=1))
+        state = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+        save_file(state, str(weights_path(asset_dir, name)), metadata={"format": "pt", "component": name})
+    for name in TOKENIZERS:
+        modules[name].save_pretrained(asset_dir / name)
+    modules["scheduler"].save_pretrained(asset_dir / "scheduler")
+    _portable_tokenizer_class(asset_dir)
+    record = {k: v for k, v in meta.items() if k not in ("vocab", "vae_factors", "configs")}
+    (asset_dir / BASE_META).write_text(json.dumps(record, indent=1))

@@ -11,10 +11,13 @@ Two phases, both seeded:
 
 The Fill conditioning comes from FluxFillPipeline's own methods (prepare_mask_latents, _pack_latents,
 _prepare_latent_image_ids, the VAE's shift/scale), so the base sees what the pipeline builds.
-Writes safetensors + base.json (vocabulary, VAE factors, configs, the run's record and metrics).
+Writes a diffusers FluxFillPipeline folder (model_index.json; per component a config and safetensors;
+the tokenizers; the scheduler) that `FluxFillPipeline.from_pretrained(out)` loads, plus base.json (the
+run's record and metrics).
 
     python scripts/pretrain_tiny_base.py --device cpu                # ~20 min on 2 CPU cores
     python scripts/pretrain_tiny_base.py --smoke --out /tmp/tiny     # seconds, checks the script
+    python scripts/pretrain_tiny_base.py --convert-from OLD --out NEW  # an old flat-layout base, same weights
 """
 from __future__ import annotations
 
@@ -65,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--smoke", action="store_true", help="tiny run (few steps) to check the script works")
     p.add_argument("--eval-only", action="store_true", help="only measure the base already in --out")
+    p.add_argument("--convert-from", default=None,
+                   help="rewrite an old flat-layout base (<component>.safetensors + base.json) as a diffusers "
+                        "folder in --out, weights byte for byte; no training")
     args = p.parse_args(argv)
     if args.smoke:
         args.n_triplets, args.vae_steps, args.steps, args.eval_n, args.eval_steps = 24, 3, 3, 4, 2
@@ -75,8 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0.0 <= args.related <= 1.0:
         p.error(f"--related must be a share in [0, 1]; got {args.related}")
     if args.init_from and not tiny.assets_present(Path(args.init_from)):
-        p.error(f"--init-from {args.init_from} is not a tiny base: it needs {tiny.BASE_META} and "
-                f"{', '.join(c + '.safetensors' for c in tiny.COMPONENTS)} (a directory this script wrote)")
+        p.error(f"--init-from {args.init_from} is not a tiny base: it needs {tiny.MODEL_INDEX} and a folder "
+                f"per component (a directory this script wrote; convert old ones with --convert-from)")
+    if args.convert_from and not tiny.legacy_layout(Path(args.convert_from)):
+        p.error(f"--convert-from {args.convert_from} is not an old flat-layout base (transformer.safetensors, "
+                "base.json, no model_index.json)")
     return args
 
 
@@ -447,6 +456,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.eval_only:
         return evaluate_only(args, log)
+    if args.convert_from:
+        return convert_legacy(Path(args.convert_from), Path(args.out), log)
     panels, captions = render_pool(args.n_triplets, args.seed)
     held_out, _ = render_pool(args.eval_n, args.seed, split="test")
     log(f"rendered {panels.shape[0]} training panels, {held_out.shape[0]} held-out panels")
@@ -493,16 +504,41 @@ def _init_from(args, log):
     """Every weight of the base in --init-from, and its record: its own record and its transformer's sha256."""
     import hashlib
 
+    import torch
+    from diffusers import FluxFillPipeline
+
     src = Path(args.init_from)
-    meta = tiny.read_meta(src)
+    meta = json.loads((src / tiny.BASE_META).read_text()) if (src / tiny.BASE_META).is_file() else {}
     record = {"path": str(src), "record": meta.get("record"),
-              "transformer_sha256": hashlib.sha256((src / "transformer.safetensors").read_bytes()).hexdigest()}
-    modules = tiny.build_modules(meta)
-    tiny.load_weights(modules, src)
+              "transformer_sha256": hashlib.sha256(tiny.weights_path(src, "transformer").read_bytes()).hexdigest()}
+    pipe = FluxFillPipeline.from_pretrained(str(src), torch_dtype=torch.float32, use_safetensors=True)
+    modules = {n: getattr(pipe, n) for n in (*tiny.COMPONENTS, *tiny.TOKENIZERS, "scheduler")}
     for name in tiny.COMPONENTS:
         modules[name].to(args.device)
+    vae = modules["vae"].config
     log(f"initialised from {src} (VAE phase skipped)")
-    return modules, meta["vocab"], meta["vae_factors"], 0, record
+    return (modules, tiny.vocab_of(modules["tokenizer"]),
+            {"shift_factor": vae.shift_factor, "scaling_factor": vae.scaling_factor}, 0, record)
+
+
+def convert_legacy(src: Path, out: Path, log) -> dict:
+    """An old flat-layout base rewritten as a diffusers folder; the safetensors keep their exact bytes
+    (same tensors, same header), so nothing is retrained and git stores no second copy."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    meta = json.loads((src / tiny.BASE_META).read_text())
+    modules = tiny.build_modules(meta)
+    for name in tiny.COMPONENTS:
+        modules[name].load_state_dict(load_file(str(src / f"{name}.safetensors")), strict=True)
+    tiny.save_base(modules, out, {k: v for k, v in meta.items() if k != "configs"})
+    for name in tiny.COMPONENTS:
+        # the tensors just loaded strictly are these files' bytes; re-saving them may reorder the header's
+        # metadata keys (safetensors does not keep their order), so copy the files themselves
+        shutil.copyfile(src / f"{name}.safetensors", tiny.weights_path(out, name))
+    log(f"converted {src} -> {out}")
+    return meta.get("metrics", {})
 
 
 def evaluate_only(args, log) -> dict:

@@ -2,7 +2,10 @@
 
 Layout under the store root (local path or fsspec URL):
 
-    rounds/round-NNNN/shards/*.tar         WebDataset shards (temp name -> rename, or whole PUT)
+    rounds/round-NNNN/shards/{accepted,rejected}-*.tar  the committed round's WebDataset shards: written at
+                                           commit (temp name -> rename, or whole PUT), each sample's
+                                           sidecar JSON carrying the decision
+    rounds/round-NNNN/_work/shards/U-*.tar  a unit's shards as written before judging (removed at commit)
     rounds/round-NNNN/_work/units/U.parquet  a unit's rows: written after its shards, marks it done
     rounds/round-NNNN/_work/parts/S/U.parquet  stage results (scores, cycle errors) per unit
     rounds/round-NNNN/_work/CLAIM          put-if-absent claim of the one writer allowed to commit
@@ -15,6 +18,12 @@ Layout under the store root (local path or fsspec URL):
 Readers only ever look at directories that hold COMMITTED, so a crashed writer's work area is
 invisible; rerunning the same round skips every unit whose part table exists, and `gc` removes the
 debris (temp files, shards no finished unit or manifest references).
+
+Units are written before anything is judged, so their shards cannot say whether a sample was kept.
+The commit, holding the round's claim, re-packs them once into `shards/accepted-*` and
+`shards/rejected-*` with the final sidecar (member bytes copied after their sha256 is checked, PNGs
+never re-encoded), then writes the manifests that point at those shards, then COMMITTED. A crash in
+between leaves an uncommitted round whose units are intact; the next commit starts the re-pack over.
 """
 from __future__ import annotations
 
@@ -38,6 +47,7 @@ REJECTED = "rejected.parquet"
 CONFIG = "config.json"
 ROUND_JSON = "round.json"
 WORK = "_work"
+SHARDS = "shards"
 CLAIM = "CLAIM"
 ROUNDS_AREA = ("rounds", "round")
 POOL_AREA = ("pool", "batch")
@@ -95,6 +105,10 @@ class RoundStore:
 
     def round_dir(self, round: int) -> str:
         return self._area_dir(ROUNDS_AREA, round)
+
+    def url(self, rel: str) -> str:
+        """Full local path or fsspec URL of a store-relative path, e.g. a manifest row's `shard`."""
+        return self._url(self._path(rel))
 
     def round_uri(self, round: int) -> str:
         return self._url(self.round_dir(round))
@@ -352,17 +366,21 @@ class RoundWriter:
         if self.unit_done(unit):
             return _to_frame(read_table(self.fs, self._unit_path(unit)))
         rows: list[dict] = []
-        with ShardWriter(self.fs, f"{self.dir}/shards", prefix=unit, max_bytes=self.shard_max_bytes,
-                         max_samples=self.shard_max_samples) as writer:
+        with self._shard_writer(f"{WORK}/{SHARDS}", unit) as writer:
             for fields, panels in samples:
                 row = self._row(unit, fields, panels)
-                rec = writer.write(row[S.KEY], {**{f"{p}.png": b for p, b in panels.items()}, "json": _meta(row)})
+                rec = writer.write(row[S.KEY], {**{f"{p}.png": b for p, b in panels.items()},
+                                                "json": S.sidecar_bytes(row)})
                 row[S.META_SHA256] = rec.sha256["json"]
-                row[S.SHARD] = self._rel(f"{self.dir}/shards/{rec.shard}")
+                row[S.SHARD] = self._rel(f"{writer.directory}/{rec.shard}")
                 rows.append(row)
         table = S.validate_table(_rows_table(rows))
         write_bytes(self.fs, self._unit_path(unit), table_bytes(table))
         return _to_frame(table)
+
+    def _shard_writer(self, sub: str, prefix: str) -> ShardWriter:
+        return ShardWriter(self.fs, f"{self.dir}/{sub}", prefix=prefix, max_bytes=self.shard_max_bytes,
+                           max_samples=self.shard_max_samples)
 
     def _row(self, unit: str, fields: dict, panels: dict[str, bytes]) -> dict:
         if not panels:
@@ -411,10 +429,12 @@ class RoundWriter:
         """
         import pandas as pd
 
+        self._refuse_if_committed()  # first: a committed round's unit shards are gone, which is no input error
         rows = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
         table = S.validate_table(rows) if len(rows) else S.empty_table()
         self._check_rows(table)
         self._claim()
+        table = self._repack(table)
         accepted = table.filter(table.column(S.ACCEPTED))
         rejected = table.filter(_invert(table.column(S.ACCEPTED)))
         files = {MANIFEST: table_bytes(accepted), REJECTED: table_bytes(rejected),
@@ -427,7 +447,46 @@ class RoundWriter:
                   "files": {n: sha256_hex(b) for n, b in files.items()}}
         if not put_if_absent(self.fs, f"{self.dir}/{COMMITTED}", json.dumps(marker, indent=2).encode()):
             raise CommitConflictError(f"round {self.round} was committed by another writer first")
+        self._drop_unit_shards()
         return record
+
+    def _repack(self, table):
+        """Copy every row's members into `shards/{accepted,rejected}-*.tar` with its final sidecar.
+
+        Runs under the claim, before any manifest exists. Members are checked against their sha256 on
+        the way (a damaged unit shard fails the commit instead of being published); the rows come back
+        pointing at the new shards, with the new sidecar's sha256.
+        """
+        import pandas as pd
+
+        self._clear_debris()
+        df = table.to_pandas()
+        moved: dict[str, tuple[str, str]] = {}
+        with self._shard_writer(SHARDS, "accepted") as acc, self._shard_writer(SHARDS, "rejected") as rej:
+            for row, panels in self.store.load_panels(df):
+                writer = acc if row[S.ACCEPTED] else rej
+                members = {f"{p}.png": panels[p] for p in row[S.PANELS]}
+                rec = writer.write(row[S.KEY], {**members, "json": S.sidecar_bytes(row)})
+                moved[row[S.SAMPLE_ID]] = (self._rel(f"{writer.directory}/{rec.shard}"), rec.sha256["json"])
+        new = pd.DataFrame(moved.values(), index=list(moved), columns=[S.SHARD, S.META_SHA256])
+        df[S.SHARD] = df[S.SAMPLE_ID].map(new[S.SHARD])
+        df[S.META_SHA256] = df[S.SAMPLE_ID].map(new[S.META_SHA256])
+        return S.validate_table(df) if len(df) else table
+
+    def _clear_debris(self) -> None:
+        """Remove `shards/` files an earlier, crashed commit of this round left (no unit points at them)."""
+        keep = _referenced_shards(self.store, self.dir, committed=False)
+        for path in self.fs.glob(f"{self.dir}/{SHARDS}/*"):
+            if path not in keep:
+                self.fs.rm(path)
+
+    def _drop_unit_shards(self) -> None:
+        # The committed shards hold every member now; the unit copies only cost space (gc would take them too).
+        try:
+            if self.fs.exists(f"{self.dir}/{WORK}/{SHARDS}"):
+                self.fs.rm(f"{self.dir}/{WORK}/{SHARDS}", recursive=True)
+        except OSError:
+            pass
 
     def _check_rows(self, table) -> None:
         rounds = set(table.column(S.ROUND).to_pylist())
@@ -437,10 +496,13 @@ class RoundWriter:
             if not self.fs.exists(f"{self.store.root}/{shard}"):
                 raise ValueError(f"rows reference shard {shard}, which does not exist (was the unit written?)")
 
-    def _claim(self) -> None:
+    def _refuse_if_committed(self) -> None:
         committed = f"{self.dir}/{COMMITTED}"
         if self.fs.exists(committed):
             raise CommitConflictError(f"round {self.round} is already committed (by {read_json(self.fs, committed)['writer']})")
+
+    def _claim(self) -> None:
+        self._refuse_if_committed()
         claim = f"{self.dir}/{WORK}/{CLAIM}"
         mine = json.dumps({"writer": self.token, "at": _now().isoformat(),
                            "host": socket.gethostname(), "pid": os.getpid()}).encode()
@@ -479,14 +541,6 @@ def _invert(col):
     return pc.invert(col)
 
 
-def _meta(row: dict) -> bytes:
-    # Deterministic (no timestamps) so a rerun writes byte-identical members.
-    keep = (S.SAMPLE_ID, S.SOURCE, S.SPLIT, S.PROMPT, S.CAPTION, S.KIND, S.PANELS, S.WIDTH, S.HEIGHT)
-    meta = {k: row[k] for k in keep}
-    meta["extra"] = json.loads(row[S.EXTRA_JSON])
-    return json.dumps(meta, sort_keys=True).encode()
-
-
 def _rows_table(rows: list[dict]):
     import pyarrow as pa
 
@@ -516,7 +570,8 @@ def _gc_dir(store: RoundStore, d: str, grace_s: float, claim_max_age_s: float) -
     fs = store.fs
     committed = fs.exists(f"{d}/{COMMITTED}")
     keep = _referenced_shards(store, d, committed)
-    doomed = [p for p in fs.glob(f"{d}/shards/*") if p not in keep and _old_enough(fs, p, grace_s)]
+    shards = fs.glob(f"{d}/{SHARDS}/*") + fs.glob(f"{d}/{WORK}/{SHARDS}/*")
+    doomed = [p for p in shards if p not in keep and _old_enough(fs, p, grace_s)]
     doomed += [p for p in fs.find(d) if p.rsplit("/", 1)[1].startswith(TMP_PREFIX) and _old_enough(fs, p, grace_s)]
     if committed and fs.exists(f"{d}/{WORK}"):
         doomed.append(f"{d}/{WORK}")

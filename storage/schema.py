@@ -7,6 +7,10 @@ parallel lists, so a different layer schema needs no new columns.
 
 Writers build rows with `empty_row(**fields)` and call `validate_table` before anything is written;
 readers can rely on every committed manifest matching MANIFEST_SCHEMA.
+
+Each sample's `<key>.json` shard member (the sidecar, `sidecar(row)`) has one flat schema of its own for
+every source, so standard readers (Hugging Face `datasets`, `webdataset`) infer one type per field: no
+null strings, integers within int64, free-form data as JSON text, the commit's decision included.
 """
 from __future__ import annotations
 
@@ -97,6 +101,12 @@ COLUMNS = tuple(MANIFEST_SCHEMA.names)
 # Columns a writer fills from the shard it wrote; callers of empty_row() may leave them blank.
 STORAGE_FILLED = (UNIT, SHARD, KEY, PANELS, SHA256, SIZES, META_SHA256, CONTENT_HASH)
 
+# The sidecar: these fields, always present, always of one type (str fields are "" when unknown).
+SIDECAR_VERSION = 2
+SIDECAR_STR = (SAMPLE_ID, SOURCE, SPLIT, PROMPT, CAPTION, KIND, CONTENT_HASH, REASON, EXTRA_JSON)
+SIDECAR_INT = (ROUND, WIDTH, HEIGHT)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -107,6 +117,50 @@ def content_hash(panels: list[str], sha256s: list[str]) -> str:
     for name, digest in sorted(zip(panels, sha256s)):
         h.update(f"{name}={digest}\n".encode())
     return h.hexdigest()
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every integer outside int64 turned into its decimal string, recursively.
+
+    JSON has no integer limit, but Arrow-based readers (datasets, DuckDB, pandas via pyarrow) do: one
+    64-bit unsigned seed in a sidecar made `datasets` fail with "Python int too large to convert to C long".
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if INT64_MIN <= value <= INT64_MAX else str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _text(value: Any) -> str:
+    """A string field of the sidecar: never null (pandas gives NaN or None for a missing string)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value)
+
+
+def sidecar(row: dict[str, Any]) -> dict[str, Any]:
+    """The `<key>.json` member of a manifest row: the same flat fields, of the same types, for every sample.
+
+    Deterministic (no timestamps), so a rerun writes byte-identical members. `accepted`/`reason` are the
+    commit's decision (the store writes the final sidecar when it commits a round); `extra_json` is the
+    row's free-form JSON as text, so its keys may differ between sources without changing the schema.
+    """
+    out: dict[str, Any] = {"sidecar_version": SIDECAR_VERSION}
+    out.update({k: _text(row.get(k)) for k in SIDECAR_STR})
+    out.update({k: int(row[k]) for k in SIDECAR_INT})
+    out[PANELS] = [str(p) for p in row[PANELS]]
+    out[ACCEPTED] = bool(row[ACCEPTED])
+    out[EXTRA_JSON] = out[EXTRA_JSON] or "{}"
+    return out
+
+
+def sidecar_bytes(row: dict[str, Any]) -> bytes:
+    return json.dumps(sidecar(row), sort_keys=True).encode()
 
 
 def _defaults() -> dict[str, Any]:
@@ -127,7 +181,7 @@ def empty_row(**fields: Any) -> dict[str, Any]:
     row = _defaults()
     row.update(fields)
     if isinstance(row[EXTRA_JSON], dict):
-        row[EXTRA_JSON] = json.dumps(row[EXTRA_JSON], sort_keys=True)
+        row[EXTRA_JSON] = json.dumps(json_safe(row[EXTRA_JSON]), sort_keys=True)
     return row
 
 

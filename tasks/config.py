@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -139,19 +139,24 @@ class PipelineConfig(BaseModel):
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
 
-def _describe_error(err: dict, source: str) -> str:
+def _describe_error(err: dict, source: str | Callable[[tuple], str]) -> str:
     path = ".".join(str(p) for p in err["loc"]) or "<root>"
+    where = source(tuple(err["loc"])) if callable(source) else source
     if err["type"] == "extra_forbidden":
-        return f"{path}: unknown field (typo?) — remove it or fix its name [{source}]"
+        return f"{path}: unknown field (typo?) — remove it or fix its name [{where}]"
     got = err.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{path}: {err['msg']}{shown} [{source}]"
+    return f"{path}: {err['msg']}{shown} [{where}]"
 
 
-def validate_config(data: dict, source: str = "config") -> PipelineConfig:
-    """Build a `PipelineConfig` from plain data, turning validation errors into one clear `ConfigError`."""
+def validate_config(data: dict, source: str | Callable[[tuple], str] = "config") -> PipelineConfig:
+    """Build a `PipelineConfig` from plain data, turning validation errors into one clear `ConfigError`.
+
+    `source` names where a bad value came from: one label, or a function of the field's path (load_config
+    passes one that says which file line, env variable or flag set it)."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(data).__name__}")
+        where = source(()) if callable(source) else source
+        raise ConfigError(f"{where}: top level must be a mapping of sections, got {type(data).__name__}")
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
@@ -159,19 +164,27 @@ def validate_config(data: dict, source: str = "config") -> PipelineConfig:
         raise ConfigError("invalid layerloop config:\n  " + "\n  ".join(lines)) from None
 
 
-def env_overrides(environ: dict[str, str] | None = None) -> dict:
-    """`LAYERLOOP__SECTION__FIELD=value` pairs as a nested dict; values parse as YAML scalars/lists."""
-    out: dict = {}
+def _env_items(environ: dict[str, str] | None) -> list[tuple[tuple[str, ...], str, Any]]:
+    """(field path, variable name, parsed value) of every LAYERLOOP__SECTION__FIELD variable."""
+    items = []
     for key, raw in (os.environ if environ is None else environ).items():
         if not key.startswith(ENV_PREFIX):
             continue
-        path = [p.lower() for p in key[len(ENV_PREFIX):].split("__")]
+        path = tuple(p.lower() for p in key[len(ENV_PREFIX):].split("__"))
         if len(path) < 2 or not all(path):
             raise ConfigError(f"env {key}: expected LAYERLOOP__SECTION__FIELD=value")
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"env {key}: value is not valid YAML: {exc}") from None
+        items.append((path, key, value))
+    return items
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict:
+    """`LAYERLOOP__SECTION__FIELD=value` pairs as a nested dict; values parse as YAML scalars/lists."""
+    out: dict = {}
+    for path, _, value in _env_items(environ):
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -190,32 +203,104 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def read_yaml(path: str | os.PathLike) -> dict:
-    """Read one YAML config file; a missing or malformed file is a ConfigError."""
-    p = Path(path)
+def _read_text(p: Path) -> str:
     if not p.is_file():
         raise ConfigError(f"config file {p} not found — pass an existing file or run `layerloop init`")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
-    except OSError as exc:
+        return p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {p} cannot be read: {exc}") from None
+
+
+def _parse_yaml(text: str, p: Path) -> Any:
+    """The file's data; a syntax error names the file, line and column (PyYAML says `<unicode string>`)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and context_mark is not None:
+            context = f"{context} (from line {context_mark.line + 1})"
+        problem = "; ".join(str(x) for x in (getattr(exc, "problem", None), context) if x)
+        raise ConfigError(f"config file {where}: not valid YAML: {problem or exc}") from None
+
+
+def yaml_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Field path -> 1-based line of its key in a YAML mapping document (for error messages)."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key, value in node.value:
+            sub = (*path, str(key.value))
+            lines[sub] = key.start_mark.line + 1
+            walk(value, sub)
+
+    walk(yaml.compose(text, Loader=yaml.SafeLoader), ())
+    return lines
+
+
+def _read_config_file(path: str | os.PathLike) -> tuple[dict, dict[tuple[str, ...], int]]:
+    p = Path(path)
+    text = _read_text(p)
+    data = _parse_yaml(text, p)
+    if data is None:
+        return {}, {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p}: top level must be a mapping of sections")
-    return data
+    return data, yaml_lines(text)
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Read one YAML config file; a missing or malformed file is a ConfigError naming file and line."""
+    return _read_config_file(path)[0]
+
+
+def _paths(data: Any, prefix: tuple = ()) -> set[tuple]:
+    """Every field path a nested dict sets (mappings and their leaves)."""
+    if not isinstance(data, dict):
+        return set()
+    out: set[tuple] = set()
+    for key, value in data.items():
+        out |= {(*prefix, key)} | _paths(value, (*prefix, key))
+    return out
+
+
+def _origin(loc: tuple, layers: list[tuple[str, dict[tuple, str]]]) -> str:
+    """Where the value at `loc` came from: the layer that sets the longest part of its path (the higher
+    layer on a tie, as it won the merge); else the highest layer setting something under it."""
+    loc = tuple(str(p) for p in loc)
+    best, best_len = None, 0
+    for name, labels in layers:  # highest precedence first
+        for path, label in labels.items():
+            if loc[:len(path)] == path and len(path) > best_len:
+                best, best_len = label or name, len(path)
+    if best is not None:
+        return best
+    below = [label or name for name, labels in layers for path, label in labels.items() if path[:len(loc)] == loc]
+    return below[0] if below else "defaults"
 
 
 def load_config(path: str | os.PathLike | None = None, *, defaults: dict | None = None,
                 overrides: dict | None = None, environ: dict[str, str] | None = None) -> PipelineConfig:
     """The one precedence, validated once: built-in defaults < `defaults` (a caller's own sizes, e.g. the
     demo's) < the YAML file at `path` < LAYERLOOP__* env (`environ`, default os.environ) < `overrides`
-    (command-line flags). The CLI picks `path` (--config, else ./layerloop.yaml): flows/cli_config.py."""
-    data = deep_merge(defaults or {}, read_yaml(path) if path is not None else {})
+    (command-line flags). The CLI picks `path` (--config, else ./layerloop.yaml): flows/cli_config.py.
+    An invalid value is reported with where it came from: `file:line`, the env variable, or a flag."""
+    file_data, lines = _read_config_file(path) if path is not None else ({}, {})
+    env = _env_items(environ)
+    data = deep_merge(defaults or {}, file_data)
     data = deep_merge(data, env_overrides(environ))
     data = deep_merge(data, overrides or {})
-    source = f"{path}" if path is not None else "defaults"
-    return validate_config(data, source)
+    layers = [  # highest precedence first
+        ("command-line flag", dict.fromkeys(_paths(overrides or {}), "")),
+        ("env", {p: f"env {key}" for p, key, _ in env}),
+        (str(path), {p: f"{path}:{lines[p]}" if p in lines else str(path) for p in _paths(file_data)}),
+        ("defaults", dict.fromkeys(_paths(defaults or {}), "")),
+    ]
+    return validate_config(data, lambda loc: _origin(loc, layers))
 
 
 def _yaml_value(value: Any) -> str:
@@ -248,11 +333,12 @@ def _section_lines(name: str, section: BaseModel, indent: str) -> list[str]:
     return head + [f"{indent}{name}:"] + _field_lines(section, indent + "  ")
 
 
-def default_yaml_text() -> str:
-    """A commented default layerloop.yaml: every section and field with its description."""
+def default_yaml_text(values: dict | None = None) -> str:
+    """A commented default layerloop.yaml: every section and field with its description; `values` (e.g.
+    {"store": {"uri": DIR}} from `layerloop init --store DIR`) replace the defaults they name."""
     lines = ["# layerloop configuration. Every field has a default (the tiny CPU world).",
              "# Env overrides: LAYERLOOP__SECTION__FIELD=value (e.g. LAYERLOOP__LOOP__ROUNDS=5).", ""]
-    cfg = PipelineConfig()
+    cfg = validate_config(values or {}, "layerloop init")
     for name in PipelineConfig.model_fields:
         lines += _section_lines(name, getattr(cfg, name), "") + [""]
     return "\n".join(lines)

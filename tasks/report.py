@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 THUMBS_PER_GROUP = 8
-THUMB_PANEL_PX = 64
+THUMB_PANEL_PX = 128  # per panel: 32 px panels shown 4x, nearest-neighbour, large enough to judge
 SOURCES_ORDER = ("seed", "generated", "cycle", "imported")
 REPORT_JSON, REPORT_HTML, SELECTION_PNG = "report.json", "report.html", "selection_rate.png"
 
@@ -320,12 +320,14 @@ def sample_thumbnails(store, rows: pd.DataFrame, limit: int = THUMBS_PER_GROUP) 
 def _strip(panels: dict[str, bytes]) -> bytes:
     from PIL import Image
 
+    from layerloop.tasks.stages.panels import for_display
+
     # load_panels has already checked each panel's sha256 against the manifest.
-    images = [Image.open(io.BytesIO(data)) for data in panels.values()]
-    side = THUMB_PANEL_PX
+    images = [for_display(data, THUMB_PANEL_PX) for data in panels.values()]
+    side = max(max(im.size) for im in images)
     strip = Image.new("RGB", (side * len(images), side), (255, 255, 255))
     for i, im in enumerate(images):
-        strip.paste(im.convert("RGB").resize((side, side), Image.BILINEAR), (i * side, 0))
+        strip.paste(im, (i * side, 0))
     buf = io.BytesIO()
     strip.save(buf, format="PNG")
     return buf.getvalue()

@@ -43,13 +43,10 @@ def select_for_review(rows, *, overall_threshold: float, n_borderline: int = 20,
 def _thumb(data: bytes, side: int) -> str:
     import io
 
-    from PIL import Image
+    from layerloop.tasks.stages.panels import for_display
 
-    with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGB")
-        im.thumbnail((side, side))
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
+    buf = io.BytesIO()
+    for_display(data, side).save(buf, format="PNG")  # 32 px panels enlarged, nearest-neighbour
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

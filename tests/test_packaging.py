@@ -56,7 +56,10 @@ def test_the_wheel_holds_one_top_level_package_with_the_tiny_base(tmp_path):
     wheel = tmp_path / "dist" / res.stdout.strip().splitlines()[-1]
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"layerloop"}
-    assert "layerloop/models/assets/tiny-base/transformer.safetensors" in names
+    base = ROOT / "models" / "assets" / "tiny-base"
+    shipped = {f"layerloop/models/assets/tiny-base/{p.relative_to(base).as_posix()}" for p in base.rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    assert "layerloop/models/assets/tiny-base/model_index.json" in shipped and shipped <= set(names)
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     # installed, the packages sit inside layerloop/: its path must not reach out into site-packages
     out = _python_s("import layerloop, layerloop.storage.errors as e; print(layerloop.__path__, e.__file__)",

@@ -17,6 +17,8 @@ Columns read: `score_<criterion>` for every criterion, `score_overall`, and when
 """
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 from layerloop.models.judges.config import CRITERIA, ThresholdConfig
@@ -119,6 +121,15 @@ def apply_overrides(rows, overrides):
             out.at[idx, ACCEPTED_COLUMN] = bool(o["accepted"])
             out.at[idx, REASON_COLUMN] = _override_reason(o)
     return out
+
+
+_MEASURED = re.compile(r"(\w+) -?\d+(?:\.\d+)?(?:e-?\d+)? ([<>])")
+
+
+def reason_kind(reason: str | None) -> str:
+    """A stored reason without its measured values, so rejections can be counted by cause:
+    "below threshold: overall 0.412 < 0.500" -> "below threshold: overall < 0.500"."""
+    return _MEASURED.sub(r"\1 \2", "" if _missing(reason) else str(reason))
 
 
 def rule_of(reason: str | None) -> str | None:

@@ -8,6 +8,34 @@ from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks.stages.handles import counts, open_store, timed
 
 
+SEEDS_UNSET = ("loop.seeds_path is not set and round 0 is not committed: point it at the labeled seed "
+               "triplets (folder of <id>/{composite,logo,object}.png or a CSV)")
+
+
+def check_inputs(cfg: PipelineConfig) -> None:
+    """Before a run starts anything: the inputs its seed round will ingest are set and exist.
+
+    ValueError saying which field to fix; a store whose round 0 is committed needs no seeds, and a pool
+    path is only read while the store holds no pool yet.
+    """
+    store = open_store(cfg)
+    if 0 not in store.committed_rounds():
+        if not cfg.loop.seeds_path:
+            raise ValueError(SEEDS_UNSET)
+        _must_exist("loop.seeds_path", cfg.loop.seeds_path)
+    if cfg.loop.pool_path and not len(store.read_pool()):
+        _must_exist("loop.pool_path", cfg.loop.pool_path)
+
+
+def _must_exist(field: str, path: str) -> None:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path)
+    if not fs.exists(root):
+        raise ValueError(f"{field}: input path {path} does not exist — fix the path in the config file, "
+                         f"LAYERLOOP__{field.upper().replace('.', '__')} or the flag that sets it")
+
+
 def ingest_seeds(cfg: PipelineConfig) -> dict:
     """Round 0 = the validated seed triplets; a no-op when round 0 is already committed."""
     with timed({"round": 0}) as out:
@@ -16,8 +44,7 @@ def ingest_seeds(cfg: PipelineConfig) -> dict:
             out.update(skipped=True, **counts(store.round_info(0)), pool=ingest_pool(cfg, store))
             return out
         if not cfg.loop.seeds_path:
-            raise ValueError("loop.seeds_path is not set and round 0 is not committed: point it at the "
-                             "labeled seed triplets (folder of <id>/{composite,logo,object}.png or a CSV)")
+            raise ValueError(SEEDS_UNSET)
         from layerloop.storage.ingest import ingest_seeds as ingest
 
         report = ingest(cfg.loop.seeds_path, store, cfg.store, validation_size=cfg.loop.validation_size)

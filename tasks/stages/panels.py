@@ -44,3 +44,22 @@ def _png(img) -> bytes:
 
 def encode(triplet: dict) -> dict[str, bytes]:
     return {name: _png(img) for name, img in triplet.items()}
+
+
+def for_display(data: bytes, side: int):
+    """A panel (PNG bytes) as an RGB image about `side` px wide, for review sheets and reports.
+
+    Small panels (the tiny world's 32 px) are enlarged by a whole factor with nearest-neighbour, so every
+    model pixel is a crisp block and nothing is invented by smoothing; large ones are shrunk to `side`.
+    Any panel mode (RGB layers, greyscale masks) comes back RGB.
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        img = im.convert("RGB")
+    longest = max(img.size)
+    if longest <= side:
+        k = side // longest
+        return img.resize((img.width * k, img.height * k), Image.NEAREST) if k > 1 else img
+    img.thumbnail((side, side), Image.LANCZOS)
+    return img

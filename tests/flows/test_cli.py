@@ -7,6 +7,8 @@ directory (or --config FILE, which replaces it) < LAYERLOOP__* env < flags; a ba
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 from prefect import flow  # noqa: F401 - sets up Prefect logging on the real stderr, not on CliRunner's temporary one
@@ -148,3 +150,56 @@ def test_run_uses_the_working_directory_file_under_env_and_flags(prefect_harness
     info = RoundStore(str(in_env)).round_info(1)
     assert info["config"]["train"]["steps"] == settings["train"]["steps"]
     assert info["config"]["loop"]["rounds"] == 1 and Path(info["config"]["store"]["uri"]) == in_env
+
+
+def _commands() -> dict[str, "click.Command"]:
+    """Every leaf command of the app by its path, e.g. 'review export'."""
+    found = {}
+
+    def walk(cmd, path):
+        subs = getattr(cmd, "commands", None)
+        if subs:
+            for name, sub in subs.items():
+                walk(sub, [*path, name])
+        else:
+            found[" ".join(path)] = cmd
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_help_names_every_argument_in_capitals():
+    for path, cmd in _commands().items():
+        args = [p for p in cmd.params if p.param_type_name == "argument"]
+        usage = _invoke([*path.split(), "--help"]).output.split("Usage:")[1].splitlines()[0]
+        for arg in args:
+            assert arg.metavar and arg.metavar == arg.metavar.upper() and f"{{{arg.metavar}}}" in usage, (path, usage)
+
+
+def _readme_forms() -> list[str]:
+    """Command forms the README shows: the command table's entries and the code blocks' `layerloop` lines."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    after = text[text.index("Every command ("):].splitlines()[1:]
+    table = after[1:after.index("", 1)]  # the table right below that line
+    forms = [f.replace("\\|", "|") for row in table[2:] for f in re.findall(r"`([^`]+)`", row)]
+    return forms + [line.split("#")[0].strip()[len("layerloop "):] for line in text.splitlines()
+                    if line.startswith("layerloop ")]
+
+
+def test_readme_shows_what_each_command_requires():
+    commands = _commands()
+    checked = 0
+    for form in _readme_forms():
+        words = shlex.split(form)
+        path = next((p for p in sorted(commands, key=len, reverse=True) if words[:len(p.split())] == p.split()), None)
+        assert path is not None, f"README shows `{form}`, which is no command"
+        cmd, rest = commands[path], words[len(path.split()):]
+        required = [p for p in cmd.params if p.required]
+        for opt in (p for p in required if p.param_type_name == "option"):
+            assert set(opt.opts) & set(rest), f"README's `{form}` lacks the required {opt.opts[0]}"
+        takes_value = {o for p in cmd.params if p.param_type_name == "option" and not p.is_flag for o in p.opts}
+        positional = [w for i, w in enumerate(rest) if not w.startswith("-") and (i == 0 or rest[i - 1] not in takes_value)]
+        n_args = sum(1 for p in required if p.param_type_name == "argument")
+        assert len(positional) >= n_args, f"README's `{form}` lacks required argument(s) of `{path}`"
+        checked += 1
+    assert checked >= 25

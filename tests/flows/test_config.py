@@ -83,3 +83,39 @@ def test_prompt_set_from_file(tmp_path):
     path = write_prompt_set(PromptSet(["a cup with a star", "a hat with a moon"], "builtin", {}), tmp_path / "p.json")
     cfg = load_config(None, environ={}, overrides={"loop": {"prompts_file": str(path)}})
     assert cfg.loop.prompt_set() == ["a cup with a star", "a hat with a moon"]
+
+
+def _error(path=None, **kw) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_config(path, **{"environ": {}, **kw})
+    return str(err.value)
+
+
+def test_a_bad_env_value_names_the_variable_not_the_file(tmp_path):
+    path = tmp_path / "layerloop.yaml"
+    path.write_text("train:\n  steps: 3\n")
+    msg = _error(path, environ={"LAYERLOOP__TRAIN__STEPS": "abc", "LAYERLOOP__LOOP__ROUNDZ": "2"})
+    assert "train.steps: Input should be a valid integer" in msg and "[env LAYERLOOP__TRAIN__STEPS]" in msg
+    assert "loop.roundz: unknown field" in msg and "[env LAYERLOOP__LOOP__ROUNDZ]" in msg
+    assert str(path) not in msg
+
+
+def test_a_bad_file_value_names_the_file_and_line(tmp_path):
+    path = tmp_path / "layerloop.yaml"
+    path.write_text("# comment\nloop:\n  rounds: 2\n  colour: red\ntrain:\n  steps: -1\n")
+    msg = _error(path, environ={"LAYERLOOP__LOOP__ROUNDS": "3"})
+    assert f"loop.colour: unknown field (typo?) — remove it or fix its name [{path}:4]" in msg
+    assert f"train.steps: Input should be greater than" in msg and f"[{path}:6]" in msg
+
+
+def test_a_flag_and_the_callers_defaults_are_named_as_such(tmp_path):
+    assert "loop.rounds: Input should be greater than or equal to 1 (got 0) [command-line flag]" in \
+        _error(overrides={"loop": {"rounds": 0}})
+    assert "[defaults]" in _error(defaults={"train": {"steps": 0}})
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
+    path = tmp_path / "layerloop.yaml"
+    path.write_text("loop:\n  rounds: 2\n  prompts: [a, b\ntrain:\n  steps: 3\n")
+    msg = _error(path)
+    assert msg.startswith(f"config file {path}:4:") and "not valid YAML" in msg and "<unicode string>" not in msg

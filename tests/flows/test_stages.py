@@ -96,3 +96,28 @@ def test_adapters_that_continue_train_round_train_steps(tiny_cfg):
     assert train_config(cfg, continues=True).steps == 7
     assert train_config(tiny_cfg, continues=True).steps == tiny_cfg.train.steps
     assert cfg.train.steps == tiny_cfg.train.steps, "the run's own config is not changed"
+
+
+def test_panels_for_display_enlarge_small_panels_by_whole_factors_and_shrink_large_ones():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from layerloop.tasks.stages.panels import for_display
+
+    def png(img) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        return buf.getvalue()
+
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    shown = for_display(png(small), 128)
+    assert shown.size == (128, 128)
+    assert np.array_equal(np.asarray(shown)[::4, ::4], np.asarray(small))  # each pixel a 4x4 block
+    assert np.array_equal(np.asarray(shown)[3::4, 3::4], np.asarray(small))
+    assert for_display(png(small.resize((48, 48))), 128).size == (96, 96)  # whole factors only
+    assert for_display(png(small.resize((512, 512))), 128).size == (128, 128)
+    mask = Image.new("L", (32, 32), 200)  # a greyscale mask panel (trust_<layer>) shows too
+    assert for_display(png(mask), 128).mode == "RGB"

@@ -1,9 +1,11 @@
 """Human review: export a committed round's sheet, import decisions, and override the judge next commit."""
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -66,6 +68,10 @@ def test_export_writes_borderline_and_random_with_thumbnails(store, tmp_path):
     assert sum(r["selection"] == "random" for r in rows) == 4 and len({r["sample_id"] for r in rows}) == 7
     page = Path(out["html"]).read_text()
     assert page.count('src="data:image/png;base64,') == 21
+    # the 16 px panels are shown 8x (thumb_side 128), nearest-neighbour: one flat colour per panel here
+    first = re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1)
+    thumb = Image.open(io.BytesIO(base64.b64decode(first)))
+    assert thumb.size == (128, 128) and len(thumb.convert("RGB").getcolors()) == 1
     assert all(r["decision"] == "" and len(r["content_hash"]) == 64 for r in rows)
 
 

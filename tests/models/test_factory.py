@@ -2,10 +2,13 @@
 weights through safetensors, and bad configs stop with a message that says what to fix."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from layerloop.models import tiny
 from layerloop.models.config import ModelConfig
@@ -56,18 +59,27 @@ def test_tokenizer_knows_the_template_words(tiny_backbone):
     assert ids[-1] == tiny_backbone.tokenizer_2.eos_token_id and unk not in ids
 
 
-def test_base_weights_round_trip_through_safetensors(tmp_path, tiny_backbone):
-    modules = {n: getattr(tiny_backbone, n) for n in tiny.COMPONENTS}
+def test_base_weights_round_trip_through_a_diffusers_folder(tmp_path, tiny_backbone):
     meta = {"vocab": tiny.build_vocab(tiny_backbone.prompt_templates.values()),
-            "vae_factors": {"shift_factor": 0.1, "scaling_factor": 0.9}}
+            "vae_factors": {"shift_factor": 0.1, "scaling_factor": 0.9}, "record": {"note": "test"}}
+    modules = tiny.build_modules(meta)
     tiny.save_base(modules, tmp_path, meta)
+    assert tiny.assets_present(tmp_path) and (tmp_path / "model_index.json").is_file()
     loaded = build_backbone(ModelConfig(path=str(tmp_path)))
-    assert loaded.vae.config.scaling_factor == pytest.approx(0.9)
+    assert loaded.vae.config.scaling_factor == pytest.approx(0.9)  # the VAE config carries its factors
     for name in tiny.COMPONENTS:
-        for (k, v), (k2, v2) in zip(getattr(tiny_backbone, name).state_dict().items(),
-                                    getattr(loaded, name).state_dict().items()):
-            assert k == k2 and torch.equal(v, v2), (name, k)
-    assert loaded.base_id.startswith("tiny-base@")
+        saved = load_file(str(tiny.weights_path(tmp_path, name)))
+        for k, v in getattr(loaded, name).state_dict().items():
+            assert torch.equal(v, saved[k]) and torch.equal(v, modules[name].state_dict()[k]), (name, k)
+    assert tiny.vocab_of(loaded.tokenizer_2) == meta["vocab"]
+    assert loaded.base_id.startswith("tiny-base@") and loaded.base_path == str(tmp_path.resolve())
+    assert json.loads((tmp_path / tiny.BASE_META).read_text()) == {"record": {"note": "test"}}
+
+
+def test_an_old_flat_layout_base_is_named_with_its_conversion(tmp_path):
+    (tmp_path / "transformer.safetensors").write_bytes(b"")
+    with pytest.raises(BackboneConfigError, match="old flat layout.*--convert-from"):
+        build_backbone(ModelConfig(path=str(tmp_path)))
 
 
 def test_missing_tiny_assets_need_the_explicit_flag(tmp_path):
@@ -152,13 +164,10 @@ def test_related_grids_copy_one_panel_and_keep_one_visible():
 
 
 def test_shipped_tiny_base_is_small_and_documents_its_metrics():
-    import json
-
-    if not tiny.assets_present(tiny.ASSET_DIR):
-        pytest.skip("tiny-base assets not committed yet (run scripts/pretrain_tiny_base.py)")
-    total = sum(p.stat().st_size for p in tiny.ASSET_DIR.iterdir())
-    assert total < 20 * 2**20
-    assert not list(tiny.ASSET_DIR.glob("*.bin")) and not list(tiny.ASSET_DIR.glob("*.pt"))
+    assert tiny.assets_present(tiny.ASSET_DIR)
+    files = [p for p in tiny.ASSET_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 20 * 2**20
+    assert {p.suffix for p in files} == {".json", ".safetensors"}  # no pickles (.bin, .pt) anywhere
     meta = json.loads((tiny.ASSET_DIR / tiny.BASE_META).read_text())
     assert {"vae_psnr_heldout", "inpaint_psnr_masked"} <= set(meta["metrics"])
 
@@ -170,3 +179,11 @@ def test_pretrain_smoke_run_writes_a_base_the_factory_loads(tmp_path):
     backbone = build_backbone(ModelConfig(path=str(tmp_path)))
     assert backbone.base_id.startswith("tiny-base@")
     assert backbone.vae.config.scaling_factor != 1.0  # set from the trained VAE's latent statistics
+
+
+def test_loading_the_base_draws_no_progress_bars_and_leaves_them_switched_on(capfd):
+    from diffusers.utils import logging as diffusers_logging
+
+    build_backbone(ModelConfig())  # every stage process does this: its output stays clean
+    assert "Loading" not in capfd.readouterr().err
+    assert diffusers_logging.is_progress_bar_enabled()  # the user's own pipelines still show theirs

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layerloop.models.synthetic import COLOURS, KINDS, item_seed, make_split, render_triplet, write_split
+from layerloop.models.synthetic import (COLOURS, KINDS, item_seed, make_split, render_triplet, seed_value,
+                                        write_split)
 
 PANELS = ("composite", "logo", "object")
 
@@ -24,6 +25,21 @@ def test_same_seed_gives_identical_bytes_and_meta():
     assert m1 == m2
     t3, _ = render_triplet(8)
     assert t3["composite"].tobytes() != t1["composite"].tobytes()
+
+
+def test_meta_keeps_the_64_bit_item_seed_as_a_string_and_re_renders_from_either_form(tmp_path):
+    sid, triplet, meta = next(make_split("seeds", 1, 32, seed=0))
+    assert isinstance(meta["seed"], str) and int(meta["seed"]) == item_seed("seeds", 0, 0)
+    write_split("seeds", 1, 32, 0, str(tmp_path))
+    on_disk = json.loads((tmp_path / sid / "meta.json").read_text())
+    assert all(isinstance(v, str) or abs(v) < 2**63 for v in on_disk.values() if isinstance(v, int))
+    for stored in (on_disk["seed"], int(on_disk["seed"])):  # new meta (str) and old stores (int)
+        again, _ = render_triplet(stored, on_disk["size"])
+        assert again["composite"].tobytes() == triplet["composite"].tobytes()
+    assert seed_value("18446744073709551615") == 2**64 - 1
+    for bad in ("-1", "0x10", 1.5, None, True):
+        with pytest.raises(ValueError, match="seed must be"):
+            seed_value(bad)
 
 
 @pytest.mark.parametrize("size", [32, 512])

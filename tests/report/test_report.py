@@ -87,13 +87,16 @@ def test_thumbnail_shows_the_sample(built):
     first = data["samples_shown"]["accepted"][0]
     row = rows[rows[S.SAMPLE_ID] == first]
     (_, panels), = list(store.load_panels(row))
-    composite = Image.open(io.BytesIO(panels["composite"])).convert("RGB").resize((64, 64), Image.BILINEAR)
+    composite = Image.open(io.BytesIO(panels["composite"])).convert("RGB")
+    k = 128 // composite.width  # 32 px panels are shown 4x: large enough to judge
     alt = f'alt="{first}"'
     tag = html[html.rfind("<img", 0, html.index(alt)):html.index(alt)]
     thumb = Image.open(io.BytesIO(base64.b64decode(DATA_URI.search(tag).group(1)))).convert("RGB")
-    assert thumb.size == (192, 64)
-    diff = np.abs(np.asarray(thumb.crop((0, 0, 64, 64)), np.int16) - np.asarray(composite, np.int16))
-    assert diff.max() <= 1
+    side = composite.width * k
+    assert k >= 4 and thumb.size == (3 * side, side)
+    # nearest-neighbour: every model pixel a k x k block of exactly its colour, nothing smoothed
+    enlarged = composite.resize((side, side), Image.NEAREST)
+    assert np.array_equal(np.asarray(thumb.crop((0, 0, side, side))), np.asarray(enlarged))
 
 
 def test_uncommitted_round_is_refused(two_round_store):

@@ -99,3 +99,13 @@ def test_evaluate_flow_publishes_a_table_artifact(tmp_path, tiny_adapter, config
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY])))
     assert found and found[-1].type == "table"
     assert "identity baseline" in json.dumps(found[-1].data)
+
+
+def test_a_base_that_cannot_load_is_one_error_line(tmp_path, tiny_adapter, config_file):
+    (tmp_path / "x.png").write_bytes(b"")
+    result = CliRunner().invoke(app, ["decompose", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"),
+                                      "--adapter", tiny_adapter["adapter_dir"], "--config", str(config_file)],
+                                env={"LAYERLOOP__MODEL__PATH": str(tmp_path / "no-base")})
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: tiny base not found in") and "--debug" in lines[0]

@@ -53,8 +53,8 @@ def test_sigkill_mid_shard_then_resume_equals_uninterrupted_run(tmp_path):
     _wait_for(child, "STALLED")
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
-    shards = tmp_path / "store/rounds/round-0000/shards"
-    debris = sorted(p.name for p in shards.iterdir() if p.name.startswith(("u1", TMP_PREFIX)))
+    work_shards = tmp_path / "store/rounds/round-0000/_work/shards"
+    debris = sorted(p.name for p in work_shards.iterdir() if p.name.startswith(("u1", TMP_PREFIX)))
     assert any(n.startswith(TMP_PREFIX) for n in debris) and any(n.startswith("u1") for n in debris)
 
     store = RoundStore(uri)
@@ -74,10 +74,12 @@ def test_sigkill_mid_shard_then_resume_equals_uninterrupted_run(tmp_path):
     assert store.verify() == []
     assert len(list(store.load_panels(resumed))) == len(resumed)
 
-    removed = store.gc(grace_s=0)
+    assert not work_shards.exists()  # the commit re-packed every member into shards/: unit copies are gone
+    shards = tmp_path / "store/rounds/round-0000/shards"
     referenced = set(resumed[S.SHARD].map(lambda s: s.rsplit("/", 1)[1]))
-    assert {Path(p).name for p in removed} >= set(debris)
     assert {p.name for p in shards.iterdir()} == referenced
+    removed = store.gc(grace_s=0)
+    assert [Path(p).name for p in removed] == ["_work"]  # units, parts and claim of the committed round
     assert store.verify() == [] and store.gc(grace_s=0) == []
 
 
@@ -85,7 +87,7 @@ def test_gc_keeps_young_files_and_uncommitted_finished_units(tmp_path):
     store = RoundStore(str(tmp_path))
     w = begin(store)
     w.write_unit("u0", samples("a", 3))
-    (tmp_path / "rounds/round-0000/shards" / f"{TMP_PREFIX}stray.tar").write_bytes(b"x")
+    (tmp_path / "rounds/round-0000/_work/shards" / f"{TMP_PREFIX}stray.tar").write_bytes(b"x")
     assert store.gc(grace_s=3600) == []       # a live writer's files are young: kept
     removed = store.gc(grace_s=0)
     assert [Path(p).name for p in removed] == [f"{TMP_PREFIX}stray.tar"]

@@ -1,6 +1,8 @@
 """Manifest schema: full rows validate, each kind of bad value is refused naming its column."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -68,3 +70,18 @@ def test_extra_json_accepts_dict_and_arrow_tables():
     assert row[S.EXTRA_JSON] == '{"pool_id": "p1"}'
     table = pa.Table.from_pylist([row], schema=S.MANIFEST_SCHEMA)
     assert S.validate_table(table).num_rows == 1
+
+
+def test_extra_json_keeps_integers_within_int64_and_turns_bigger_ones_into_strings():
+    row = _row(**{S.EXTRA_JSON: {"meta": {"seed": 2**64 - 1, "size": 32, "box": [2**63, -(2**63), True]}}})
+    assert json.loads(row[S.EXTRA_JSON]) == {"meta": {"seed": str(2**64 - 1), "size": 32,
+                                                      "box": [str(2**63), -(2**63), True]}}
+
+
+def test_sidecar_has_the_same_fields_and_types_for_missing_values():
+    full = S.sidecar(_row(**{S.CAPTION: "a mug", S.PROMPT: "p", S.KIND: "mug", S.REASON: "judge: low",
+                             S.ACCEPTED: False}))
+    sparse = S.sidecar({**_row(), S.CAPTION: float("nan"), S.REASON: None, S.EXTRA_JSON: ""})
+    assert {k: type(v) for k, v in full.items()} == {k: type(v) for k, v in sparse.items()}
+    assert (sparse[S.CAPTION], sparse[S.REASON], sparse[S.EXTRA_JSON], sparse[S.ACCEPTED]) == ("", "", "{}", False)
+    assert (full[S.REASON], full[S.ACCEPTED], full[S.PANELS]) == ("judge: low", False, ["composite", "logo"])
