@@ -18,24 +18,29 @@ from layerloop.tasks.gpu_slot import ensure_gpu_slot, gpu_slot
 from layerloop.tasks.prefect_tasks import (commit_round_task, cycle_generated_task, cycle_pool_task,
                                            evaluate_adapter_task, generate_task, judge_task, report_task,
                                            train_adapter_task, with_retries)
+from layerloop.tasks.run_lock import store_run_lock
 from layerloop.tasks.stages.consistency import round_pool
 from layerloop.tasks.stages.handles import adapter_id, is_committed, next_round, open_store, units
 
 
 @flow(name="self-improve", log_prints=True)
 def self_improve(config: PipelineConfig = PipelineConfig()) -> list[dict]:
-    """Run rounds after the latest committed one up to loop.rounds; returns the selection-rate rows."""
+    """Run rounds after the latest committed one up to loop.rounds; returns the selection-rate rows.
+
+    Holds the store's run lock throughout: a second run on the store fails at once naming this one.
+    """
     cfg = config
-    ensure_gpu_slot(cfg)
-    if not is_committed(cfg, 0):
-        seed(cfg)
-    for r in range(next_round(cfg), cfg.loop.rounds + 1):
-        improve_round(cfg, r)
-    if cfg.loop.train_final:
-        with gpu_slot(cfg):
-            with_retries(train_adapter_task, cfg)(cfg, cfg.loop.rounds)
-            with_retries(evaluate_adapter_task, cfg)(cfg, cfg.loop.rounds)
-    return publish.publish_table(cfg)
+    with store_run_lock(cfg):
+        ensure_gpu_slot(cfg)
+        if not is_committed(cfg, 0):
+            seed(cfg)
+        for r in range(next_round(cfg), cfg.loop.rounds + 1):
+            improve_round(cfg, r)
+        if cfg.loop.train_final:
+            with gpu_slot(cfg):
+                with_retries(train_adapter_task, cfg)(cfg, cfg.loop.rounds)
+                with_retries(evaluate_adapter_task, cfg)(cfg, cfg.loop.rounds)
+        return publish.publish_table(cfg)
 
 
 @flow(name="round", flow_run_name="round-{round_:04d}", log_prints=True)
