@@ -43,8 +43,9 @@ def commit_round(cfg: PipelineConfig, round_: int, info: dict) -> dict:
         if round_ in work.store.committed_rounds():
             out.update(skipped=True, **counts(work.store.round_info(round_)))
             return out
-        rows = decide_rows(merge_parts(work.writer, work.writer.rows()), cfg.thresholds,
-                           load_overrides(work.store))
+        rows = merge_parts(work.writer, work.writer.rows())
+        judging.check_unscored(cfg, round_, rows)  # a judge outage fails the round instead of rejecting its data
+        rows = decide_rows(rows, cfg.thresholds, load_overrides(work.store))
         info = {**info, "prompt_set_sha256": prompt_hash(cfg.loop.prompt_set())}
         result = work.writer.commit(rows.drop(columns=[ERROR_COLUMN], errors="ignore"), info=info)
         out.update(skipped=False, **counts(result))
