@@ -14,7 +14,10 @@ import json
 import os
 import time
 import uuid
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from layerloop.storage.errors import StoreFullError
 
 # Temporary names start with this, so readers skip them and `gc` can find a crashed writer's debris.
 TMP_PREFIX = ".tmp-"
@@ -28,6 +31,22 @@ _NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EM
 def is_disk_full(exc: BaseException) -> bool:
     """True for an OSError that says the filesystem or quota has no space left."""
     return isinstance(exc, OSError) and exc.errno in DISK_FULL
+
+
+@contextmanager
+def space_for(store_uri: str, what: str, cleanup: Callable[[], None] | None = None) -> Iterator[None]:
+    """Turn a full disk into StoreFullError naming `what`, after `cleanup()` removed that step's files."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_disk_full(exc) or isinstance(exc, StoreFullError):
+            raise
+        if cleanup is not None:
+            cleanup()
+        raise StoreFullError(
+            f"no space left on the store's disk ({store_uri}) while {what}: nothing of it is visible to "
+            "readers and nothing was committed. Free space (or grow the volume), then rerun: finished "
+            "units are kept and the round resumes where it stopped.", exc.errno) from exc
 
 
 def is_local(fs: Any) -> bool:

@@ -27,7 +27,7 @@ import uuid
 from typing import Any, Callable, TypeVar
 
 from layerloop.storage.errors import StoreLockedError
-from layerloop.storage.fsutil import is_local, put_if_absent
+from layerloop.storage.fsutil import is_local, put_if_absent, space_for
 
 T = TypeVar("T")
 RUN_LOCK = "_locks/run.json"
@@ -213,10 +213,11 @@ class RunLock:
             holder = claim_file(self.fs, self.path, record)
             return (holder is None, holder)
 
-        wait_for(attempt, wait_s=wait_s, report_every_s=report_every_s, say=say,
-                 waiting=lambda h: f"waiting for the store {self.store_url}: another run holds it, "
-                                   f"{describe_holder(h)}; inspect: {self._inspect(h)}",
-                 timed_out=self._locked)
+        with space_for(self.store_url, "taking the store's run lock"):
+            wait_for(attempt, wait_s=wait_s, report_every_s=report_every_s, say=say,
+                     waiting=lambda h: f"waiting for the store {self.store_url}: another run holds it, "
+                                       f"{describe_holder(h)}; inspect: {self._inspect(h)}",
+                     timed_out=self._locked)
         with _HELD_GUARD:
             _HELD[self.url] = [record, 1]
         return record

@@ -28,14 +28,12 @@ import os
 import re
 import socket
 import uuid
-from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
 from layerloop.storage import schema as S
-from layerloop.storage.errors import (CommitConflictError, CorruptShardError, RoundExistsError, RoundNotFoundError,
-                                      StoreFullError)
-from layerloop.storage.fsutil import (TMP_PREFIX, age_s, is_disk_full, is_local, open_store_fs, put_if_absent,
-                                      read_json, read_table, table_bytes, write_bytes, write_json)
+from layerloop.storage.errors import CommitConflictError, CorruptShardError, RoundExistsError, RoundNotFoundError
+from layerloop.storage.fsutil import (TMP_PREFIX, age_s, is_local, open_store_fs, put_if_absent, read_json, read_table,
+                                      space_for, table_bytes, write_bytes, write_json)
 from layerloop.storage.locks import (RUN_LOCK, RunLock, claim_file, describe_holder, holder_record, read_holder,
                                      release_file)
 from layerloop.storage.shards import ShardReader, ShardWriter, sha256_hex, verify_group
@@ -90,22 +88,6 @@ def _located(shard: str, problem: Any) -> str:
              else "store")
     text = str(problem)
     return f"{where}: {text}" if shard in text else f"{where}: {shard}: {text}"
-
-
-@contextmanager
-def _space_for(store_uri: str, what: str, cleanup=None) -> Iterator[None]:
-    """Turn a full disk into StoreFullError naming `what`, after `cleanup()` removed that step's files."""
-    try:
-        yield
-    except OSError as exc:
-        if not is_disk_full(exc) or isinstance(exc, StoreFullError):
-            raise
-        if cleanup is not None:
-            cleanup()
-        raise StoreFullError(
-            f"no space left on the store's disk ({store_uri}) while {what}: nothing of it is visible to "
-            "readers and nothing was committed. Free space (or grow the volume), then rerun: finished "
-            "units are kept and the round resumes where it stopped.", exc.errno) from exc
 
 
 class RoundStore:
@@ -394,7 +376,7 @@ class RoundWriter:
         rows: list[dict] = []
         writer = ShardWriter(self.fs, f"{self.dir}/shards", prefix=unit, max_bytes=self.shard_max_bytes,
                              max_samples=self.shard_max_samples)
-        with _space_for(self.store.uri, f"writing unit {unit} of {self._what()}",
+        with space_for(self.store.uri, f"writing unit {unit} of {self._what()}",
                         cleanup=lambda: self._drop_shards(writer.closed_shards)):
             with writer:
                 for fields, panels in samples:
@@ -439,7 +421,7 @@ class RoundWriter:
         import pyarrow as pa
 
         data = table_bytes(pa.Table.from_pandas(df, preserve_index=False))
-        with _space_for(self.store.uri, f"writing the {stage} results of unit {unit} of {self._what()}"):
+        with space_for(self.store.uri, f"writing the {stage} results of unit {unit} of {self._what()}"):
             write_bytes(self.fs, self._part_path(stage, unit), data)
 
     def get_part(self, stage: str, unit: str):
@@ -478,7 +460,7 @@ class RoundWriter:
         files[ROUND_JSON] = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
         marker = {"writer": self.token, "committed_at": record["committed_at"],
                   "files": {n: sha256_hex(b) for n, b in files.items()}}
-        with _space_for(self.store.uri, f"committing {self._what()}", cleanup=lambda: self._unclaim(files)):
+        with space_for(self.store.uri, f"committing {self._what()}", cleanup=lambda: self._unclaim(files)):
             self._claim()
             for name, data in files.items():
                 write_bytes(self.fs, f"{self.dir}/{name}", data)

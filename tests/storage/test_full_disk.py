@@ -2,17 +2,13 @@
 nothing left holding space, and the same writer resumes once space is freed.
 
 Two real filesystems run the same tests: a 4 MB tmpfs mounted for the test (the local code path; needs
-root and mount(8), skipped with the reason otherwise) and `quotamem://`, an object store with a byte
+root and mount(8), skipped with the reason otherwise; fixture `tmpfs` in tests/conftest.py) and `quotamem://`, an object store with a byte
 quota (the fsspec code path; always runs).
 """
 from __future__ import annotations
 
 import errno
-import os
-import shutil
-import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -23,32 +19,6 @@ from layerloop.storage.rounds import RoundStore
 
 from .helpers import png, samples
 from .quota_fs import QuotaFileSystem
-
-
-class TmpfsDisk:
-    """A small tmpfs at `path`; `fill(leave)` writes a filler file until only `leave` bytes are free."""
-
-    def __init__(self, path: Path):
-        self.path, self.filler = path, path / "filler"
-        self.uri = str(path / "store")
-
-    def fill(self, leave: int) -> None:
-        st = os.statvfs(self.path)
-        todo = max(0, st.f_bavail * st.f_frsize - leave)
-        with open(self.filler, "wb") as f:
-            try:
-                while todo > 0:
-                    todo -= f.write(b"\0" * min(todo, 1 << 16))
-                f.flush()
-            except OSError as exc:  # metadata took a page more than statvfs said: full is full
-                if exc.errno != errno.ENOSPC:
-                    raise
-
-    def free(self) -> None:
-        self.filler.unlink()
-
-    def debris(self) -> list[str]:
-        return sorted(str(p) for p in Path(self.uri).rglob(f"{TMP_PREFIX}*"))
 
 
 class QuotaDisk:
@@ -70,24 +40,14 @@ class QuotaDisk:
 
 
 @pytest.fixture(params=["tmpfs", "quota"])
-def disk(request, tmp_path):
-    if request.param == "quota":
-        quota = QuotaDisk()
-        yield quota
-        quota.free()
-        quota.fs.rm(quota.root, recursive=True)
+def disk(request, tmpfs):
+    if request.param == "tmpfs":
+        yield tmpfs("4m")  # skipped, with the reason, where mounting is not allowed: the quota variant runs
         return
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root and mount(8); the quota filesystem variant still runs")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"mount -t tmpfs is not permitted here ({done.stderr.strip()}); the quota variant still runs")
-    try:
-        yield TmpfsDisk(mnt)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    quota = QuotaDisk()
+    yield quota
+    quota.free()
+    quota.fs.rm(quota.root, recursive=True)
 
 
 def noisy(prefix: str, n: int):
@@ -149,3 +109,15 @@ def test_full_disk_while_committing_then_resume(disk, leave):
     w.commit(w.rows())  # its claim was released, so the same writer commits now
     assert store.committed_rounds() == [0, 1] and len(store.read(1, "all")) == 12
     assert store.verify() == []
+
+
+def test_full_disk_when_taking_the_run_lock(disk):
+    store = _store_with_round_0(disk.uri)
+    disk.fill(leave=0)
+    with pytest.raises(StoreFullError, match="while taking the store's run lock"):
+        store.run_lock().acquire()
+    assert disk.debris() == [] and not store.fs.exists(f"{store.root}/_locks/run.json")
+    disk.free()
+    lock = store.run_lock()
+    lock.acquire()
+    lock.release()

@@ -218,18 +218,7 @@ def test_claim_of_a_live_or_remote_writer_still_conflicts(tmp_path, holder):
     assert store.committed_rounds() == []
 
 
-def _flip(path, member: str) -> None:
-    """Change one byte inside `member`'s data in a tar on disk (bit rot), headers untouched."""
-    import tarfile
-
-    with tarfile.open(path) as tar:
-        offset = tar.getmember(member).offset_data
-    data = bytearray(path.read_bytes())
-    data[offset + 10] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
-def test_bit_rot_is_named_on_read_and_verify_lists_every_damaged_member(tmp_path):
+def test_bit_rot_is_named_on_read_and_verify_lists_every_damaged_member(tmp_path, bit_rot):
     from layerloop.storage.errors import CorruptShardError
 
     store = RoundStore(str(tmp_path / "store"))
@@ -238,8 +227,8 @@ def test_bit_rot_is_named_on_read_and_verify_lists_every_damaged_member(tmp_path
     first, second = rows.iloc[0], rows.iloc[1]
     shard = tmp_path / "store" / first[S.SHARD]
     assert second[S.SHARD] == first[S.SHARD]  # two samples per shard here
-    _flip(shard, f"{first[S.KEY]}.logo.png")
-    _flip(shard, f"{second[S.KEY]}.object.png")
+    bit_rot(shard, f"{first[S.KEY]}.logo.png")
+    bit_rot(shard, f"{second[S.KEY]}.object.png")
     with pytest.raises(CorruptShardError) as caught:
         list(store.load_panels(store.training_view(0)))
     message = str(caught.value)
