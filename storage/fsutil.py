@@ -84,15 +84,20 @@ def write_bytes(fs: Any, path: str, data: bytes) -> None:
 def _write_temp(parent: str, name: str, data: bytes) -> str:
     """A complete, fsynced temp file beside the target; on any failure (ENOSPC) nothing is left behind."""
     tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{name}"
+    _fill(open(tmp, "wb"), data, tmp)
+    return tmp
+
+
+def _fill(f: Any, data: bytes, path: str) -> None:
+    """Write `data` into the open file `f` and fsync it; on any failure (ENOSPC) remove `path` and re-raise."""
     try:
-        with open(tmp, "wb") as f:
+        with f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
-        _discard(tmp)
+        _discard(path)
         raise
-    return tmp
 
 
 def _discard(path: str) -> None:
@@ -147,14 +152,7 @@ def _create_exclusive(path: str, data: bytes) -> bool:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        _discard(path)
-        raise
+    _fill(os.fdopen(fd, "wb"), data, path)
     return True
 
 
