@@ -120,3 +120,20 @@ def test_commit_refuses_too_many_unscored_and_judging_again_fixes_it(prefect_har
     assert sorted(r["sample"] for r in srv.requests) == ["r0001-gen-0000-0000", "r0001-gen-0000-0001"]
     commit_round(cfg, 1, {})
     assert open_store(cfg).committed_rounds() == [0, 1]
+
+
+def test_a_refused_key_stops_the_round_at_its_first_unit(prefect_harness, judged_cfg, caplog):
+    from layerloop.flows.self_improve import self_improve
+    from layerloop.models.judges.base import JudgeUnavailable
+    from layerloop.tasks.stages.handles import open_store
+
+    cfg, port = judged_cfg
+    caplog.set_level(logging.DEBUG)
+    with ScriptedChatServer(port=port, default="401") as srv:
+        with pytest.raises(JudgeUnavailable, match="answered HTTP 401, which no retry can fix: the server refused"):
+            self_improve(cfg)
+    assert {r["sample"] for r in srv.requests} <= {"r0001-gen-0000-0000", "r0001-gen-0000-0001"}
+    assert len(srv.requests) <= 2  # one request per item of the first unit at most: nothing retried
+    assert open_store(cfg).committed_rounds() == [0]
+    assert not (Path(cfg.store.uri) / "rounds" / "round-0001" / "_work" / "parts").exists()
+    assert srv.requests[0]["auth"] == f"Bearer {KEY}" and KEY not in caplog.text
