@@ -8,17 +8,19 @@ from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks.gpu_slot import ensure_gpu_slot, gpu_slot
 from layerloop.tasks.prefect_tasks import (evaluate_adapter_task, ingest_seeds_task, report_task,
                                            train_adapter_task, with_retries)
+from layerloop.tasks.run_lock import store_run_lock
 
 
 @flow(name="seed", flow_run_name="seed", log_prints=True)
 def seed(config: PipelineConfig = PipelineConfig()) -> dict:
     """Round 0: ingest the labeled seeds and the pool (once), train the seed LoRA -> adapters/round-0000."""
     cfg = config
-    ensure_gpu_slot(cfg)
-    ingested = with_retries(ingest_seeds_task, cfg)(cfg)
-    with gpu_slot(cfg):
-        trained = with_retries(train_adapter_task, cfg)(cfg, 0)
-        heldout = with_retries(evaluate_adapter_task, cfg)(cfg, 0)
-    reported = with_retries(report_task, cfg)(cfg, 0) if cfg.loop.report else None
-    publish.publish_round(cfg, 0, reported, heldout["metrics"])
-    return {"ingest": ingested, "train": trained, "heldout": heldout["metrics"]}
+    with store_run_lock(cfg):  # re-entrant: self_improve already holds it when it starts this flow
+        ensure_gpu_slot(cfg)
+        ingested = with_retries(ingest_seeds_task, cfg)(cfg)
+        with gpu_slot(cfg):
+            trained = with_retries(train_adapter_task, cfg)(cfg, 0)
+            heldout = with_retries(evaluate_adapter_task, cfg)(cfg, 0)
+        reported = with_retries(report_task, cfg)(cfg, 0) if cfg.loop.report else None
+        publish.publish_round(cfg, 0, reported, heldout["metrics"])
+        return {"ingest": ingested, "train": trained, "heldout": heldout["metrics"]}

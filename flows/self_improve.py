@@ -21,6 +21,7 @@ from layerloop.tasks.gpu_slot import ensure_gpu_slot, gpu_slot
 from layerloop.tasks.prefect_tasks import (commit_round_task, cycle_generated_task, cycle_pool_task,
                                            evaluate_adapter_task, evaluate_control_task, generate_task, judge_task,
                                            report_task, train_adapter_task, train_control_task, with_retries)
+from layerloop.tasks.run_lock import store_run_lock
 from layerloop.tasks.stages.commit import round_info
 from layerloop.tasks.stages.consistency import round_pool
 from layerloop.tasks.stages.handles import is_committed, next_round, open_store, stage_seconds, units
@@ -28,19 +29,23 @@ from layerloop.tasks.stages.handles import is_committed, next_round, open_store,
 
 @flow(name="self-improve", log_prints=True)
 def self_improve(config: PipelineConfig = PipelineConfig()) -> list[dict]:
-    """Run rounds after the latest committed one up to loop.rounds; returns the selection-rate rows."""
+    """Run rounds after the latest committed one up to loop.rounds; returns the selection-rate rows.
+
+    Holds the store's run lock throughout: a second run on the store fails at once naming this one.
+    """
     cfg = config
-    ensure_gpu_slot(cfg)
-    if not is_committed(cfg, 0):
-        seed(cfg)
-    for r in range(next_round(cfg), cfg.loop.rounds + 1):
-        improve_round(cfg, r)
-    if cfg.loop.train_final:
-        with gpu_slot(cfg):
-            with_retries(train_adapter_task, cfg)(cfg, cfg.loop.rounds)
-            with_retries(evaluate_adapter_task, cfg)(cfg, cfg.loop.rounds)
-            control(cfg, cfg.loop.rounds)
-    return publish.publish_table(cfg)
+    with store_run_lock(cfg):
+        ensure_gpu_slot(cfg)
+        if not is_committed(cfg, 0):
+            seed(cfg)
+        for r in range(next_round(cfg), cfg.loop.rounds + 1):
+            improve_round(cfg, r)
+        if cfg.loop.train_final:
+            with gpu_slot(cfg):
+                with_retries(train_adapter_task, cfg)(cfg, cfg.loop.rounds)
+                with_retries(evaluate_adapter_task, cfg)(cfg, cfg.loop.rounds)
+                control(cfg, cfg.loop.rounds)
+        return publish.publish_table(cfg)
 
 
 def control(cfg: PipelineConfig, adapter_round: int) -> dict | None:

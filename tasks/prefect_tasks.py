@@ -12,17 +12,19 @@ from __future__ import annotations
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
+from layerloop.storage.fsutil import is_disk_full
 from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks.stages import adapter, commit, consistency, generation, ingest, judging, summary
 from layerloop.tasks.stages.handles import Unit
 
 # Errors that a second try can fix: I/O hiccups, timeouts, a server or object store briefly away.
-# Bad input (ValueError and its subclasses) and missing files are never retried: they need a person.
+# Bad input (ValueError and its subclasses), missing files and a full disk are never retried: they need a
+# person (a judge that cannot score, JudgeUnavailable, is a RuntimeError: not retried either).
 _PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, _PERMANENT_OS_ERRORS):
+    if isinstance(exc, _PERMANENT_OS_ERRORS) or is_disk_full(exc):
         return False
     return isinstance(exc, (OSError, TimeoutError, ConnectionError))
 

@@ -33,6 +33,22 @@ class Progress:
         return results
 
 
+def notice(message: str) -> None:
+    """Tell the person running the flow now: a warning in the run's log (terminal and UI), else on stderr."""
+    import sys
+
+    if "prefect" in sys.modules:  # else no run can be going on: don't pay Prefect's import to print a line
+        from prefect import get_run_logger
+        from prefect.exceptions import MissingContextError
+
+        try:
+            get_run_logger().warning(message)
+            return
+        except MissingContextError:
+            pass
+    print(message, file=sys.stderr, flush=True)
+
+
 def _link(uri: str) -> str:
     return uri if "://" in uri else "file://" + os.path.abspath(uri)
 

@@ -2,6 +2,9 @@
 
   proc_writer.py crash STORE      write unit u0, then stall inside unit u1's second shard (the parent SIGKILLs it)
   proc_writer.py commit STORE TAG GO   write a unit, print READY, wait for file GO, then commit round 0
+  proc_writer.py runlock STORE GO DONE  print READY, wait for GO, try the store's run lock once: print WON
+                                        (then hold it until file DONE exists) or LOCKED <message>
+  proc_writer.py hostlock PATH          take a HostLock, record lease_id "lease-1" in it, print READY, sleep
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from layerloop.storage.errors import CommitConflictError  # noqa: E402
+from layerloop.storage.errors import CommitConflictError, StoreLockedError  # noqa: E402
+from layerloop.storage.locks import HostLock  # noqa: E402
 from layerloop.storage.rounds import RoundStore  # noqa: E402
 from tests.storage.helpers import samples  # noqa: E402
 
@@ -49,5 +53,32 @@ def commit(uri: str, tag: str, go: str) -> None:
         print(f"CONFLICT {exc}", flush=True)
 
 
+def _wait_file(path: str) -> None:
+    while not os.path.exists(path):
+        time.sleep(0.01)
+
+
+def runlock(uri: str, go: str, done: str) -> None:
+    lock = RoundStore(uri).run_lock()
+    print("READY", flush=True)
+    _wait_file(go)
+    try:
+        lock.acquire(wait_s=0)
+    except StoreLockedError as exc:
+        print(f"LOCKED {exc}", flush=True)
+        return
+    print("WON", flush=True)
+    _wait_file(done)
+    lock.release()
+
+
+def hostlock(path: str) -> None:
+    lock = HostLock(path)
+    assert lock.try_acquire()[0]
+    lock.update(lease_id="lease-1")
+    print("READY", flush=True)
+    time.sleep(60)
+
+
 if __name__ == "__main__":
-    {"crash": crash, "commit": commit}[sys.argv[1]](*sys.argv[2:])
+    {"crash": crash, "commit": commit, "runlock": runlock, "hostlock": hostlock}[sys.argv[1]](*sys.argv[2:])
