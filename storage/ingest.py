@@ -232,8 +232,6 @@ def validation_ids(items: list[InputItem], n: int) -> set[str]:
     import hashlib
 
     ids = sorted({i.item_id for i in items if not i.problem}, key=lambda x: hashlib.sha256(x.encode()).hexdigest())
-    if n and n >= len(ids):
-        raise IngestError(f"validation_size {n} leaves nothing to train on: only {len(ids)} labeled items")
     return set(ids[:n])
 
 
@@ -289,6 +287,9 @@ def _ingest(path: str, store: Any, cfg: Any, *, kind: str, progress: Progress | 
                           f"see {store.uri}/quarantine")
     conv = int(sum(len(c) for c in rows[S.CONVERSIONS]))
     n_val = int((rows[S.SPLIT] == "validation").sum())
+    if n_val and n_val == len(rows):
+        raise IngestError(f"validation_size {validation_size} leaves nothing to train on: all {len(rows)} valid "
+                          f"labeled items would be held out; lower loop.validation_size")
     writer.commit(rows, {"ingest": {"kind": kind, "layout": layout, "found": len(items),
                                     "quarantined": len(quarantined), "conversions": conv, "validation": n_val}})
     return IngestReport(kind, writer.round, layout, len(items), len(rows), quarantined, conv, writer.dir)

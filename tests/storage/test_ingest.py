@@ -190,5 +190,5 @@ def test_a_validation_split_is_held_out_of_every_training_view(tmp_path):
     again = RoundStore(str(tmp_path / "again"))  # same items -> the same held-out ids, whatever the listing order
     ingest_seeds(str(tmp_path / "seeds"), again, StoreConfig(), validation_size=3)
     assert set(again.validation_view()[S.SAMPLE_ID]) == set(val[S.SAMPLE_ID])
-    with pytest.raises(IngestError, match="leaves nothing to train on"):
+    with pytest.raises(IngestError, match="leaves nothing to train on: all 8 valid"):
         ingest_seeds(str(tmp_path / "seeds"), RoundStore(str(tmp_path / "third")), StoreConfig(), validation_size=8)
