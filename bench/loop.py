@@ -229,8 +229,23 @@ def verdicts(rows: list[dict], seeds: list[int], rounds: int) -> list[str]:
             lines.append(f"final adapter {metric} on {sl}: loop - control {diff:+.3f}, spread {spread:.3f} -> "
                          f"{'MET' if ok else 'NOT met'} ({goal})")
     lines += _monotone(rows, seeds, rounds)
+    lines += _selection(rows, rounds)
     print("\n".join(lines))
     return lines
+
+
+def _selection(rows: list[dict], rounds: int) -> list[str]:
+    """The last round's selection rate against round 1's (mean over seeds), at the run's fixed thresholds."""
+    def rate(k):
+        vals = [r["selection_rate"] for r in rows if r["variant"] == "loop" and r["round"] == k
+                and r.get("selection_rate") is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    first, last = rate(1), rate(rounds)
+    if first is None or last is None:
+        return []
+    ratio = f"{last / first:.2f}x" if first else "n/a (round 1 accepted nothing)"
+    return [f"selection rate: round 1 {100 * first:.1f} %, round {rounds} {100 * last:.1f} % -> {ratio}"]
 
 
 def _monotone(rows: list[dict], seeds: list[int], rounds: int) -> list[str]:
