@@ -68,7 +68,7 @@ class LoopConfig(BaseModel):
     anchor_grow: int = Field(1, ge=0, le=8, description="anchored targets: pixels the footprint is grown by")
     validation_size: int = Field(
         10, ge=0, description="labeled seeds held out of training as the validation split (chosen by id hash "
-                              "when round 0 is ingested; fixed from then on)")
+                              "when round 0 is ingested, at most a fifth of them; fixed from then on)")
     promotion_tolerance_db: float | None = Field(
         0.3, ge=0, description="adapter r generates round r+1 only if its validation PSNR (logo and object) is "
                                "not below the current adapter's by more than this; null = always promote")

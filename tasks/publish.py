@@ -34,19 +34,25 @@ class Progress:
 
 
 def notice(message: str) -> None:
-    """Tell the person running the flow now: a warning in the run's log (terminal and UI), else on stderr."""
+    """Tell the person running the flow now: a warning in the run's log (the UI keeps it), and on stderr
+    too when the console would not show it (outside a run, or the CLI's quiet Prefect logging)."""
+    import os
     import sys
 
+    logged = False
     if "prefect" in sys.modules:  # else no run can be going on: don't pay Prefect's import to print a line
         from prefect import get_run_logger
         from prefect.exceptions import MissingContextError
 
         try:
             get_run_logger().warning(message)
-            return
+            logged = True
         except MissingContextError:
             pass
-    print(message, file=sys.stderr, flush=True)
+    if not logged or os.environ.get("PREFECT_LOGGING_LEVEL", "").upper() in ("ERROR", "CRITICAL"):
+        # not print(): a flow with log_prints=True turns print into an INFO log line the console hides
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
 
 
 def _link(uri: str) -> str:

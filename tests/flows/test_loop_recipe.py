@@ -17,7 +17,7 @@ def recipe_cfg(tiny_cfg, tmp_path):
     from layerloop.models.synthetic import WorldSlice, write_split
 
     seeds = tmp_path / "sliced-seeds"
-    write_split("seeds", 8, 32, 5, str(seeds), WorldSlice(kinds=("mug", "bottle")))
+    write_split("seeds", 10, 32, 5, str(seeds), WorldSlice(kinds=("mug", "bottle")))
     loop = tiny_cfg.loop.model_copy(update={
         "seeds_path": str(seeds), "candidates_per_round": 0, "pool_per_round": 2, "eval_size": 4,
         "validation_size": 2, "control": True, "rounds": 1, "train_final": True, "report": False})

@@ -62,7 +62,7 @@ def test_killed_run_under_the_ephemeral_api_does_not_block_the_rerun(tiny_inputs
         except ProcessLookupError:
             pass
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
-    assert f"reclaimed the 'gpu' slot lease {held['lease_id']}" in rerun.stderr
+    assert f"reclaimed the 'gpu' slot lease {held['lease_id']}" in rerun.stderr, rerun.stdout[-3000:]
     assert f"pid {proc.pid} on host {socket.gethostname()}" in rerun.stderr
     assert RoundStore(str(store)).committed_rounds() == [0, 1]
     assert not (store / "_locks" / "run.json").exists()  # the dead run's store lock was taken over, then freed

@@ -53,7 +53,7 @@ def test_a_corrupted_shard_is_never_trained_on_and_verify_names_it(tiny_cfg, bit
 
     ingest_seeds(tiny_cfg)
     store = open_store(tiny_cfg)
-    row = store.read(0).sort_values(S.SAMPLE_ID).iloc[1]
+    row = store.training_view(up_to=0).sort_values(S.SAMPLE_ID).iloc[1]  # one the adapter trains on
     bit_rot(Path(store.root) / row[S.SHARD], f"{row[S.KEY]}.object.png")
     with pytest.raises(CorruptShardError) as caught:
         train_adapter(tiny_cfg, 0)

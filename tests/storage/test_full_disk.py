@@ -79,7 +79,7 @@ def test_full_disk_while_writing_shards_then_resume(disk):
     assert caught.value.errno == errno.ENOSPC and "rerun" in str(caught.value)
     assert disk.debris() == []  # no temp shard or table stays behind
     assert not w.unit_done("u1") and set(w.rows()[S.UNIT]) == {"u0"}
-    assert {s.rsplit("/", 1)[1].split("-")[0] for s in store.fs.glob(f"{w.dir}/shards/*")} == {"u0"}
+    assert {s.rsplit("/", 1)[1].split("-")[0] for s in store.fs.glob(f"{w.dir}/_work/shards/*")} == {"u0"}
     assert store.committed_rounds() == [0]
     disk.free()
     rows = w.write_unit("u1", noisy("b", 12))  # the same writer resumes
