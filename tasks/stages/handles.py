@@ -142,7 +142,8 @@ class RoundWork:
                                 adapter_id=adapter_id(self.generator) if r > 0 else None,
                                 config=self.cfg.model_dump(mode="json"),
                                 shard_max_bytes=self.cfg.store.shard_max_bytes,
-                                shard_max_samples=self.cfg.store.shard_max_samples)
+                                shard_max_samples=self.cfg.store.shard_max_samples,
+                                claim_lease_s=self.cfg.store.claim_lease_s)
 
     def sampler(self):
         return sampler(self.cfg, self.generator, self.store)
