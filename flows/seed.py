@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from layerloop.tasks import publish
+from layerloop.tasks import executor, publish
 from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.gpu_slot import ensure_gpu_slot, gpu_slot
 from layerloop.tasks.prefect_tasks import (evaluate_adapter_task, ingest_seeds_task, report_task,
                                            train_adapter_task, with_retries)
 
@@ -14,11 +13,11 @@ from layerloop.tasks.prefect_tasks import (evaluate_adapter_task, ingest_seeds_t
 def seed(config: PipelineConfig = PipelineConfig()) -> dict:
     """Round 0: ingest the labeled seeds and the pool (once), train the seed LoRA -> adapters/round-0000."""
     cfg = config
-    ensure_gpu_slot(cfg)
+    executor.ensure_guard(cfg)
     ingested = with_retries(ingest_seeds_task, cfg)(cfg)
-    with gpu_slot(cfg):
-        trained = with_retries(train_adapter_task, cfg)(cfg, 0)
-        heldout = with_retries(evaluate_adapter_task, cfg)(cfg, 0)
+    with executor.gpu_guard(cfg), executor.session(cfg):  # Ray: the seed LoRA trains on a worker's GPU
+        trained = executor.call(with_retries(train_adapter_task, cfg), cfg, cfg, 0)
+        heldout = executor.call(with_retries(evaluate_adapter_task, cfg), cfg, cfg, 0)
     reported = with_retries(report_task, cfg)(cfg, 0) if cfg.loop.report else None
     publish.publish_round(cfg, 0, reported, heldout["metrics"])
     return {"ingest": ingested, "train": trained, "heldout": heldout["metrics"]}

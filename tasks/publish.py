@@ -22,15 +22,18 @@ class Progress:
                                            description=f"round {round_}: generate, judge and cycle units")
 
     def run(self, task_fn: Callable, cfg: PipelineConfig, round_: int, units: list[Unit]) -> list[dict]:
-        """Run the task once per unit (in order: they share the gpu slot) and tick the progress artifact."""
+        """Run the task once per unit (tasks/executor.py: in order, or fanned out on Ray) and tick the
+        progress artifact as units finish."""
+        from layerloop.tasks.executor import run_units
+
+        return run_units(task_fn, cfg, round_, units, on_done=self.tick)
+
+    def tick(self) -> None:
+        """One more unit finished."""
         from prefect.artifacts import update_progress_artifact
 
-        results = []
-        for unit in units:
-            results.append(task_fn(cfg, round_, unit))
-            self.done += 1
-            update_progress_artifact(self.id, progress=100.0 * self.done / self.total)
-        return results
+        self.done += 1
+        update_progress_artifact(self.id, progress=100.0 * self.done / self.total)
 
 
 def _link(uri: str) -> str:
