@@ -14,10 +14,11 @@ def seed(config: PipelineConfig = PipelineConfig()) -> dict:
     """Round 0: ingest the labeled seeds and the pool (once), train the seed LoRA -> adapters/round-0000."""
     cfg = config
     executor.ensure_guard(cfg)
-    ingested = with_retries(ingest_seeds_task, cfg)(cfg)
-    with executor.gpu_guard(cfg), executor.session(cfg):  # Ray: the seed LoRA trains on a worker's GPU
-        trained = executor.call(with_retries(train_adapter_task, cfg), cfg, cfg, 0)
-        heldout = executor.call(with_retries(evaluate_adapter_task, cfg), cfg, cfg, 0)
-    reported = with_retries(report_task, cfg)(cfg, 0) if cfg.loop.report else None
-    publish.publish_round(cfg, 0, reported, heldout["metrics"])
+    with executor.session(cfg):  # credentials first; under Ray the seed LoRA trains on a worker
+        ingested = with_retries(ingest_seeds_task, cfg)(cfg)
+        with executor.gpu_guard(cfg):
+            trained = executor.call(with_retries(train_adapter_task, cfg), cfg, cfg, 0)
+            heldout = executor.call(with_retries(evaluate_adapter_task, cfg), cfg, cfg, 0)
+        reported = with_retries(report_task, cfg)(cfg, 0) if cfg.loop.report else None
+        publish.publish_round(cfg, 0, reported, heldout["metrics"])
     return {"ingest": ingested, "train": trained, "heldout": heldout["metrics"]}

@@ -141,6 +141,10 @@ class LoopConfig(BaseModel):
         "local", description="where a round's units run: local = one after another in this process, under the "
                              "gpu slot; ray = in parallel on Ray workers (loop.ray; install layerloop[ray])")
     ray: RayConfig = Field(default_factory=RayConfig)
+    secret_env: dict[str, str] = Field(
+        default_factory=dict, description="environment variables a run reads from Prefect Secret blocks, "
+                                          "{VARIABLE: block name}, e.g. {AWS_SECRET_ACCESS_KEY: s3-secret}; names "
+                                          "only, values never logged or saved (tasks/secrets.py)")
 
     @model_validator(mode="before")
     @classmethod
@@ -150,6 +154,14 @@ class LoopConfig(BaseModel):
         if moved:
             raise ValueError("; ".join(moved))
         return data
+
+    @field_validator("secret_env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = sorted(k for k in v if not k or not all(c.isalnum() or c == "_" for c in k) or k[0].isdigit())
+        if bad:
+            raise ValueError(f"secret_env keys must be environment variable names, got {bad}")
+        return v
 
     @field_validator("gpu_slot")
     @classmethod

@@ -91,10 +91,12 @@ def init_kwargs(cfg: PipelineConfig) -> dict[str, Any]:
 
 @contextmanager
 def session(cfg: PipelineConfig) -> Iterator[None]:
-    """Join or start Ray once for a whole flow run (not per round); stop only what this call started.
+    """The run's environment, once per flow run: credentials from Prefect Secret blocks (loop.secret_env,
+    before anything opens the store or Ray), then Ray joined or started (not per round); stops only the
+    Ray this call started. A Ray already up in this process (a test's or a bench's) is used as it is."""
+    from layerloop.tasks.secrets import apply_secret_env
 
-    A Ray that is already up in this process (a test's or a bench's cluster) is used as it is.
-    """
+    apply_secret_env(cfg)
     if not uses_ray(cfg):
         yield
         return

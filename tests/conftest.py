@@ -19,3 +19,23 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-protocol server over HTTP (moto_server on 127.0.0.1) with one bucket (s3.BUCKET); dummy
+    credentials go into the environment (botocore reads them there, as in production); stopped after."""
+    from tests.storage.s3 import BUCKET, CREDENTIALS, MotoServer
+
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    try:
+        with MotoServer(tmp_path_factory.mktemp("moto")) as server:
+            server.make_bucket(BUCKET)
+            yield server
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -67,9 +67,12 @@ def stage_seconds(**stages_: list[dict]) -> dict[str, float]:
 
 
 def open_store(cfg: PipelineConfig):
+    """The config's store; its fsspec options also reach the adapter files kept in it."""
     from layerloop.storage.rounds import RoundStore
 
-    return RoundStore(cfg.store.uri, cfg.store.storage_options)
+    store = RoundStore(cfg.store.uri, cfg.store.storage_options)
+    adapter_files.use_store_options(store.url(""), cfg.store.storage_options)
+    return store
 
 
 def generator_round(store, round_: int) -> int:

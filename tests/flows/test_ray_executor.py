@@ -69,8 +69,9 @@ def local_round(seeded, tiny_inputs, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(prefect_harness, tiny_inputs, tmp_path_factory):
-    """A local Ray of 2 CPUs and 2 logical GPUs for the module; its processes are gone afterwards."""
+def ray_cluster(prefect_harness, s3_server, tiny_inputs, tmp_path_factory):
+    """A local Ray of 2 CPUs and 2 logical GPUs for the module; its processes are gone afterwards. Started
+    after the moto server, so its workers have the (dummy) S3 credentials in their environment."""
     from layerloop.tasks import executor
 
     cfg = _ray_cfg(str(tmp_path_factory.mktemp("unused")), tiny_inputs)
@@ -91,14 +92,24 @@ def _canon(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _ray_round(seeded: str, tiny_inputs: dict, tmp_path, name: str) -> tuple[RoundStore, dict]:
+def _ray_round(seeded: str, tiny_inputs: dict, tmp_path, name: str, store_uri: str | None = None,
+               storage_options: dict | None = None) -> tuple[RoundStore, dict]:
     from layerloop.flows.self_improve import improve_round
     from layerloop.tasks import executor
 
-    cfg = _ray_cfg(_copy(seeded, tmp_path, name), tiny_inputs)
+    cfg = _ray_cfg(store_uri or _copy(seeded, tmp_path, name), tiny_inputs)
+    if storage_options:
+        cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"storage_options": storage_options})})
     executor.round_flow(improve_round, cfg)(cfg, 1)
-    store = RoundStore(cfg.store.uri)
+    store = RoundStore(cfg.store.uri, cfg.store.storage_options)
     return store, store.round_info(1)["info"]["execution"]
+
+
+def _upload(local_root: str, store: RoundStore) -> None:
+    for folder, _, files in os.walk(local_root):
+        for name in files:
+            path = os.path.join(folder, name)
+            store.fs.put_file(path, f"{store.root}/{os.path.relpath(path, local_root)}")
 
 
 def test_ray_round_equals_local_round_with_one_model_per_worker(ray_cluster, seeded, local_round, tiny_inputs,
@@ -134,6 +145,19 @@ def test_worker_killed_mid_round_loses_and_duplicates_nothing(ray_cluster, seede
     assert sum(p["units"] for p in execution["processes"].values()) == 10  # every unit answered once
     store.gc(grace_s=0)  # the killed unit's partial shards, if any, are debris: gc takes them
     assert store.verify() == []
+
+
+def test_ray_round_on_s3_equals_local_round(ray_cluster, seeded, local_round, s3_server, tiny_inputs, tmp_path):
+    """Workers on the cluster write their units to one bucket at once; the commit is the same."""
+    import uuid
+
+    from tests.storage.s3 import BUCKET
+
+    uri, options = f"s3://{BUCKET}/ray-{uuid.uuid4().hex[:8]}/store", s3_server.storage_options
+    _upload(seeded, RoundStore(uri, options))
+    store, execution = _ray_round(seeded, tiny_inputs, tmp_path, "s3", uri, options)
+    pd.testing.assert_frame_equal(_canon(store.read(1, "all")), local_round)
+    assert store.verify() == [] and sum(p["units"] for p in execution["processes"].values()) == 10
 
 
 def test_remote_options_keep_gpu_workers_and_retry_dead_ones(tiny_inputs, tmp_path):

@@ -1,5 +1,5 @@
-"""Fixtures of the store tests: the same store suite on a local path, memory:// and s3:// (a moto server
-started once per session on 127.0.0.1, dummy credentials from the environment as in production)."""
+"""Fixtures of the store tests: the same store suite on a local path, memory:// and s3:// (the session's
+moto server, tests/conftest.py `s3_server`)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import pytest
 
 from layerloop.storage.rounds import RoundStore
 
-BUCKET = "layerloop-test"
+from tests.storage.s3 import BUCKET
 
 
 @dataclass
@@ -26,25 +26,6 @@ class Spot:
 
     def child_env(self) -> dict:
         return {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-
-
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """A real S3-protocol server over HTTP (moto_server) with one bucket; stopped after the session."""
-    from .s3 import CREDENTIALS, MotoServer
-
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)  # botocore reads credentials from the environment, never from config
-    try:
-        with MotoServer(tmp_path_factory.mktemp("moto")) as server:
-            server.make_bucket(BUCKET)
-            yield server
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def make_spot(kind: str, request, tmp_path) -> Spot:

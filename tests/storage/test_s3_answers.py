@@ -13,8 +13,7 @@ import pytest
 
 from layerloop.storage.fsutil import put_if_absent
 
-from .conftest import BUCKET
-from .s3 import AnswerProxy
+from .s3 import BUCKET, AnswerProxy
 
 
 def _fs(url: str):
