@@ -64,6 +64,14 @@ class RayConfig(BaseModel):
                                           "this checkout; no credentials in env_vars (they would be saved "
                                           "with every round): give the cluster's nodes their own env")
 
+    @field_validator("address")
+    @classmethod
+    def _resolved(cls, v: str | None) -> str | None:
+        if v is not None and ("{{" in v or not v.strip()):
+            raise ValueError(f"address {v!r} is not a Ray address: a prefect.yaml placeholder left unresolved? "
+                             "Set LAYERLOOP_RAY_ADDRESS before `prefect deploy`, or give host:6379 / auto")
+        return v
+
     @field_validator("runtime_env")
     @classmethod
     def _no_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:

@@ -197,3 +197,21 @@ def test_help_imports_neither_ray_nor_prefect_ray():
             "print(sorted(m for m in ('ray', 'prefect_ray') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "[]", done.stderr
+
+
+def test_prefect_yaml_ray_deployment_is_a_ray_config_once_deployed():
+    """`prefect deploy` fills {{ $LAYERLOOP_RAY_ADDRESS }}; left unfilled, the run refuses it by name."""
+    from pathlib import Path
+
+    import yaml
+
+    from layerloop.tasks.config import ConfigError, validate_config
+
+    text = (Path(__file__).resolve().parents[2] / "prefect.yaml").read_text()
+    ray = next(d for d in yaml.safe_load(text)["deployments"] if d["name"] == "ray")
+    with pytest.raises(ConfigError, match="LAYERLOOP_RAY_ADDRESS"):
+        validate_config(ray["parameters"]["config"])
+    filled = yaml.safe_load(text.replace("{{ $LAYERLOOP_RAY_ADDRESS }}", "head:6379"))
+    cfg = validate_config(next(d for d in filled["deployments"] if d["name"] == "ray")["parameters"]["config"])
+    assert (cfg.loop.executor, cfg.loop.ray.address, cfg.loop.ray.num_gpus) == ("ray", "head:6379", 1)
+    assert ray["work_pool"]["job_variables"]["env"]["RAY_AUTH_MODE"] == "token"
