@@ -35,7 +35,7 @@ ui: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_UI_API_URL=http://127.0.0.1:4200/api $(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
 
 bench: $(STAMP)
-	for b in storage judge learning overhead; do $(PY) bench/$$b.py || exit 1; done
+	for b in storage judge learning overhead scale; do $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) demo-store .demo

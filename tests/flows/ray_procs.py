@@ -35,6 +35,13 @@ def descendants(root: int) -> dict[int, str]:
     return out
 
 
+def ray_processes(before: set[int]) -> set[int]:
+    """This process's descendants that Ray started: new since `before` (the descendants before ray.init)
+    and running Ray's code (raylet, gcs_server, ray::workers, its dashboard and monitors)."""
+    return {pid for pid, title in descendants(os.getpid()).items()
+            if pid not in before and ("ray::" in title or "/ray/" in title)}
+
+
 def kill_leftovers(pids: set[int]) -> list[int]:
     """SIGKILL those of `pids` still alive (processes this test started); returns the ones killed."""
     killed = []

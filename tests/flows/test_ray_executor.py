@@ -18,7 +18,7 @@ import pytest
 from layerloop.storage import schema as S
 from layerloop.storage.rounds import RoundStore
 
-from tests.flows.ray_procs import WorkerKiller, descendants, kill_leftovers
+from tests.flows.ray_procs import WorkerKiller, descendants, kill_leftovers, ray_processes
 
 pytest.importorskip("prefect_ray", reason="the ray extra: pip install 'layerloop[ray]' (make test installs it)")
 
@@ -31,7 +31,9 @@ def _cfg(store: str, inputs: dict, **loop):
     from layerloop.tasks.demo import smoke_overrides
 
     overrides = smoke_overrides(store, inputs)
-    overrides["loop"].update(loop)
+    # a slot of its own: a flow test before this one kills a run holding the default `gpu` slot, whose
+    # lease the session's test server keeps until it expires
+    overrides["loop"].update(gpu_slot="gpu-ray-tests", **loop)
     return load_config(None, overrides=overrides)
 
 
@@ -75,14 +77,15 @@ def ray_cluster(prefect_harness, s3_server, tiny_inputs, tmp_path_factory):
     from layerloop.tasks import executor
 
     cfg = _ray_cfg(str(tmp_path_factory.mktemp("unused")), tiny_inputs)
+    before = set(descendants(os.getpid()))  # the test server, moto, ...: not Ray's, never touched
     started: set[int] = set()
     try:
         with executor.session(cfg):
-            started |= set(descendants(os.getpid()))
+            started |= ray_processes(before)
             yield cfg
-            started |= set(descendants(os.getpid()))
+            started |= ray_processes(before)
     finally:
-        kill_leftovers(started)  # an idle worker can outlive ray.shutdown(); only ours, by pid
+        kill_leftovers(started)  # an idle worker can outlive ray.shutdown(); only Ray's, by pid
 
 
 def _canon(df: pd.DataFrame) -> pd.DataFrame:
