@@ -58,6 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the control as its own pipeline and store (see above)")
     p.add_argument("--only", choices=["loop", "control"], default=None, help="with --separate-control: run one")
     p.add_argument("--report-only", action="store_true", help="read the stores under --work, run nothing")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field of the loop (not the control), e.g. loop.cycle_keep_composite="
+                        "resynthesized; values parse as YAML; repeatable")
+    p.add_argument("--name", default="loop", help="name of this loop variant's store (--separate-control)")
     args = p.parse_args(argv)
     if args.gpu_scale:
         args.rounds, args.pool_per_round, args.sample_batch = max(args.rounds, 8), max(args.pool_per_round, 512), 128
@@ -86,12 +90,36 @@ def make_inputs(args, root: Path) -> dict[str, str]:
 def config(args, seed: int, store: Path, inputs: dict[str, str], variant: str = "both"):
     """The benchmark's pipeline config: the default recipe at the benchmark's sizes, control on (variant
     "both"), or the loop alone ("loop"), or the separate control pipeline ("control": no pool)."""
-    from layerloop.tasks.config import validate_config
+    from layerloop.tasks.config import deep_merge, validate_config
 
+    data = _base_config(args, seed, store, inputs, variant)
+    if variant != "control":
+        data = deep_merge(data, _overrides(args.set))
+    return validate_config(data, source="bench/loop.py")
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """--set SECTION.FIELD=VALUE pairs as a nested dict (values parsed as YAML)."""
+    import yaml
+
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        path = key.strip().split(".")
+        if not sep or len(path) < 2 or not all(path):
+            raise SystemExit(f"--set {pair!r}: expected SECTION.FIELD=VALUE")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def _base_config(args, seed: int, store: Path, inputs: dict[str, str], variant: str) -> dict:
     train = {"steps": args.seed_steps, "batch_size": 4, "lr": 5e-3, "seed": seed, "checkpoint_every": 10**6}
     if args.anchor_fraction is not None:
         train["anchor_fraction"] = args.anchor_fraction
-    return validate_config({
+    return {
         "store": {"uri": str(store)}, "lora": {"rank": 16}, "train": train,
         "sample": {"steps": args.sample_steps, "batch_size": args.sample_batch, "seed": seed},
         "loop": {"rounds": args.rounds, "seeds_path": inputs["seeds"], "pool_path": inputs["pool"],
@@ -100,7 +128,7 @@ def config(args, seed: int, store: Path, inputs: dict[str, str], variant: str = 
                  "train_final": True, "round_train_steps": args.round_steps, "report": False,
                  "pool_targets": args.pool_targets,
                  # the control continues from its own previous adapter every round, as loop.control does
-                 **({"pool_per_round": 0, "promotion_tolerance_db": None} if variant == "control" else {})}}, source="bench/loop.py")
+                 **({"pool_per_round": 0, "promotion_tolerance_db": None} if variant == "control" else {})}}
 
 
 def rows_of(cfg, seed: int, control_cfg=None) -> list[dict]:
@@ -139,7 +167,8 @@ def run_seed(args, seed: int, root: Path, inputs: dict[str, str]) -> tuple[list[
     if not args.separate_control:
         cfgs = {"both": config(args, seed, root / f"store-seed{seed}", inputs)}
     else:
-        cfgs = {v: config(args, seed, root / f"store-{v}-seed{seed}", inputs, v) for v in ("loop", "control")}
+        cfgs = {v: config(args, seed, root / f"store-{args.name if v == 'loop' else v}-seed{seed}", inputs, v)
+                for v in ("loop", "control")}
     start = time.perf_counter()
     for variant, cfg in cfgs.items():
         if not args.report_only and args.only in (None, variant):
@@ -200,8 +229,23 @@ def verdicts(rows: list[dict], seeds: list[int], rounds: int) -> list[str]:
             lines.append(f"final adapter {metric} on {sl}: loop - control {diff:+.3f}, spread {spread:.3f} -> "
                          f"{'MET' if ok else 'NOT met'} ({goal})")
     lines += _monotone(rows, seeds, rounds)
+    lines += _selection(rows, rounds)
     print("\n".join(lines))
     return lines
+
+
+def _selection(rows: list[dict], rounds: int) -> list[str]:
+    """The last round's selection rate against round 1's (mean over seeds), at the run's fixed thresholds."""
+    def rate(k):
+        vals = [r["selection_rate"] for r in rows if r["variant"] == "loop" and r["round"] == k
+                and r.get("selection_rate") is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    first, last = rate(1), rate(rounds)
+    if first is None or last is None:
+        return []
+    ratio = f"{last / first:.2f}x" if first else "n/a (round 1 accepted nothing)"
+    return [f"selection rate: round 1 {100 * first:.1f} %, round {rounds} {100 * last:.1f} % -> {ratio}"]
 
 
 def _monotone(rows: list[dict], seeds: list[int], rounds: int) -> list[str]:

@@ -60,10 +60,21 @@ def synth(split: str = typer.Argument(..., metavar="SPLIT",
           n: int = typer.Option(100, "--n", min=1, help="number of items"),
           size: int = typer.Option(32, "--size", min=16, help="panel size in pixels (32 tiny world, 512 FLUX)"),
           seed: int = typer.Option(0, "--seed", help="base seed; each split has its own RNG stream"),
-          out: Path = typer.Option(..., "--out", help="output folder: <out>/<id>/{composite,logo,object}.png + meta.json")) -> None:
+          out: Path = typer.Option(..., "--out", help="output folder: <out>/<id>/{composite,logo,object}.png + meta.json"),
+          kinds: Optional[list[str]] = typer.Option(None, "--kind", help="only these product kinds (repeat); "
+                                                    "e.g. seeds from a narrow slice, pool and test from everything"),
+          shapes: Optional[list[str]] = typer.Option(None, "--shape", help="only these logo shapes (repeat)"),
+          words: Optional[list[str]] = typer.Option(None, "--word", help="only these logo words (repeat)")) -> None:
     """Render synthetic items with ground truth (procedural products with warped, shaded logos)."""
     if split not in SPLITS:
         fail(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    from layerloop.models.synthetic import WorldSlice
+
+    try:
+        where = WorldSlice(kinds=tuple(kinds) if kinds else None, shapes=tuple(shapes) if shapes else None,
+                           words=tuple(words) if words else None)
+    except ValueError as exc:
+        fail(str(exc))
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from layerloop.models.synthetic import write_split
@@ -71,22 +82,25 @@ def synth(split: str = typer.Argument(..., metavar="SPLIT",
     with Progress(SpinnerColumn(), TextColumn(f"rendering {n} {split} items"), TimeElapsedColumn()) as bar:
         bar.add_task("synth", total=None)
         try:
-            ids = write_split(split, n, size, seed, str(out))
+            ids = write_split(split, n, size, seed, str(out), where)
         except ValueError as exc:
             fail(str(exc))
-    typer.echo(f"wrote {len(ids)} {split} items to {out}")
+    typer.echo(f"wrote {len(ids)} {split} items ({where.describe()}) to {out}")
 
 
 def _ingest(kind: str, path: str, store: Optional[str], config: Optional[Path]) -> None:
     from layerloop.storage.errors import RoundExistsError
     from layerloop.storage.ingest import IngestError, ingest_pool, ingest_seeds
 
-    st, cfg = _open(store, config)
+    full = load(config, store=store)
+    st, cfg = open_store(full), full.store
+    # seeds: loop.validation_size of them become the held-out validation split, fixed from then on
+    extra = {"validation_size": full.loop.validation_size} if kind == "seeds" else {}
     fn = ingest_seeds if kind == "seeds" else ingest_pool
     bar, update = _progress(f"ingesting {kind}")
     try:
         with bar:
-            report = fn(path, st, cfg, progress=update)
+            report = fn(path, st, cfg, progress=update, **extra)
     except RoundExistsError as exc:
         fail(f"{exc}. Seeds form round 0, which already exists: use a new --store to start over")
     except (IngestError, ValueError) as exc:

@@ -3,21 +3,54 @@
 Config comes in the one precedence of flows/cli_config.py: built-in defaults (the demo's sizes for `demo`)
 < ./layerloop.yaml or --config < LAYERLOOP__* env < flags. With PREFECT_API_URL set the flows report to that
 server; otherwise Prefect starts an ephemeral one. Prefect, torch and the models are imported inside the
-commands so `layerloop --help` stays fast.
+commands so `layerloop --help` stays fast. Each command holds the store's run lock before Prefect starts
+(a second run fails at once naming the first), and the failures a person must act on (judge down, disk
+full, a corrupted shard, the store or the GPU taken) end as one red `error:` line with exit code 1.
 """
 from __future__ import annotations
 
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 
-from layerloop.flows.cli_config import CONFIG_OPT, STORE_OPT, load, prefect_env, user_errors
+from layerloop.flows.cli_config import CONFIG_OPT, STORE_OPT, fail, load, prefect_env, user_errors
 
 if TYPE_CHECKING:
     from layerloop.tasks.config import PipelineConfig
+
+
+@contextmanager
+def guarded_run(cfg: "PipelineConfig") -> Iterator[None]:
+    """A run of the loop from the command line: inputs checked before Prefect starts, the store held for the
+    command (the flow takes the lock again, re-entrantly). Bad input is one `error:` line, exit 2; a failure
+    that needs a person (judge down, disk full, corrupted shard, store or GPU taken) one line, exit 1."""
+    from layerloop.models.judges.base import JudgeUnavailable
+    from layerloop.storage.errors import CorruptShardError, StoreFullError, StoreLockedError
+    from layerloop.storage.fsutil import is_disk_full
+    from layerloop.tasks.gpu_slot import GpuSlotBusy
+    from layerloop.tasks.run_lock import store_run_lock
+
+    with user_errors():
+        if cfg.loop.secret_env:  # credentials from Prefect Secret blocks, before anything opens the store
+            from layerloop.tasks.secrets import apply_secret_env
+
+            prefect_env()
+            apply_secret_env(cfg)
+        _check_inputs(cfg)
+        try:
+            with store_run_lock(cfg):
+                yield
+        except (JudgeUnavailable, StoreFullError, CorruptShardError, StoreLockedError, GpuSlotBusy) as exc:
+            fail(str(exc), code=1)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            fail(f"no space left on a disk the run writes to: {exc}. Free space, then rerun: finished units, "
+                 "parts and adapters are kept.", code=1)
 
 
 def print_table(rows: list[dict], title: str = "selection rate per round") -> None:
@@ -60,11 +93,14 @@ def _pair(row: dict, metric: str) -> str:
 
 def run(config: Optional[Path] = CONFIG_OPT,
         rounds: Optional[int] = typer.Option(None, help="last round to run (a flag: beats loop.rounds)"),
-        store: Optional[str] = STORE_OPT) -> None:
+        store: Optional[str] = STORE_OPT,
+        wait: Optional[float] = typer.Option(None, "--wait", min=0, help="when another run holds the store, wait "
+                                             "up to this many seconds for it (a flag: beats loop.store_lock_wait_s; "
+                                             "default: fail at once naming it)")) -> None:
     """Run the self-improving loop: seed round if missing, then rounds up to loop.rounds."""
-    cfg = load(config, store=store, flags={"loop": {"rounds": rounds}} if rounds is not None else None)
-    with user_errors():
-        _check_inputs(cfg)
+    flags = {"loop": {k: v for k, v in (("rounds", rounds), ("store_lock_wait_s", wait)) if v is not None}}
+    cfg = load(config, store=store, flags=flags)
+    with guarded_run(cfg):
         from layerloop.flows.self_improve import self_improve
 
         rows = self_improve(cfg)
@@ -82,8 +118,7 @@ def _check_inputs(cfg: "PipelineConfig") -> None:
 def seed(config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) -> None:
     """Ingest the labeled seeds as round 0 and train the seed LoRA (adapters/round-0000)."""
     cfg = load(config, store=store)
-    with user_errors():
-        _check_inputs(cfg)
+    with guarded_run(cfg):
         from layerloop.flows.seed import seed as seed_flow
 
         result = seed_flow(cfg)
@@ -123,7 +158,7 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
     from layerloop.tasks.stages.adapter import evaluate_adapter
     from layerloop.tasks.stages.handles import adapter_id, open_store
 
-    with user_errors():
+    with guarded_run(cfg):
         rows = self_improve(cfg)
     print_table(rows)
     if cfg.loop.eval_size:

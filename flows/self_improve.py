@@ -22,6 +22,8 @@ from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks.prefect_tasks import (commit_round_task, cycle_generated_task, cycle_pool_task,
                                            evaluate_adapter_task, evaluate_control_task, generate_task, judge_task,
                                            report_task, train_adapter_task, train_control_task, with_retries)
+from layerloop.tasks.run_lock import store_run_lock
+from layerloop.tasks.secrets import apply_secret_env
 from layerloop.tasks.stages.commit import round_info
 from layerloop.tasks.stages.consistency import round_pool
 from layerloop.tasks.stages.handles import is_committed, next_round, open_store, stage_seconds, units
@@ -29,20 +31,25 @@ from layerloop.tasks.stages.handles import is_committed, next_round, open_store,
 
 @flow(name="self-improve", log_prints=True)
 def self_improve(config: PipelineConfig = PipelineConfig()) -> list[dict]:
-    """Run rounds after the latest committed one up to loop.rounds; returns the selection-rate rows."""
+    """Run rounds after the latest committed one up to loop.rounds; returns the selection-rate rows.
+
+    Holds the store's run lock throughout: a second run on the store fails at once naming this one.
+    """
     cfg = config
-    executor.ensure_guard(cfg)
-    with executor.session(cfg):  # Ray (loop.executor: ray) starts once per run, not per round
-        if not is_committed(cfg, 0):
-            seed(cfg)
-        for r in range(next_round(cfg), cfg.loop.rounds + 1):
-            executor.round_flow(improve_round, cfg)(cfg, r)
-        if cfg.loop.train_final:
-            with executor.gpu_guard(cfg):
-                executor.call(with_retries(train_adapter_task, cfg), cfg, cfg, cfg.loop.rounds)
-                executor.call(with_retries(evaluate_adapter_task, cfg), cfg, cfg, cfg.loop.rounds)
-                control(cfg, cfg.loop.rounds)
-    return publish.publish_table(cfg)
+    apply_secret_env(cfg)  # credentials (loop.secret_env) before anything opens the store or starts Ray
+    with store_run_lock(cfg):
+        executor.ensure_guard(cfg)
+        with executor.session(cfg):  # Ray (loop.executor: ray) starts once per run, not per round
+            if not is_committed(cfg, 0):
+                seed(cfg)
+            for r in range(next_round(cfg), cfg.loop.rounds + 1):
+                executor.round_flow(improve_round, cfg)(cfg, r)
+            if cfg.loop.train_final:
+                with executor.gpu_guard(cfg):
+                    executor.call(with_retries(train_adapter_task, cfg), cfg, cfg, cfg.loop.rounds)
+                    executor.call(with_retries(evaluate_adapter_task, cfg), cfg, cfg, cfg.loop.rounds)
+                    control(cfg, cfg.loop.rounds)
+        return publish.publish_table(cfg)
 
 
 def control(cfg: PipelineConfig, adapter_round: int) -> dict | None:
@@ -63,7 +70,7 @@ def improve_round(cfg: PipelineConfig, round_: int) -> dict:
     n_pool = len(round_pool(open_store(cfg), cfg, round_))
     gen_units = units("gen", cfg.loop.candidates_per_round, cfg.loop.batch_size)
     pool_units = units("pool", n_pool, cfg.loop.batch_size)
-    progress = publish.Progress(round_, 3 * len(gen_units) + 2 * len(pool_units))
+    progress = publish.Progress(round_, 3 * len(gen_units) + 2 * len(pool_units), executor.run_units)
     with executor.gpu_guard(cfg):
         trained = executor.call(with_retries(train_adapter_task, cfg), cfg, cfg, round_ - 1)
         measured = executor.call(with_retries(evaluate_adapter_task, cfg), cfg, cfg, round_ - 1)

@@ -114,7 +114,7 @@ class TrainConfig(_Section):
     loss_region: Literal["all", "generated"] = Field(
         "generated", description="all: every grid token (ICEdit); generated: only the panels the task generates")
     anchor_fraction: float = Field(
-        0.5, ge=0, le=1, description="share of every batch drawn from human-labeled triplets when pseudo-labels "
+        0.75, ge=0, le=1, description="share of every batch drawn from human-labeled triplets when pseudo-labels "
                                      "are in the training set too (self-training drifts unless real data stays in)")
     checkpoint_every: int = Field(100, ge=1)
     continue_from_previous: bool = True

@@ -33,12 +33,17 @@ def collect(store_uri: str) -> dict:
     if not rounds:
         raise SystemExit(f"error: {store_uri} has no committed round after the seed round; run the demo first")
     rows = [round_summary(store, r) for r in rounds]
-    return {"rows": rows, "final": _final(store, rounds[-1]), "identity": _identity(store, rounds[0])}
+    return {"rows": rows, "final": _final(store.adapter_uri(rounds[-1])),
+            "control": _final(store.control_adapter_uri(rounds[-1])), "identity": _identity(store, rounds[0])}
 
 
-def _final(store, last: int) -> dict:
-    path = Path(store.adapter_uri(last)) / "heldout.json"
-    return json.loads(path.read_text()).get("metrics", {}) if path.is_file() else {}
+def _final(adapter_uri: str) -> dict:
+    """Held-out means an adapter directory's heldout.json holds ({} when it was not measured)."""
+    path = Path(adapter_uri) / "heldout.json"
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return data.get("heldout") or data.get("metrics") or {}  # "metrics": stores of earlier versions
 
 
 def _identity(store, round_: int) -> dict:
@@ -69,7 +74,15 @@ def sentence(data: dict) -> str:
     if first and last:
         text += f"; held-out PSNR goes from {_psnr(first)} to {_psnr(last)} dB (logo / object"
         text += f"; identity {_psnr(data['identity'])})" if data["identity"] else ")"
+    text += _against_control(data["final"], data.get("control") or {})
     return text + "."
+
+
+def _against_control(final: dict, control: dict) -> str:
+    """The final adapter against its matched-compute control, per slice, when the demo trained one."""
+    parts = [f"{where} {final[k]:.2f} vs {control[k]:.2f} dB" for where, k in
+             (("unseen kinds", "psnr_object@unseen"), ("seen kinds", "psnr_object@seen")) if k in final and k in control]
+    return "; final object PSNR against its control (same steps, seeds only): " + ", ".join(parts) if parts else ""
 
 
 def table(data: dict) -> str:

@@ -40,3 +40,24 @@ class RoundNotFoundError(StorageError, KeyError):
 
 class CommitConflictError(StorageError):
     """Another writer committed (or is committing) the same round; this writer lost."""
+
+
+class StoreFullError(StorageError, OSError):
+    """The store's filesystem ran out of space (ENOSPC, EDQUOT); the message names what was being written.
+
+    An OSError (errno kept), so generic handlers still see a disk error; never retried as transient.
+    """
+
+    def __init__(self, message: str, errno_: int):
+        OSError.__init__(self, errno_, message)
+
+    def __str__(self) -> str:  # OSError prefixes "[Errno 28]"; the message already says "no space left"
+        return self.strerror
+
+
+class StoreLockedError(StorageError):
+    """Another live run holds the store's run lock; `holder` is its record (host, pid, started_at, ...)."""
+
+    def __init__(self, message: str, holder: dict):
+        super().__init__(message)
+        self.holder = holder

@@ -2,20 +2,51 @@
 
 Every store path goes through an fsspec filesystem object so `s3://` and `memory://` run the same
 code as local paths. The only local special cases are the ones that give atomicity: temp-then-rename
-with fsync, and O_CREAT|O_EXCL for put-if-absent.
+with fsync, and a hard link of a complete temp file for put-if-absent. A write that fails (a full disk)
+removes its temp file, so it neither shows up under the final name nor keeps holding space.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import io
 import json
 import os
 import time
 import uuid
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from layerloop.storage.errors import StoreFullError
 
 # Temporary names start with this, so readers skip them and `gc` can find a crashed writer's debris.
 TMP_PREFIX = ".tmp-"
+
+# Errors that mean the disk (or the user's quota) is full: no retry fixes them, freeing space does.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# link(2) refused by the filesystem (FAT, some network mounts): fall back to O_CREAT|O_EXCL there.
+_NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError that says the filesystem or quota has no space left."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
+
+
+@contextmanager
+def space_for(store_uri: str, what: str, cleanup: Callable[[], None] | None = None) -> Iterator[None]:
+    """Turn a full disk into StoreFullError naming `what`, after `cleanup()` removed that step's files."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_disk_full(exc) or isinstance(exc, StoreFullError):
+            raise
+        if cleanup is not None:
+            cleanup()
+        raise StoreFullError(
+            f"no space left on the store's disk ({store_uri}) while {what}: nothing of it is visible to "
+            "readers and nothing was committed. Free space (or grow the volume), then rerun: finished "
+            "units are kept and the round resumes where it stopped.", exc.errno) from exc
 
 
 def is_local(fs: Any) -> bool:
@@ -50,12 +81,38 @@ def write_bytes(fs: Any, path: str, data: bytes) -> None:
     if not is_local(fs):
         fs.pipe_file(path, data)  # one PUT: object stores publish whole objects only
         return
-    tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.rsplit('/', 1)[1]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = _write_temp(parent, path.rsplit("/", 1)[1], data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def _write_temp(parent: str, name: str, data: bytes) -> str:
+    """A complete, fsynced temp file beside the target; on any failure (ENOSPC) nothing is left behind."""
+    tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{name}"
+    _fill(open(tmp, "wb"), data, tmp)
+    return tmp
+
+
+def _fill(f: Any, data: bytes, path: str) -> None:
+    """Write `data` into the open file `f` and fsync it; on any failure (ENOSPC) remove `path` and re-raise."""
+    try:
+        with f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        _discard(path)
+        raise
+
+
+def _discard(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 # How S3-compatible servers refuse a conditional PUT (If-None-Match: *), as s3fs raises it:
@@ -86,11 +143,13 @@ def conditional_put_answer(exc: BaseException) -> str | None:
 def put_if_absent(fs: Any, path: str, data: bytes) -> bool:
     """Create `path` with `data` only if it does not exist; True when this call created it.
 
-    Local: O_CREAT|O_EXCL (atomic on POSIX). Object stores: fsspec's exclusive mode "xb" (S3
-    conditional PUT with If-None-Match in s3fs, native in memory://); every server's "exists" answer
-    means False and a 409 conflict is retried (see above). Where a backend lacks "xb", the backstop is
-    write-then-read-back of a unique token, which narrows but does not close the race; rounds of one
-    pipeline are serialized by the orchestrator (concurrency limit 1) for that case.
+    Local: a complete temp file hard-linked to `path` (link(2) fails when `path` exists), so the file
+    appears whole or not at all, also when the disk fills mid-write (readers of a lock or claim never
+    see it empty). Object stores: fsspec's exclusive mode "xb" (S3 conditional PUT with If-None-Match
+    in s3fs, native in memory://); every server's "exists" answer means False and a 409 conflict is
+    retried (see above). Where a backend lacks "xb", the backstop is write-then-read-back of a unique
+    token, which narrows but does not close the race; rounds of one pipeline are serialized by the
+    orchestrator (concurrency limit 1) for that case.
     """
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     if is_local(fs):
@@ -121,14 +180,28 @@ def _exclusive_put(fs: Any, path: str, data: bytes) -> bool:
 
 
 def _local_exclusive(path: str, data: bytes) -> bool:
+    parent, name = path.rsplit("/", 1)
+    tmp = _write_temp(parent, name, data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        return _create_exclusive(path, data)
+    finally:
+        _discard(tmp)
+
+
+def _create_exclusive(path: str, data: bytes) -> bool:
+    """O_CREAT|O_EXCL for filesystems without hard links; a failed write removes the half-made file."""
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    _fill(os.fdopen(fd, "wb"), data, path)
     return True
 
 

@@ -226,15 +226,19 @@ def _mark_duplicates(items: list[InputItem]) -> None:
         seen.add(item.item_id)
 
 
+# The validation split never takes more than this share of the labeled items: a handful of seeds must
+# still train something (with 100 seeds the default 10 are held out; with 6, one).
+MAX_VALIDATION_SHARE = 0.2
+
+
 def validation_ids(items: list[InputItem], n: int) -> set[str]:
-    """The n item ids held out as the labeled validation split: lowest sha256 of the id first, so the
-    choice is stable, independent of listing order, and spread over the set rather than its first folder."""
+    """Up to n item ids (at most MAX_VALIDATION_SHARE of them) held out as the labeled validation split:
+    lowest sha256 of the id first, so the choice is stable, independent of listing order, and spread over
+    the set rather than its first folder."""
     import hashlib
 
     ids = sorted({i.item_id for i in items if not i.problem}, key=lambda x: hashlib.sha256(x.encode()).hexdigest())
-    if n and n >= len(ids):
-        raise IngestError(f"validation_size {n} leaves nothing to train on: only {len(ids)} labeled items")
-    return set(ids[:n])
+    return set(ids[:min(n, int(len(ids) * MAX_VALIDATION_SHARE))])
 
 
 def _unit(store: Any, writer: Any, unit: str, items: list[InputItem], panels: tuple[str, ...], limits: Any,
@@ -290,6 +294,9 @@ def _ingest(path: str, store: Any, cfg: Any, *, kind: str, progress: Progress | 
                           f"see {store.uri}/quarantine")
     conv = int(sum(len(c) for c in rows[S.CONVERSIONS]))
     n_val = int((rows[S.SPLIT] == "validation").sum())
+    if n_val and n_val == len(rows):  # every training item was quarantined: none left beside the held-out ones
+        raise IngestError(f"nothing to train on: all {len(rows)} valid labeled items are in the validation split "
+                          f"({len(quarantined)} quarantined, see {store.uri}/quarantine)")
     writer.commit(rows, {"ingest": {"kind": kind, "layout": layout, "found": len(items),
                                     "quarantined": len(quarantined), "conversions": conv, "validation": n_val}})
     return IngestReport(kind, writer.round, layout, len(items), len(rows), quarantined, conv, writer.dir)
@@ -299,8 +306,9 @@ def ingest_seeds(path: str, store: Any, cfg: Any, *, progress: Progress | None =
                  validation_size: int = 0) -> IngestReport:
     """Validate labeled triplets at `path` and commit the good ones as round 0000 (source=seed).
 
-    `validation_size` of them (chosen by id hash) get split "validation": the store's training view never
-    returns them, so every adapter can be measured on labeled data it was not trained on.
+    `validation_size` of them (chosen by id hash, at most a fifth of them) get split "validation": the
+    store's training view never returns them, so every adapter can be measured on labeled data it was not
+    trained on.
     """
     return _ingest(path, store, cfg, kind="seeds", progress=progress, validation_size=validation_size)
 

@@ -9,8 +9,10 @@ The rule (docs/storage.md, "Commit claims"):
   lease has more than lease_s / 3 left; otherwise it stops with CommitConflictError, publishing nothing.
 - Another writer may take over the newest claim once its lease has run out (any store, any host) or,
   sooner, when it was written on this host by a process that no longer exists (kill -9, then resume on
-  the same machine). Taking over is a put-if-absent of the next generation: of several resumers exactly
-  one wins, and a claim is never deleted to be replaced, so two writers never both hold it.
+  the same machine; storage/locks.py's dead-holder rule). Taking over is a put-if-absent of the next
+  generation: of several resumers exactly one wins, and a claim is never deleted to be replaced, so two
+  writers never both hold it. Only its holder removes a claim (`release`, a commit that stopped on a
+  full disk), which hands the round back to the generation before it, already takeable.
 - Clocks of the writers' machines must agree to well within lease_s / 3 (NTP does).
 
 Object stores give no liveness signal (no pid, no lock that dies with its process), which is why the
@@ -20,15 +22,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import re
-import socket
 import time
 import uuid
 from typing import Any
 
 from layerloop.storage.errors import CommitConflictError
 from layerloop.storage.fsutil import put_if_absent, read_json, write_bytes
+from layerloop.storage.locks import describe_holder, holder_is_dead, holder_record
 
 CLAIMS = "claims"
 DEFAULT_LEASE_S = 120.0
@@ -46,20 +47,6 @@ def _expires(record: dict) -> float | None:
         return None
 
 
-def holder_is_dead(record: dict) -> bool:
-    """True only for a claim written on THIS host by a process that no longer exists."""
-    pid = record.get("pid")
-    if record.get("host") != socket.gethostname() or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, owned by another user
-        return False
-    return False
-
-
 def is_takeable(record: dict, now: float | None = None) -> bool:
     """May another writer take this claim over? Its lease ran out, or its writer died on this host."""
     expires = _expires(record)
@@ -68,9 +55,9 @@ def is_takeable(record: dict, now: float | None = None) -> bool:
 
 
 def describe(record: dict) -> str:
-    """`writer W (pid P on host H) until T`: who holds a claim, for error messages."""
-    return (f"writer {record.get('writer', '?')} (pid {record.get('pid', '?')} on host {record.get('host', '?')}) "
-            f"until {record.get('expires_at', '?')}")
+    """`writer W, pid P on host H (...), started S, lease until T`: who holds a claim, for error messages."""
+    return (f"writer {record.get('writer', '?')}, {describe_holder(record)}, "
+            f"lease until {record.get('expires_at', '?')}")
 
 
 def newest_claim(fs: Any, work_dir: str) -> tuple[int, dict | None]:
@@ -103,9 +90,10 @@ class CommitClaim:
         self._renewed_at = 0.0
 
     def _record(self) -> bytes:
-        return json.dumps({"writer": self.writer, "host": socket.gethostname(), "pid": os.getpid(),
-                           "generation": self.generation, "lease_s": self.lease_s, "renewed_at": _iso(time.time()),
-                           "expires_at": _iso(self.expires_at)}, indent=2).encode()
+        # storage/locks.py's holder record (host, pid, pid start time: a dead writer here is seen at once)
+        return json.dumps(holder_record(writer=self.writer, token=self.writer, generation=self.generation,
+                                        lease_s=self.lease_s, renewed_at=_iso(time.time()),
+                                        expires_at=_iso(self.expires_at)), indent=2, sort_keys=True).encode()
 
     def acquire(self) -> None:
         """Take the claim: the first generation, or the next one over a takeable (or our own) claim."""
@@ -128,6 +116,18 @@ class CommitClaim:
         """Renew when a third of the lease has passed since the last renewal (call it often)."""
         if time.time() - self._renewed_at >= self.lease_s / 3:
             self.renew()
+
+    def holds(self) -> bool:
+        """Is the newest claim ours (whatever its lease says)?"""
+        gen, holder = newest_claim(self.fs, self.work_dir)
+        return self.generation > 0 and gen == self.generation and (holder or {}).get("writer") == self.writer
+
+    def release(self) -> None:
+        """End our claim now (a commit that stopped, e.g. on a full disk, where a removal still works and a
+        write may not): our generation's file goes, so the newest is again the one we took over (takeable)
+        or none, and the next writer, or our retry, claims at once."""
+        if self.holds():
+            self.fs.rm(_path(self.work_dir, self.generation))
 
     def check(self) -> None:
         """Before a write readers could see: we still hold the newest claim, with time left; else stop."""

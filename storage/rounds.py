@@ -10,6 +10,7 @@ Layout under the store root (local path or fsspec URL):
     rounds/round-NNNN/_work/parts/S/U.parquet  stage results (scores, cycle errors) per unit
     rounds/round-NNNN/_work/claims/G.json  the commit claim, generation G: put-if-absent, with a lease
                                            (storage/lease.py: who may commit, when a silent claim ends)
+    _locks/run.json                        the store's run lock: one run at a time (storage/locks.py)
     rounds/round-NNNN/manifest.parquet, rejected.parquet, config.json, round.json
     rounds/round-NNNN/COMMITTED            written last, put-if-absent; no COMMITTED = no round
     pool/batch-NNNN/...                    unlabeled composites, same machinery
@@ -18,7 +19,10 @@ Layout under the store root (local path or fsspec URL):
 
 Readers only ever look at directories that hold COMMITTED, so a crashed writer's work area is
 invisible; rerunning the same round skips every unit whose part table exists, and `gc` removes the
-debris (temp files, shards no finished unit or manifest references).
+debris (temp files, shards no finished unit or manifest references). A full disk while writing a unit,
+a part or the commit raises StoreFullError after removing what that step wrote, so freeing space and
+rerunning resumes. Every member read back is checked against its sha256; a mismatch names the round,
+the shard and the member.
 
 Units are written before anything is judged, so their shards cannot say whether a sample was kept.
 The commit, holding the round's claim, re-packs them once into `shards/accepted-*` and
@@ -38,9 +42,10 @@ from typing import Any, Iterable, Iterator
 
 from layerloop.storage import schema as S
 from layerloop.storage.errors import CommitConflictError, CorruptShardError, RoundExistsError, RoundNotFoundError
-from layerloop.storage.fsutil import (TMP_PREFIX, age_s, is_local, open_store_fs, put_if_absent, read_json,
-                                      read_table, table_bytes, write_bytes, write_json)
+from layerloop.storage.fsutil import (TMP_PREFIX, age_s, is_local, open_store_fs, put_if_absent, read_json, read_table,
+                                      space_for, table_bytes, write_bytes, write_json)
 from layerloop.storage.lease import CLAIMS, DEFAULT_LEASE_S, CommitClaim, is_takeable, newest_claim
+from layerloop.storage.locks import RUN_LOCK, RunLock
 from layerloop.storage.shards import ShardReader, ShardWriter, sha256_hex, verify_group
 
 COMMITTED = "COMMITTED"
@@ -56,6 +61,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 _ARTIFACT = re.compile(r"^(report\.(html|json|md)|[A-Za-z0-9_-]{1,100}\.(png|svg))$")
 _WHICH = ("accepted", "rejected", "all")
+_AREA_DIR = re.compile(r"(?:^|/)(rounds/round|pool/batch)-(\d{4})/")
 
 
 def _check_name(kind: str, name: str) -> str:
@@ -83,6 +89,15 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def _to_frame(table: Any):
     return table.to_pandas()
+
+
+def _located(shard: str, problem: Any) -> str:
+    """`round 3: <shard>: member k.logo.png ...`: which round (or pool batch) a shard problem is in."""
+    m = _AREA_DIR.search(shard)
+    where = (f"{'round' if m.group(1).startswith('rounds') else 'pool batch'} {int(m.group(2))}" if m
+             else "store")
+    text = str(problem)
+    return f"{where}: {text}" if shard in text else f"{where}: {shard}: {text}"
 
 
 class RoundStore:
@@ -120,6 +135,11 @@ class RoundStore:
     def control_adapter_uri(self, round: int) -> str:
         """The matched-compute control of adapter `round`: the same training on the labeled seeds alone."""
         return self._url(self._path(f"adapters/control-{_check_round(round):04d}"))
+
+    def run_lock(self) -> RunLock:
+        """The store's run lock (storage/locks.py): `store.run_lock().acquire(wait_s=...)`, then release()."""
+        path = self._path(RUN_LOCK)
+        return RunLock(self.fs, path, self._url(path), self._url(self.root))
 
     # -- writing -------------------------------------------------------------------------
     def init(self) -> str:
@@ -265,9 +285,14 @@ class RoundStore:
             by_shard.setdefault(row[S.SHARD], {})[row[S.KEY]] = row
         for shard, wanted in by_shard.items():
             expected = {k: _expected(r, with_meta=False) for k, r in wanted.items()}
-            with ShardReader(self.fs, self._path(shard)) as reader:
-                for key, group in reader.verified(expected):
-                    yield wanted[key], {ext[:-len(".png")]: data for ext, data in group.items()}
+            try:
+                with ShardReader(self.fs, self._path(shard)) as reader:
+                    for key, group in reader.verified(expected):
+                        yield wanted[key], {ext[:-len(".png")]: data for ext, data in group.items()}
+            except CorruptShardError as exc:
+                raise CorruptShardError(
+                    f"{_located(shard, exc)}. The shard changed on disk after it was written, so it is not "
+                    "used: restore it from a backup; `layerloop verify` lists every damaged member") from exc
 
     # -- maintenance ---------------------------------------------------------------------
     def verify(self, round: int | None = None) -> list[str]:
@@ -295,13 +320,22 @@ class RoundStore:
         return problems
 
     def _verify_shard(self, shard: str, expected: dict) -> list[str]:
+        """Every damaged member of one shard (a broken tar stream ends the list)."""
+        path, pending, problems = self._path(shard), dict(expected), []
         try:
-            with ShardReader(self.fs, self._path(shard)) as reader:
-                for _ in reader.verified(expected):
-                    pass
+            with ShardReader(self.fs, path) as reader:
+                for key, group in reader.samples():
+                    want = pending.pop(key, None)
+                    try:
+                        if want is not None:
+                            verify_group(path, key, group, want)
+                    except CorruptShardError as exc:
+                        problems.append(_located(shard, exc))
         except (CorruptShardError, ValueError) as exc:
-            return [f"{shard}: {exc}"]
-        return []
+            return problems + [_located(shard, exc)]
+        if pending:
+            problems.append(_located(shard, f"lacks key(s) {sorted(pending)[:5]}"))
+        return problems
 
     def gc(self, *, grace_s: float = 0.0) -> list[str]:
         """Remove orphans: temp files, shards no finished unit/manifest references, committed work areas,
@@ -371,21 +405,34 @@ class RoundWriter:
         if self.unit_done(unit):
             return _to_frame(read_table(self.fs, self._unit_path(unit)))
         rows: list[dict] = []
-        with self._shard_writer(f"{WORK}/{SHARDS}", unit) as writer:
-            for fields, panels in samples:
-                row = self._row(unit, fields, panels)
-                rec = writer.write(row[S.KEY], {**{f"{p}.png": b for p, b in panels.items()},
-                                                "json": S.sidecar_bytes(row)})
-                row[S.META_SHA256] = rec.sha256["json"]
-                row[S.SHARD] = self._rel(f"{writer.directory}/{rec.shard}")
-                rows.append(row)
-        table = S.validate_table(_rows_table(rows))
-        write_bytes(self.fs, self._unit_path(unit), table_bytes(table))
+        writer = self._shard_writer(f"{WORK}/{SHARDS}", unit)
+        with space_for(self.store.uri, f"writing unit {unit} of {self._what()}",
+                       cleanup=lambda: self._drop_shards(writer)):
+            with writer:
+                for fields, panels in samples:
+                    row = self._row(unit, fields, panels)
+                    rec = writer.write(row[S.KEY], {**{f"{p}.png": b for p, b in panels.items()},
+                                                    "json": S.sidecar_bytes(row)})
+                    row[S.META_SHA256] = rec.sha256["json"]
+                    row[S.SHARD] = self._rel(f"{writer.directory}/{rec.shard}")
+                    rows.append(row)
+            table = S.validate_table(_rows_table(rows))
+            write_bytes(self.fs, self._unit_path(unit), table_bytes(table))
         return _to_frame(table)
 
     def _shard_writer(self, sub: str, prefix: str) -> ShardWriter:
         return ShardWriter(self.fs, f"{self.dir}/{sub}", prefix=prefix, max_bytes=self.shard_max_bytes,
                            max_samples=self.shard_max_samples)
+
+    def _what(self) -> str:
+        return f"{'round' if self._rel(self.dir).startswith('rounds/') else 'pool batch'} {self.round}"
+
+    def _drop_shards(self, writer: ShardWriter) -> None:
+        """Remove an unfinished unit's closed shards: no unit table names them, and they hold space."""
+        for name in writer.closed_shards:
+            path = f"{writer.directory}/{name}"
+            if self.fs.exists(path):
+                self.fs.rm(path)
 
     def _row(self, unit: str, fields: dict, panels: dict[str, bytes]) -> dict:
         if not panels:
@@ -407,7 +454,9 @@ class RoundWriter:
         """Store a stage's results for a unit (any columns; JSON-safe types)."""
         import pyarrow as pa
 
-        write_bytes(self.fs, self._part_path(stage, unit), table_bytes(pa.Table.from_pandas(df, preserve_index=False)))
+        data = table_bytes(pa.Table.from_pandas(df, preserve_index=False))
+        with space_for(self.store.uri, f"writing the {stage} results of unit {unit} of {self._what()}"):
+            write_bytes(self.fs, self._part_path(stage, unit), data)
 
     def get_part(self, stage: str, unit: str):
         path = self._part_path(stage, unit)
@@ -438,24 +487,38 @@ class RoundWriter:
         rows = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
         table = S.validate_table(rows) if len(rows) else S.empty_table()
         self._check_rows(table)
-        self.claim.acquire()
-        table = self._repack(table)
-        accepted = table.filter(table.column(S.ACCEPTED))
-        rejected = table.filter(_invert(table.column(S.ACCEPTED)))
-        files = {MANIFEST: table_bytes(accepted), REJECTED: table_bytes(rejected),
-                 CONFIG: json.dumps(self.config, indent=2, sort_keys=True, default=str).encode()}
-        record = self._round_record(accepted.num_rows, rejected.num_rows, info)
-        files[ROUND_JSON] = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
-        self.claim.check()  # a writer that stalled past its lease publishes nothing
-        for name, data in files.items():
-            write_bytes(self.fs, f"{self.dir}/{name}", data)
-        marker = {"writer": self.token, "committed_at": record["committed_at"],
-                  "files": {n: sha256_hex(b) for n, b in files.items()}}
-        self.claim.check()
-        if not put_if_absent(self.fs, f"{self.dir}/{COMMITTED}", json.dumps(marker, indent=2).encode()):
-            raise CommitConflictError(f"round {self.round} was committed by another writer first")
+        self._claim_files: dict = {}  # what this commit wrote so far: a full disk removes it again
+        with space_for(self.store.uri, f"committing {self._what()}", cleanup=self._unclaim):
+            self.claim.acquire()
+            table = self._repack(table)
+            accepted = table.filter(table.column(S.ACCEPTED))
+            rejected = table.filter(_invert(table.column(S.ACCEPTED)))
+            files = self._claim_files
+            files.update({MANIFEST: table_bytes(accepted), REJECTED: table_bytes(rejected),
+                          CONFIG: json.dumps(self.config, indent=2, sort_keys=True, default=str).encode()})
+            record = self._round_record(accepted.num_rows, rejected.num_rows, info)
+            files[ROUND_JSON] = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
+            self.claim.check()  # a writer that stalled past its lease publishes nothing
+            for name, data in files.items():
+                write_bytes(self.fs, f"{self.dir}/{name}", data)
+            marker = {"writer": self.token, "committed_at": record["committed_at"],
+                      "files": {n: sha256_hex(b) for n, b in files.items()}}
+            self.claim.check()
+            if not put_if_absent(self.fs, f"{self.dir}/{COMMITTED}", json.dumps(marker, indent=2).encode()):
+                raise CommitConflictError(f"round {self.round} was committed by another writer first")
         self._drop_unit_shards()
         return record
+
+    def _unclaim(self) -> None:
+        """Undo a commit of ours that stopped before COMMITTED: its files and re-packed shards (space), then
+        its claim (so a retry claims anew). Without our claim the files may be another writer's: left alone."""
+        if not self.claim.holds():
+            return
+        for name in self._claim_files:
+            if self.fs.exists(f"{self.dir}/{name}"):
+                self.fs.rm(f"{self.dir}/{name}")
+        self._clear_debris()
+        self.claim.release()
 
     def _repack(self, table):
         """Copy every row's members into `shards/{accepted,rejected}-*.tar` with its final sidecar.

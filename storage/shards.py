@@ -96,11 +96,12 @@ class _OpenShard:
         self.fs.pipe_file(self.final, data)
 
     def abort(self) -> None:
-        try:
-            self.tar.close()  # flush tarfile's stream buffer now, not at garbage collection
-        except (OSError, ValueError, tarfile.TarError):
-            pass
-        self.file.close()
+        """Drop the shard in flight; also after a full disk, where closing the file fails once more."""
+        for close in (self.tar.close, self.file.close):  # tar first: flush its buffer now, not at gc time
+            try:
+                close()
+            except (OSError, ValueError, tarfile.TarError):
+                pass
         if self.local and self.fs.exists(self.target):
             self.fs.rm(self.target)
 
@@ -170,7 +171,11 @@ class ShardWriter:
 
     def _close_current(self) -> None:
         shard, self._open = self._open, None
-        shard.finish()
+        try:
+            shard.finish()
+        except BaseException:
+            shard.abort()  # e.g. ENOSPC at the last flush or fsync: no temp file stays behind
+            raise
         self.closed_shards.append(shard.name)
 
 

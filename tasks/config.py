@@ -119,7 +119,7 @@ class LoopConfig(BaseModel):
     anchor_grow: int = Field(1, ge=0, le=8, description="anchored targets: pixels the footprint is grown by")
     validation_size: int = Field(
         10, ge=0, description="labeled seeds held out of training as the validation split (chosen by id hash "
-                              "when round 0 is ingested; fixed from then on)")
+                              "when round 0 is ingested, at most a fifth of them; fixed from then on)")
     promotion_tolerance_db: float | None = Field(
         0.3, ge=0, description="adapter r generates round r+1 only if its validation PSNR (logo and object) is "
                                "not below the current adapter's by more than this; null = always promote")
@@ -142,6 +142,12 @@ class LoopConfig(BaseModel):
     gpu_wait_s: float | None = Field(3600.0, gt=0, description="give up waiting for the gpu slot after this "
                                      "many seconds, with a message on how to inspect/reset it; null = forever")
     create_gpu_slot: bool = Field(True, description="create the gpu limit (limit 1) when the server lacks it")
+    gpu_lock_dir: str | None = Field(None, description="folder of this machine's gpu host lock (flock, released by "
+                                     "the kernel when its holder dies); null = the system temp folder")
+    store_lock_wait_s: float | None = Field(0.0, ge=0, description="when another run holds the store: 0 = fail at "
+                                            "once naming it, N = wait up to N s for it, null = wait as long as it takes")
+    wait_report_s: float = Field(30.0, gt=0, le=30, description="a run waiting for the GPU or the store says what "
+                                 "it waits for and how to inspect it this often")
     task_retries: int = Field(2, ge=0, le=10, description="retries of a task on a transient failure")
     task_retry_delay_s: float = Field(2.0, ge=0, description="seconds between task retries")
     report: bool = Field(True, description="build report.html/json/png for each committed round")

@@ -12,22 +12,18 @@ whose worker died runs again; its files make that safe), and max_calls=0 for GPU
 starts a new process, so a new model, per GPU task). A reused worker may be handed another GPU than its
 last one (measured: it happens between stages), so GPU workers run with Ray's
 RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES and each unit puts its model on the GPU Ray assigned it
-(`placed`); the per-process model cache is keyed by the device, so a worker moved to another GPU
-rebuilds there instead of computing on a GPU it does not hold. Training and evaluation are submitted
+(tasks/placement.py, the worker's side); the per-process model cache is keyed by the device, so a
+worker moved to another GPU rebuilds there instead of computing on a GPU it does not hold. Training and evaluation are submitted
 the same way (one GPU task each). Commit, report and artifacts stay in the flow's process: the commit
 stays single and last. Ray and prefect-ray are imported only here, and only under loop.executor: ray.
 """
 from __future__ import annotations
 
-import os
-import socket
-import sys
 from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, ContextManager, Iterator
 
 from layerloop.tasks.config import ConfigError, PipelineConfig
-
-NOSET_CUDA = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
+from layerloop.tasks.placement import NOSET_CUDA
 
 
 def uses_ray(cfg: PipelineConfig) -> bool:
@@ -91,12 +87,9 @@ def init_kwargs(cfg: PipelineConfig) -> dict[str, Any]:
 
 @contextmanager
 def session(cfg: PipelineConfig) -> Iterator[None]:
-    """The run's environment, once per flow run: credentials from Prefect Secret blocks (loop.secret_env,
-    before anything opens the store or Ray), then Ray joined or started (not per round); stops only the
-    Ray this call started. A Ray already up in this process (a test's or a bench's) is used as it is."""
-    from layerloop.tasks.secrets import apply_secret_env
-
-    apply_secret_env(cfg)
+    """Ray joined or started once per flow run (not per round); stops only the Ray this call started. A Ray
+    already up in this process (a test's or a bench's) is used as it is. Credentials of loop.secret_env
+    must be in the environment before (tasks/secrets.py): a local Ray's workers inherit it here."""
     if not uses_ray(cfg):
         yield
         return
@@ -169,55 +162,6 @@ def call(task_: Any, cfg: PipelineConfig, *args: Any) -> Any:
             return task_.submit(*args).result()
         with RayTaskRunner(address=cfg.loop.ray.address, init_kwargs=init_kwargs(cfg)) as runner:
             return runner.submit(task_, get_call_parameters(task_.fn, args, {})).result()
-
-
-def torch_index(gpu_id: Any, visible: str | None) -> int:
-    """Torch's index of the GPU Ray calls `gpu_id`: its position in the node's CUDA_VISIBLE_DEVICES when
-    one is set (Ray's ids are then those entries), else the id itself."""
-    ids = [v.strip() for v in (visible or "").split(",") if v.strip()]
-    if ids:
-        if str(gpu_id) not in ids:
-            raise ValueError(f"Ray assigned GPU {gpu_id}, which is not in CUDA_VISIBLE_DEVICES={visible}")
-        return ids.index(str(gpu_id))
-    return int(gpu_id)
-
-
-def _in_ray_worker() -> Any:
-    """The ray module when this process is a Ray worker running a task, else None (never imports ray)."""
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
-        return None
-    return ray
-
-
-def placed(cfg: PipelineConfig) -> tuple[PipelineConfig, dict]:
-    """(cfg for this process, where it runs). In a Ray worker that holds a GPU and sees every GPU of its
-    node (NOSET), model.device becomes that GPU, so the model lands on the GPU Ray assigned this unit."""
-    where: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
-    ray = _in_ray_worker()
-    if ray is None:
-        return cfg, where
-    gpu_ids = ray.get_gpu_ids()
-    where["gpu_ids"] = [str(g) for g in gpu_ids]
-    if not gpu_ids or os.environ.get(NOSET_CUDA) != "1" or cfg.model.device not in ("auto", "cuda"):
-        return cfg, where
-    import torch
-
-    if not torch.cuda.is_available():  # logical GPUs of a CPU test cluster
-        return cfg, where
-    device = f"cuda:{torch_index(gpu_ids[0], os.environ.get('CUDA_VISIBLE_DEVICES'))}"
-    where["device"] = device
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"device": device})}), where
-
-
-def on_worker(stage: Callable[..., dict], cfg: PipelineConfig, *args: Any) -> dict:
-    """Run a stage function in this task's process, placed on its GPU; its result says which process ran it
-    and how many models that process has built so far (a scale-out run checks: once per worker)."""
-    from layerloop.tasks.stages.handles import builds
-
-    cfg, where = placed(cfg)
-    out = stage(cfg, *args)
-    return {**out, "worker": {**where, **builds()}}
 
 
 def summary(cfg: PipelineConfig, results: list[dict]) -> dict:

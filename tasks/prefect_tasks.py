@@ -7,25 +7,27 @@ are small JSON-able dicts (ids, URIs, counts, seconds); nothing is persisted by 
 store is the source of truth for resume (a rerun skips units whose output is already there).
 Flows call each task by its name; `with_retries(task, cfg)` gives it the run's retry policy. The model
 stages run through `executor.on_worker`: on a Ray worker the unit's model goes to the GPU Ray assigned it,
-and every result says which process ran it (tasks/executor.py).
+and every result says which process ran it (tasks/placement.py).
 """
 from __future__ import annotations
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
+from layerloop.storage.fsutil import is_disk_full
 from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.executor import on_worker
+from layerloop.tasks.placement import on_worker
 from layerloop.tasks.stages import adapter, commit, consistency, generation, ingest, judging, summary
 from layerloop.tasks.stages.handles import Unit
 
 # Errors that a second try can fix: I/O hiccups, timeouts, a server or object store briefly away.
-# Bad input (ValueError and its subclasses) and missing files are never retried: they need a person.
+# Bad input (ValueError and its subclasses), missing files and a full disk are never retried: they need a
+# person (a judge that cannot score, JudgeUnavailable, is a RuntimeError: not retried either).
 _PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, _PERMANENT_OS_ERRORS):
+    if isinstance(exc, _PERMANENT_OS_ERRORS) or is_disk_full(exc):
         return False
     return isinstance(exc, (OSError, TimeoutError, ConnectionError))
 

@@ -12,21 +12,30 @@ TABLE_KEY = "selection-rate"
 
 
 class Progress:
-    """A progress artifact per round, advanced after every finished unit of generate/judge/cycle."""
+    """A progress artifact per round, advanced after every finished unit of generate/judge/cycle.
 
-    def __init__(self, round_: int, total_units: int):
+    `run_units` runs a stage's units (tasks/executor.run_units: in order, or fanned out on Ray); without
+    it they run in order here. Passed in, not imported: the executor imports the gpu guard, which
+    imports this module.
+    """
+
+    def __init__(self, round_: int, total_units: int, run_units: Callable | None = None):
         from prefect.artifacts import create_progress_artifact
 
         self.round, self.total, self.done = round_, max(1, total_units), 0
+        self.run_units = run_units
         self.id = create_progress_artifact(progress=0.0, key=f"round-{round_:04d}-progress",
                                            description=f"round {round_}: generate, judge and cycle units")
 
     def run(self, task_fn: Callable, cfg: PipelineConfig, round_: int, units: list[Unit]) -> list[dict]:
-        """Run the task once per unit (tasks/executor.py: in order, or fanned out on Ray) and tick the
-        progress artifact as units finish."""
-        from layerloop.tasks.executor import run_units
-
-        return run_units(task_fn, cfg, round_, units, on_done=self.tick)
+        """Run the task once per unit and tick the progress artifact as units finish."""
+        if self.run_units is not None:
+            return self.run_units(task_fn, cfg, round_, units, on_done=self.tick)
+        results = []
+        for unit in units:
+            results.append(task_fn(cfg, round_, unit))
+            self.tick()
+        return results
 
     def tick(self) -> None:
         """One more unit finished."""
@@ -34,6 +43,28 @@ class Progress:
 
         self.done += 1
         update_progress_artifact(self.id, progress=100.0 * self.done / self.total)
+
+
+def notice(message: str) -> None:
+    """Tell the person running the flow now: a warning in the run's log (the UI keeps it), and on stderr
+    too when the console would not show it (outside a run, or the CLI's quiet Prefect logging)."""
+    import os
+    import sys
+
+    logged = False
+    if "prefect" in sys.modules:  # else no run can be going on: don't pay Prefect's import to print a line
+        from prefect import get_run_logger
+        from prefect.exceptions import MissingContextError
+
+        try:
+            get_run_logger().warning(message)
+            logged = True
+        except MissingContextError:
+            pass
+    if not logged or os.environ.get("PREFECT_LOGGING_LEVEL", "").upper() in ("ERROR", "CRITICAL"):
+        # not print(): a flow with log_prints=True turns print into an INFO log line the console hides
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
 
 
 def _link(uri: str) -> str:

@@ -418,7 +418,7 @@ def _health_section(data: dict, plots: dict[str, bytes]) -> str:
     and the true quality of what the judge accepted vs rejected (synthetic world)."""
     header = ["round", "adapter", *[f"held-out {c} (loop / control)" for c in HEALTH_COLUMNS],
               "validation psnr object / logo", "promoted", "true object PSNR accepted / rejected",
-              "judge precision / recall vs oracle"]
+              "judge precision / recall vs oracle", "judge precision@k"]
     rows = [_health_row(x) for x in data["rounds"] if x["round"] > 0]
     if not rows:
         return ""
@@ -437,7 +437,8 @@ def _health_row(x: dict) -> list[Any]:
             f"{_fmt(h['validation'].get('psnr_object'))} / {_fmt(h['validation'].get('psnr_logo'))}",
             {True: "yes", False: "no"}.get(h.get("promoted"), "-"),
             f"{_fmt(acc.get('psnr_object'))} / {_fmt(rej.get('psnr_object'))}" if truth else "-",
-            f"{_fmt(truth.get('precision'))} / {_fmt(truth.get('recall'))}" if truth else "-"]
+            f"{_fmt(truth.get('precision'))} / {_fmt(truth.get('recall'))}" if truth else "-",
+            _fmt(truth.get("precision_at_k")) if truth else "-"]
 
 
 def plot_health(rounds: list[dict]) -> bytes | None:

@@ -39,3 +39,75 @@ def s3_server(tmp_path_factory):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+class TmpfsDisk:
+    """A tmpfs mounted for one test: `fill(leave)` writes a filler until only `leave` bytes are free,
+    `free()` deletes it, `debris()` lists temp files left under `path`."""
+
+    def __init__(self, path):
+        self.path, self.filler = path, path / "filler"
+        self.uri = str(path / "store")
+
+    def fill(self, leave: int) -> None:
+        import errno
+
+        st = os.statvfs(self.path)
+        todo = max(0, st.f_bavail * st.f_frsize - leave)
+        with open(self.filler, "wb") as f:
+            try:
+                while todo > 0:
+                    todo -= f.write(b"\0" * min(todo, 1 << 16))
+                f.flush()
+            except OSError as exc:  # metadata took a page more than statvfs said: full is full
+                if exc.errno != errno.ENOSPC:
+                    raise
+
+    def free(self) -> None:
+        self.filler.unlink()
+
+    def debris(self) -> list[str]:
+        from layerloop.storage.fsutil import TMP_PREFIX
+
+        return sorted(str(p) for p in self.path.rglob(f"{TMP_PREFIX}*"))
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real small filesystem that fills up: `tmpfs(size="4m")` mounts one (root and mount(8) needed;
+    skipped with the reason otherwise). Unmounted after the test."""
+    import shutil
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str = "4m") -> TmpfsDisk:
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("mounting a tmpfs needs root and mount(8)")
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"mount -t tmpfs is not permitted here: {done.stderr.strip()}")
+        mounted.append(where)
+        return TmpfsDisk(where)
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def bit_rot():
+    """`bit_rot(shard_path, member)`: flip one bit inside a member's data in a tar on disk, headers untouched."""
+    import tarfile
+
+    def flip(path, member: str) -> None:
+        with tarfile.open(path) as tar:
+            offset = tar.getmember(member).offset_data
+        data = bytearray(path.read_bytes())
+        data[offset + 10] ^= 0x01
+        path.write_bytes(bytes(data))
+
+    return flip

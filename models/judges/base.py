@@ -16,6 +16,22 @@ from typing import Any
 from layerloop.models.judges.config import CRITERIA, JudgeConfig
 
 PANELS = ("composite", "logo", "object")
+INVALID_ITEM = "invalid item"  # the kind of an item's own problem: not the judge's failure
+
+
+class JudgeUnavailable(RuntimeError):
+    """The judge cannot do its job: an answer no retry can fix (bad key, unknown model, unknown host), or
+    too many candidates left unscored. The message names the endpoint (never the key); the round stops
+    uncommitted, and a rerun once the judge answers resumes at the judge stage."""
+
+
+def error_kind(error: str | None) -> str | None:
+    """The kind of a stored judge error, for counts: `HTTP 500`, `timeout`, `malformed JSON`, `invalid item`..."""
+    if error is None:
+        return None
+    text = str(error)
+    cuts = [i for i in (text.find(":"), text.find(" (")) if i > 0]
+    return (text[:min(cuts)] if cuts else text).strip()[:40] or "unknown"
 
 
 @dataclasses.dataclass
@@ -117,7 +133,7 @@ class Judge(ABC):
         problems = {item.sample_id: item_problem(item) for item in items}
         valid = [item for item in items if problems[item.sample_id] is None]
         scored = {r.sample_id: r for r in (self._score_valid(valid) if valid else [])}
-        return [scored[i] if problems[i] is None else self.unscored(i, f"invalid item: {problems[i]}")
+        return [scored[i] if problems[i] is None else self.unscored(i, f"{INVALID_ITEM}: {problems[i]}")
                 for i in ids]
 
     @abstractmethod
@@ -148,5 +164,5 @@ def results_to_frame(results: list[JudgeResult]):
     return frame if results else pd.DataFrame(columns=columns)
 
 
-__all__ = ["CRITERIA", "JudgeItem", "JudgeResult", "Judge",
-           "results_to_frame", "combine", "validate_scores"]
+__all__ = ["CRITERIA", "JudgeItem", "JudgeResult", "Judge", "JudgeUnavailable",
+           "results_to_frame", "combine", "validate_scores", "error_kind"]

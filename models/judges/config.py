@@ -7,10 +7,19 @@ the CPU world (the `cycle` judge); unknown fields are errors so a typo stops the
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CRITERIA = ("logo_clean", "object_clean", "composite_consistent", "realism")
+
+
+def safe_url(url: str) -> str:
+    """A URL fit for messages and logs: no user:password@ and no query (some servers take keys there)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class _Section(BaseModel):
@@ -83,6 +92,10 @@ class OpenAIJudgeConfig(_Section):
     scale_max: float = 5.0
     image_detail: Literal["auto", "low", "high"] = "auto"
 
+    def endpoint(self) -> str:
+        """The server and model, as errors name them (never the key, nor credentials in the URL)."""
+        return f"{safe_url(self.base_url)} (model {self.model})"
+
     @model_validator(mode="after")
     def _check(self) -> "OpenAIJudgeConfig":
         if self.scale_max <= self.scale_min:
@@ -101,6 +114,18 @@ class JudgeConfig(_Section):
     oracle: OracleJudgeConfig = Field(default_factory=OracleJudgeConfig)
     qwen: QwenJudgeConfig = Field(default_factory=QwenJudgeConfig)
     openai: OpenAIJudgeConfig = Field(default_factory=OpenAIJudgeConfig)
+    max_unscored_fraction: float = Field(
+        0.2, ge=0.0, le=1.0, description="a round with a larger share of candidates the judge could not score "
+        "(server errors, bad answers; not invalid items) fails uncommitted instead of rejecting them, and a "
+        "rerun judges those again; the judge stage stops as soon as the share is sure to be passed")
+
+    def endpoint(self) -> str:
+        """What scores the candidates, as error messages name it: the openai server, the qwen path, or the backend."""
+        if self.backend == "openai":
+            return f"openai-compatible server {self.openai.endpoint()}"
+        if self.backend == "qwen":
+            return f"qwen at {self.qwen.path}"
+        return f"the {self.backend} judge"
 
     @model_validator(mode="after")
     def _qwen_needs_path(self) -> "JudgeConfig":

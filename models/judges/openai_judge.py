@@ -6,6 +6,8 @@ semaphore (`concurrency`), each with a timeout. The openai client's own retries 
 retries happen here, with exponential backoff and jitter, on 429, 5xx, timeouts, connection errors and
 (when `retry_on_bad_json`) malformed / truncated / schema-violating answers, each one logged. After the
 last attempt the item is unscored with the last error, and the acceptance rule never accepts it.
+Answers no retry can fix (401/403: the key; 404: the model or path; a host name that does not resolve)
+stop the whole batch at once with `JudgeUnavailable`, naming the endpoint and what to check.
 
 The API key comes from a Prefect Secret block or an env var; it is kept out of repr, logs, errors and
 results (any echo of it is replaced with ***).
@@ -19,13 +21,14 @@ import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from layerloop.models.judges.base import PANELS, Judge, JudgeItem, JudgeResult
+from layerloop.models.judges.base import PANELS, Judge, JudgeItem, JudgeResult, JudgeUnavailable
 from layerloop.models.judges.config import CRITERIA, JudgeConfig, OpenAIJudgeConfig
 
 log = logging.getLogger("layerloop.judges.openai")
@@ -52,6 +55,22 @@ class RetryableHTTP(Exception):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Fatal(Exception):
+    """An answer no retry can fix; `hint` says which setting to check."""
+
+    def __init__(self, message: str, hint: str):
+        super().__init__(message)
+        self.hint = hint
+
+
+FATAL_STATUS = {
+    401: "the server refused the API key: check the key behind judge.openai.api_key_env / api_key_secret",
+    403: "the server refused the API key: check the key behind judge.openai.api_key_env / api_key_secret",
+    404: "the server knows no such model or path: check judge.openai.model and judge.openai.base_url "
+         "(usually ending in /v1)",
+}
 
 
 def resolve_api_key(cfg: OpenAIJudgeConfig) -> str:
@@ -156,16 +175,36 @@ def parse_scores(text: str | None, finish_reason: str | None, cfg: OpenAIJudgeCo
     return scores
 
 
+def _causes(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _connection_detail(exc: BaseException) -> str:
+    """The OS-level reason under an openai connection error (`Connection refused`), else its class name."""
+    for cause in _causes(exc):
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)  # asyncio words it "Connect call failed (...)"; errno is plainer
+    return type(exc).__name__
+
+
 def classify(exc: BaseException) -> Exception:
-    """Map openai exceptions onto RetryableHTTP (try again) or a final ValueError."""
+    """Map openai exceptions onto RetryableHTTP (try again), Fatal (stop the judge) or a final ValueError."""
     import openai
 
     if isinstance(exc, openai.APITimeoutError):
         return RetryableHTTP("timeout")
     if isinstance(exc, openai.APIConnectionError):
-        return RetryableHTTP(f"connection error: {type(exc).__name__}")
+        if any(isinstance(c, socket.gaierror) for c in _causes(exc)):
+            return Fatal("unresolvable host", "the host name in judge.openai.base_url does not resolve")
+        return RetryableHTTP(f"connection error: {_connection_detail(exc)}")
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
+        if status in FATAL_STATUS:
+            return Fatal(f"HTTP {status}", FATAL_STATUS[status])
         if status == 429 or status >= 500:
             return RetryableHTTP(f"HTTP {status}", _retry_after(exc.response))
         return ValueError(f"HTTP {status} (not retried)")
@@ -210,6 +249,11 @@ class ChatCaller:
     def __repr__(self) -> str:
         return f"ChatCaller(base_url={self.cfg.base_url!r}, model={self.cfg.model!r})"
 
+    def unavailable(self, error: str, hint: str) -> JudgeUnavailable:
+        """The error that stops the judge: endpoint, what it answered, what to check (never the key)."""
+        return JudgeUnavailable(f"judge endpoint {self.cfg.endpoint()} answered {error}, which no retry can fix: "
+                                f"{hint}. The round stops here, uncommitted; rerun once it is fixed.")
+
     def scrub(self, text: str) -> str:
         """Replace any echo of the key (a server quoting our headers back) with ***."""
         return text.replace(self._api_key, "***") if self._api_key and len(self._api_key) >= 4 else text
@@ -238,9 +282,11 @@ class ChatCaller:
                     error = self.scrub(str(exc))
                     if not self.cfg.retry_on_bad_json:
                         return Outcome(None, error, attempt + 1, raw, time.perf_counter() - start)
-                except Exception as exc:  # noqa: BLE001 - mapped below: retry or give up with the reason
+                except Exception as exc:  # noqa: BLE001 - mapped below: retry, stop, or give up with the reason
                     mapped = classify(exc)
                     error = self.scrub(str(mapped))
+                    if isinstance(mapped, Fatal):
+                        raise self.unavailable(error, mapped.hint) from None
                     if not isinstance(mapped, RetryableHTTP):
                         return Outcome(None, error, attempt + 1, raw, time.perf_counter() - start)
                     retry_after = mapped.retry_after
@@ -363,7 +409,14 @@ class OpenAIJudge(Judge):
         if self._client is None:
             self._client = self.caller.client()
         sem = asyncio.Semaphore(self.cfg.openai.concurrency)
-        return list(await asyncio.gather(*(self._score_item(self._client, sem, it) for it in items)))
+        tasks = [asyncio.ensure_future(self._score_item(self._client, sem, it)) for it in items]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:  # one item hit an error no retry fixes (JudgeUnavailable): the rest stop now
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     async def _score_item(self, client, sem: asyncio.Semaphore, item: JudgeItem) -> JudgeResult:
         cfg = self.cfg.openai

@@ -2,22 +2,25 @@
 
 It speaks `POST /v1/chat/completions` (stdlib ThreadingHTTPServer, one thread per connection) and answers
 each request according to a per-sample plan (the `X-Layerloop-Sample` header the judge sends): a list of
-behaviours consumed one per attempt, the last repeated. Behaviours:
+behaviours consumed one per attempt, the last repeated (`plans` by sample id, else `planner(sample_id)`
+when set, else `default`). Behaviours:
 
     ok          valid JSON scores (`scores`, on the judge's 1-5 scale by default), or `responder(payload)`
     sleep       sleep `sleep_s` (past the client's timeout), then answer ok
-    429 / 500 / 503 / 400   that HTTP status with an error body (429 carries Retry-After: 0)
+    429 / 500 / 503 / 400 / 401 / 404 ...   that HTTP status with an error body (429 carries Retry-After: 0)
     malformed   content that is not JSON
     truncated   JSON cut in the middle, finish_reason "length"
     schema      valid JSON violating the schema (a criterion missing, another out of range)
     whitespace  an opening brace then endless whitespace, finish_reason "length"
 
 It records the peak number of requests in flight, every request's sample id and Authorization
-header (so tests can check the key was sent, and never logged elsewhere).
+header (so tests can check the key was sent, and never logged elsewhere). `port` picks the port (0: any
+free one), so a test can stop the server (an outage: connection refused) and bring it back at the same URL.
 """
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,15 +32,16 @@ class ScriptedChatServer:
     """Context manager: `with ScriptedChatServer() as srv: srv.base_url ...`."""
 
     def __init__(self, *, latency_s: float = 0.0, sleep_s: float = 2.0, default: str = "ok",
-                 scores: dict[str, float] | None = None):
+                 scores: dict[str, float] | None = None, port: int = 0):
         self.latency_s, self.sleep_s, self.default = latency_s, sleep_s, default
         self.scores = dict(scores or {c: 4 for c in CRITERIA})
         self.plans: dict[str, list[str]] = {}
+        self.planner = None  # optional callable(sample id) -> plan, for ids without an entry in `plans`
         self.responder = None  # optional callable(request payload) -> content of an "ok" answer
         self.requests: list[dict] = []
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
-        self._httpd = _Server(("127.0.0.1", 0), _make_handler(self))
+        self._httpd = _Server(("127.0.0.1", port), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
@@ -52,6 +56,7 @@ class ScriptedChatServer:
     def __exit__(self, *exc) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+        self._httpd.drop_connections()  # as a stopped server does: kept-alive clients must not reach old handlers
         self._thread.join(timeout=5)
 
     def attempts(self, sample_id: str) -> int:
@@ -61,7 +66,7 @@ class ScriptedChatServer:
     def _next_behaviour(self, sample_id: str) -> str:
         with self._lock:
             seen = sum(1 for r in self.requests if r["sample"] == sample_id)
-            plan = self.plans.get(sample_id) or [self.default]
+            plan = self.plans.get(sample_id) or (self.planner(sample_id) if self.planner else None) or [self.default]
             return plan[min(seen - 1, len(plan) - 1)]
 
     def _enter(self, record: dict) -> None:
@@ -77,6 +82,31 @@ class ScriptedChatServer:
 
 class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # the default backlog of 5 refuses connections under a burst of concurrency
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._connections: set = set()
+        self._connections_lock = threading.Lock()
+
+    def process_request(self, request, client_address) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """Cut every open connection (the handler threads then end on their own)."""
+        with self._connections_lock:
+            open_now = list(self._connections)
+        for sock in open_now:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def _completion(content: str, finish_reason: str = "stop", model: str = "scripted") -> bytes:

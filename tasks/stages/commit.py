@@ -57,8 +57,9 @@ def commit_round(cfg: PipelineConfig, round_: int, info: dict) -> dict:
         if round_ in work.store.committed_rounds():
             out.update(skipped=True, **counts(work.store.round_info(round_)))
             return out
-        rows = decide_rows(merge_parts(work.writer, work.writer.rows()), cfg.thresholds,
-                           load_overrides(work.store))
+        rows = merge_parts(work.writer, work.writer.rows())
+        judging.check_unscored(cfg, round_, rows)  # a judge outage fails the round instead of rejecting its data
+        rows = decide_rows(rows, cfg.thresholds, load_overrides(work.store))
         from layerloop.tasks.stages.health import loop_health
 
         health = loop_health(cfg, work.store, work.writer, rows)

@@ -50,6 +50,7 @@ def loop_health(cfg, store, writer, rows) -> dict | None:
     return {"n": len(items), "accepted": _means([q for q, a in zip(quality, judged) if a]),
             "rejected": _means([q for q, a in zip(quality, judged) if not a]),
             **precision_recall(judged, oracle),
+            "precision_at_k": precision_at_k(judged, [q.get("psnr_object") for q in quality]),
             "rank_corr": _rank_corr([row[S.SCORE_OVERALL] for row, _, _ in items], quality)}
 
 
@@ -71,6 +72,16 @@ def precision_recall(judged: list[bool], oracle: list[bool]) -> dict:
     return {"oracle_accepted": sum(oracle), "judge_accepted": sum(judged),
             "precision": round(both / sum(judged), 4) if any(judged) else None,
             "recall": round(both / sum(oracle), 4) if any(oracle) else None}
+
+
+def precision_at_k(judged: list[bool], truth: list[float | None]) -> float | None:
+    """Of the k candidates the judge kept, the share that are among the k truly best (by true object PSNR):
+    a threshold-free precision, meaningful also when the oracle's fixed thresholds keep nothing."""
+    k = sum(judged)
+    if not k or any(t is None for t in truth):
+        return None
+    best = set(sorted(range(len(truth)), key=lambda i: truth[i], reverse=True)[:k])
+    return round(sum(1 for i, j in enumerate(judged) if j and i in best) / k, 4)
 
 
 def _rank_corr(scores: list, quality: list[dict]) -> dict:

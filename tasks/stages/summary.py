@@ -39,7 +39,8 @@ def round_summary(store, round_: int) -> dict:
     if truth:
         for part in ("accepted", "rejected"):
             row[f"true_psnr_object_{part}"] = (truth.get(part) or {}).get("psnr_object")
-        row.update(judge_precision=truth.get("precision"), judge_recall=truth.get("recall"))
+        row.update(judge_precision=truth.get("precision"), judge_recall=truth.get("recall"),
+                   judge_precision_at_k=truth.get("precision_at_k"))
     if info.get("promotion"):
         row["promoted"] = bool(info["promotion"].get("promoted"))
         row["generator"] = info.get("generator")

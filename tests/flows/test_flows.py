@@ -110,11 +110,11 @@ def test_resume_after_kill_9_mid_round(prefect_harness, tiny_cfg, tiny_inputs, t
     unit = store / "rounds" / "round-0001" / "_work" / "units" / "gen-0000.parquet"
     first = unit.read_bytes()
     assert not (store / "rounds" / "round-0001" / "COMMITTED").exists()
-    # The killed run's gpu lease stays until it expires (loop.gpu_lease_s + the server's 15 s sweep); a
-    # rerun on the same slot would just wait that out. The store's resume is what is tested here.
-    env = {**_api_env(), "LAYERLOOP__LOOP__GPU_SLOT": "gpu-after-kill"}
-    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    # The killed run held the gpu slot on the server and the store's run lock: the rerun takes both over
+    # (the lease id it left in the host lock, its dead pid in the run lock) instead of waiting for them.
+    rerun = subprocess.run(cmd, cwd=REPO, env=_api_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
+    assert "reclaimed the 'gpu' slot lease" in rerun.stderr
     assert open_store(tiny_cfg).committed_rounds() == [0, 1]
     assert unit.read_bytes() == first  # the finished unit was reused, not regenerated
     committed = open_store(tiny_cfg).read(1, "all")

@@ -17,7 +17,7 @@ def recipe_cfg(tiny_cfg, tmp_path):
     from layerloop.models.synthetic import WorldSlice, write_split
 
     seeds = tmp_path / "sliced-seeds"
-    write_split("seeds", 8, 32, 5, str(seeds), WorldSlice(kinds=("mug", "bottle")))
+    write_split("seeds", 10, 32, 5, str(seeds), WorldSlice(kinds=("mug", "bottle")))
     loop = tiny_cfg.loop.model_copy(update={
         "seeds_path": str(seeds), "candidates_per_round": 0, "pool_per_round": 2, "eval_size": 4,
         "validation_size": 2, "control": True, "rounds": 1, "train_final": True, "report": False})
@@ -42,7 +42,7 @@ def test_one_round_of_the_recipe_records_what_it_measured(recipe_cfg):
     assert info["promotion"]["promoted"] and info["generator"] == "round-0000"
     assert "psnr_object@unseen" in info["heldout"] or "psnr_object@seen" in info["heldout"]
     assert info["control"]["validation"] == info["validation"]  # control 0 is the seed adapter itself
-    assert info["health"]["n"] == 2 and "rank_corr" in info["health"]
+    assert info["health"]["n"] == 2 and "rank_corr" in info["health"] and "precision_at_k" in info["health"]
     # adapter 1 and its control were trained and measured beside each other
     for uri in (store.adapter_uri(1), store.control_adapter_uri(1)):
         measured = json.loads(open(f"{uri}/heldout.json").read())
@@ -100,3 +100,10 @@ def test_generator_is_the_newest_promoted_adapter(tmp_path):
     assert generator_round(store, 2) == 1
     assert generator_round(store, 3) == 1  # adapter 2 was not promoted: adapter 1 stays current
     assert generator_round(store, 4) == 3  # not judged yet counts as promoted
+
+
+def test_precision_at_k_counts_the_kept_among_the_truly_best():
+    from layerloop.tasks.stages.health import precision_at_k
+
+    assert precision_at_k([True, False, True, False], [30.0, 20.0, 10.0, 25.0]) == 0.5
+    assert precision_at_k([False] * 3, [1.0, 2.0, 3.0]) is None

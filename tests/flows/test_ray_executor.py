@@ -174,13 +174,13 @@ def test_remote_options_keep_gpu_workers_and_retry_dead_ones(tiny_inputs, tmp_pa
 
 @pytest.mark.parametrize("gpu_id, visible, index", [(1, None, 1), ("3", "2,3", 1), ("0", " 0 ", 0)])
 def test_torch_index_of_a_ray_gpu(gpu_id, visible, index):
-    from layerloop.tasks.executor import torch_index
+    from layerloop.tasks.placement import torch_index
 
     assert torch_index(gpu_id, visible) == index
 
 
 def test_torch_index_refuses_a_gpu_the_node_does_not_show():
-    from layerloop.tasks.executor import torch_index
+    from layerloop.tasks.placement import torch_index
 
     with pytest.raises(ValueError, match="not in CUDA_VISIBLE_DEVICES"):
         torch_index("5", "0,1")

@@ -177,3 +177,58 @@ def test_key_from_prefect_secret_block(prefect_harness, triplets, caplog, monkey
             res = judge.score(items(triplets, 1))
     assert res[0].error is None and srv.requests[0]["auth"] == "Bearer sk-from-block-987654"
     assert "sk-from-block-987654" not in caplog.text + repr(judge) + repr(res)
+
+
+@pytest.mark.parametrize("status,hint", [("401", "refused the API key"), ("403", "refused the API key"),
+                                         ("404", "no such model or path")])
+def test_errors_no_retry_fixes_stop_the_whole_batch_at_once(key_env, triplets, status, hint, caplog):
+    from layerloop.models.judges.base import JudgeUnavailable
+
+    caplog.set_level(logging.DEBUG)
+    with ScriptedChatServer(latency_s=0.02) as srv:
+        srv.plans = {"s0": [status]}
+        with pytest.raises(JudgeUnavailable) as caught:
+            run_judge(judge_cfg(srv, concurrency=2), items(triplets, 24))
+        assert srv.attempts("s0") == 1  # never retried
+        assert len(srv.requests) < 24  # the other items were not all sent: the batch stopped
+    message = str(caught.value)
+    assert f"judge endpoint {srv.base_url} (model qwen-test) answered HTTP {status}" in message
+    assert hint in message and "uncommitted" in message
+    assert KEY not in message + caplog.text
+
+
+def test_unresolvable_host_stops_at_once(key_env, triplets):
+    from layerloop.models.judges.base import JudgeUnavailable
+
+    cfg = JudgeConfig(backend="openai", openai=dict(base_url="http://layerloop-judge.invalid:8000/v1",
+                                                    api_key_env="LAYERLOOP_TEST_KEY", max_retries=3))
+    with pytest.raises(JudgeUnavailable, match="layerloop-judge.invalid.*unresolvable host.*does not resolve"):
+        run_judge(cfg, items(triplets, 3))
+
+
+def test_connection_refused_is_retried_then_unscored_with_its_reason(key_env, triplets):
+    with ScriptedChatServer() as srv:
+        cfg = judge_cfg(srv)
+    res = run_judge(cfg, items(triplets, 2))  # the server is gone: nothing listens on its port
+    assert [r.error for r in res] == ["connection error: Connection refused (after 3 attempts)"] * 2
+
+
+def test_endpoint_names_server_and_model_never_credentials():
+    cfg = JudgeConfig(backend="openai", openai={"base_url": "https://user:pw@judge.example:8443/v1?api-key=zzz",
+                                                "model": "m"})
+    assert cfg.endpoint() == "openai-compatible server https://judge.example:8443/v1 (model m)"
+    assert JudgeConfig().endpoint() == "the cycle judge"
+
+
+@pytest.mark.parametrize("error,kind", [
+    ("timeout (after 3 attempts)", "timeout"), ("HTTP 500 (after 5 attempts)", "HTTP 500"),
+    ("connection error: Connection refused (after 3 attempts)", "connection error"),
+    ("malformed JSON: no object in answer 'x' (after 3 attempts)", "malformed JSON"),
+    ("truncated JSON (finish_reason=length): Expecting value at 3", "truncated JSON"),
+    ("schema violation: missing ['realism']", "schema violation"), ("HTTP 400 (not retried)", "HTTP 400"),
+    ("invalid item: missing panel(s) ['logo']", "invalid item"), (None, None),
+])
+def test_error_kinds(error, kind):
+    from layerloop.models.judges.base import error_kind
+
+    assert error_kind(error) == kind

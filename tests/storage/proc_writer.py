@@ -6,6 +6,9 @@
                                   stay alive without renewing until file GO, then try to commit round 0
   proc_writer.py units STORE TAG GO    wait for file GO, then write units TAG-0..2 and the unit "shared"
                                   that every such process also writes (several writers on one round)
+  proc_writer.py runlock STORE GO DONE  print READY, wait for GO, try the store's run lock once: print WON
+                                        (then hold it until file DONE exists) or LOCKED <message>
+  proc_writer.py hostlock PATH          take a HostLock, record lease_id "lease-1" in it, print READY, sleep
 
 A store URL of s3:// reaches the test's moto server through FSSPEC_S3_ENDPOINT_URL and AWS_* in the env.
 """
@@ -17,7 +20,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from layerloop.storage.errors import CommitConflictError  # noqa: E402
+from layerloop.storage.errors import CommitConflictError, StoreLockedError  # noqa: E402
+from layerloop.storage.locks import HostLock  # noqa: E402
 from layerloop.storage.rounds import RoundStore  # noqa: E402
 from tests.storage.helpers import samples  # noqa: E402
 
@@ -82,5 +86,29 @@ def units(uri: str, tag: str, go: str) -> None:
     print("DONE", flush=True)
 
 
+
+def runlock(uri: str, go: str, done: str) -> None:
+    lock = RoundStore(uri).run_lock()
+    print("READY", flush=True)
+    _wait_file(go)
+    try:
+        lock.acquire(wait_s=0)
+    except StoreLockedError as exc:
+        print(f"LOCKED {exc}", flush=True)
+        return
+    print("WON", flush=True)
+    _wait_file(done)
+    lock.release()
+
+
+def hostlock(path: str) -> None:
+    lock = HostLock(path)
+    assert lock.try_acquire()[0]
+    lock.update(lease_id="lease-1")
+    print("READY", flush=True)
+    time.sleep(60)
+
+
 if __name__ == "__main__":
-    {"crash": crash, "commit": commit, "hold": hold, "units": units}[sys.argv[1]](*sys.argv[2:])
+    {"crash": crash, "commit": commit, "hold": hold, "units": units, "runlock": runlock,
+     "hostlock": hostlock}[sys.argv[1]](*sys.argv[2:])

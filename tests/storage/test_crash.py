@@ -3,6 +3,7 @@ SIGKILL mid-shard then resume; two committers; a writer alive but silent past it
 processes writing units of one round at once."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -22,9 +23,11 @@ SCRIPT = str(Path(__file__).with_name("proc_writer.py"))
 STABLE = [c for c in S.COLUMNS if c not in (S.SHARD, S.CREATED_AT)]  # shard names carry a random run id
 
 
-def _spawn(spot, *args: str) -> subprocess.Popen:
+def _spawn(*args: str, spot=None) -> subprocess.Popen:
+    """proc_writer.py with `args`; with `spot`, in the env that reaches its store (an S3 endpoint)."""
+    env = spot.child_env() if spot is not None else {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=spot.child_env())
+                            text=True, env=env)
 
 
 def _wait_for(proc: subprocess.Popen, word: str) -> str:
@@ -55,7 +58,7 @@ def _names(store: RoundStore, rel: str) -> set[str]:
 
 
 def test_sigkill_mid_shard_then_resume_equals_uninterrupted_run(spot, tmp_path):
-    child = _spawn(spot, "crash", spot.uri)
+    child = _spawn("crash", spot.uri, spot=spot)
     _wait_for(child, "STALLED")
     child.kill()
     child.wait(timeout=30)
@@ -101,7 +104,7 @@ def test_gc_keeps_young_files_and_uncommitted_finished_units(spot):
 
 def test_two_processes_commit_the_same_round_exactly_one_wins(spot, tmp_path):
     go = str(tmp_path / "go")
-    kids = {tag: _spawn(spot, "commit", spot.uri, tag, go) for tag in ("left", "right")}
+    kids = {tag: _spawn("commit", spot.uri, tag, go, spot=spot) for tag in ("left", "right")}
     for kid in kids.values():
         _wait_for(kid, "READY")
     Path(go).touch()
@@ -131,7 +134,7 @@ def test_claim_of_a_live_but_silent_writer_ends_with_its_lease(spot, tmp_path):
     """A writer elsewhere that stopped renewing (here: alive, waiting) no longer blocks the round once its
     lease has run out; the resumer commits, and the old holder, waking, publishes nothing."""
     go = str(tmp_path / "go")
-    holder = _spawn(spot, "hold", spot.uri, "2", go)
+    holder = _spawn("hold", spot.uri, "2", go, spot=spot)
     _wait_for(holder, "CLAIMED")
     store = spot.store()
     w = begin(store)
@@ -149,7 +152,7 @@ def test_several_processes_write_units_of_one_round_at_once(spot, tmp_path):
     several machines can fill one round together; a unit written twice keeps one table (the other copy's
     shards are orphans, dropped with the unit copies at commit)."""
     go = str(tmp_path / "go")
-    kids = [_spawn(spot, "units", spot.uri, tag, go) for tag in ("p0", "p1", "p2")]
+    kids = [_spawn("units", spot.uri, tag, go, spot=spot) for tag in ("p0", "p1", "p2")]
     for kid in kids:
         _wait_for(kid, "READY")
     Path(go).touch()

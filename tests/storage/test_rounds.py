@@ -259,3 +259,25 @@ def test_a_writer_that_stalls_past_its_lease_is_fenced_out(store):
 def test_lease_must_be_positive(store):
     with pytest.raises(ValueError, match="lease_s"):
         CommitClaim(store.fs, "x", "round 0", lease_s=0)
+
+
+def test_bit_rot_is_named_on_read_and_verify_lists_every_damaged_member(tmp_path, bit_rot):
+    from layerloop.storage.errors import CorruptShardError
+
+    store = RoundStore(str(tmp_path / "store"))
+    _commit(store, 0)
+    rows = store.read(0, "all").sort_values(S.SAMPLE_ID)
+    first, second = rows.iloc[0], rows.iloc[1]
+    shard = tmp_path / "store" / first[S.SHARD]
+    assert second[S.SHARD] == first[S.SHARD]  # two samples per shard here
+    bit_rot(shard, f"{first[S.KEY]}.logo.png")
+    bit_rot(shard, f"{second[S.KEY]}.object.png")
+    with pytest.raises(CorruptShardError) as caught:
+        list(store.load_panels(store.training_view(0)))
+    message = str(caught.value)
+    assert message.startswith("round 0: ") and first[S.SHARD] in message
+    assert f"member {first[S.KEY]}.logo.png does not match its recorded sha256" in message
+    assert "restore it from a backup" in message
+    problems = store.verify()
+    assert len(problems) == 2 and all(p.startswith("round 0: ") and first[S.SHARD] in p for p in problems)
+    assert f"{second[S.KEY]}.object.png" in problems[1]
