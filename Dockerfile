@@ -21,8 +21,9 @@ COPY tasks ./tasks
 COPY models ./models
 COPY storage ./storage
 COPY scripts ./scripts
-# editable: the deployments' pull step runs flows from /app, so the installed code is that code
-RUN pip install -e ".[s3]"
+# editable: the deployments' pull step runs flows from /app, so the installed code is that code; the
+# ray extra makes the same image a Ray head or node (docker-compose.yml, profile ray)
+RUN pip install -e ".[s3,ray]"
 
 RUN useradd --create-home --uid 1000 layerloop \
     && mkdir -p /app/layerloop-store /var/lib/prefect \

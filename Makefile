@@ -1,4 +1,5 @@
-# Every target creates .venv when missing, installs everything, then runs.
+# Every target creates .venv when missing, installs everything (dev, ray and s3 extras: the default
+# test tier runs a local Ray cluster and a moto S3 server), then runs.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q "$(TORCH_CPU_PIN)"; fi
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,ray,s3]'
 	touch $(STAMP)
 
 # PostgreSQL server binaries (integration tests) and Chromium (report browser check).
@@ -34,7 +35,7 @@ ui: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_UI_API_URL=http://127.0.0.1:4200/api $(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
 
 bench: $(STAMP)
-	for b in storage judge learning overhead; do $(PY) bench/$$b.py || exit 1; done
+	for b in storage judge learning overhead scale; do $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) demo-store .demo

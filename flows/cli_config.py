@@ -106,9 +106,9 @@ def load(config: Optional[Path], *, store: Optional[str] = None, flags: Optional
 
 def open_store(cfg: "PipelineConfig") -> "RoundStore":
     """The config's store; a bad URI or a missing fsspec backend (s3fs, ...) is one error line."""
-    from layerloop.storage.rounds import RoundStore
+    from layerloop.tasks.stages.handles import open_store as open_config_store
 
     try:
-        return RoundStore(cfg.store.uri, cfg.store.storage_options)
+        return open_config_store(cfg)
     except (ValueError, ImportError) as exc:
         fail(f"cannot open store {cfg.store.uri!r}: {exc}")

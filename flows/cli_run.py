@@ -35,6 +35,11 @@ def guarded_run(cfg: "PipelineConfig") -> Iterator[None]:
     from layerloop.tasks.run_lock import store_run_lock
 
     with user_errors():
+        if cfg.loop.secret_env:  # credentials from Prefect Secret blocks, before anything opens the store
+            from layerloop.tasks.secrets import apply_secret_env
+
+            prefect_env()
+            apply_secret_env(cfg)
         _check_inputs(cfg)
         try:
             with store_run_lock(cfg):

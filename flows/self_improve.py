@@ -5,8 +5,10 @@ and held-out data, and promote it or keep the current adapter -> (loop.control) 
 matched-compute control -> generate candidates with the current adapter -> judge -> cycle (generated
 composites and a slice of the unlabeled pool) -> commit round r -> report -> artifacts. The work lives in
 tasks/stages/; these bodies only sequence task calls (tasks/stages/driver.py runs the same sequence without
-Prefect, for benchmarks and machines without it). Units run one after another on purpose: the round holds
-the strict `gpu` slot around them, and the model is shared per process.
+Prefect, for benchmarks and machines without it). With loop.executor: local, units run one after another
+on purpose: the round holds the strict `gpu` slot around them, and the model is shared per process. With
+loop.executor: ray, the round runs on a RayTaskRunner and each stage's units run at once on Ray workers,
+each unit with its own resources instead of the slot (tasks/executor.py); the commit stays single and last.
 """
 from __future__ import annotations
 
@@ -15,13 +17,13 @@ import time
 from prefect import flow, get_run_logger
 
 from layerloop.flows.seed import seed
-from layerloop.tasks import publish
+from layerloop.tasks import executor, publish
 from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.gpu_slot import ensure_gpu_slot, gpu_slot
 from layerloop.tasks.prefect_tasks import (commit_round_task, cycle_generated_task, cycle_pool_task,
                                            evaluate_adapter_task, evaluate_control_task, generate_task, judge_task,
                                            report_task, train_adapter_task, train_control_task, with_retries)
 from layerloop.tasks.run_lock import store_run_lock
+from layerloop.tasks.secrets import apply_secret_env
 from layerloop.tasks.stages.commit import round_info
 from layerloop.tasks.stages.consistency import round_pool
 from layerloop.tasks.stages.handles import is_committed, next_round, open_store, stage_seconds, units
@@ -34,17 +36,19 @@ def self_improve(config: PipelineConfig = PipelineConfig()) -> list[dict]:
     Holds the store's run lock throughout: a second run on the store fails at once naming this one.
     """
     cfg = config
+    apply_secret_env(cfg)  # credentials (loop.secret_env) before anything opens the store or starts Ray
     with store_run_lock(cfg):
-        ensure_gpu_slot(cfg)
-        if not is_committed(cfg, 0):
-            seed(cfg)
-        for r in range(next_round(cfg), cfg.loop.rounds + 1):
-            improve_round(cfg, r)
-        if cfg.loop.train_final:
-            with gpu_slot(cfg):
-                with_retries(train_adapter_task, cfg)(cfg, cfg.loop.rounds)
-                with_retries(evaluate_adapter_task, cfg)(cfg, cfg.loop.rounds)
-                control(cfg, cfg.loop.rounds)
+        executor.ensure_guard(cfg)
+        with executor.session(cfg):  # Ray (loop.executor: ray) starts once per run, not per round
+            if not is_committed(cfg, 0):
+                seed(cfg)
+            for r in range(next_round(cfg), cfg.loop.rounds + 1):
+                executor.round_flow(improve_round, cfg)(cfg, r)
+            if cfg.loop.train_final:
+                with executor.gpu_guard(cfg):
+                    executor.call(with_retries(train_adapter_task, cfg), cfg, cfg, cfg.loop.rounds)
+                    executor.call(with_retries(evaluate_adapter_task, cfg), cfg, cfg, cfg.loop.rounds)
+                    control(cfg, cfg.loop.rounds)
         return publish.publish_table(cfg)
 
 
@@ -53,8 +57,8 @@ def control(cfg: PipelineConfig, adapter_round: int) -> dict | None:
     if not cfg.loop.control:
         return None
     if adapter_round >= 1:
-        with_retries(train_control_task, cfg)(cfg, adapter_round)
-    return with_retries(evaluate_control_task, cfg)(cfg, adapter_round)
+        executor.call(with_retries(train_control_task, cfg), cfg, cfg, adapter_round)
+    return executor.call(with_retries(evaluate_control_task, cfg), cfg, cfg, adapter_round)
 
 
 @flow(name="round", flow_run_name="round-{round_:04d}", log_prints=True)
@@ -66,10 +70,10 @@ def improve_round(cfg: PipelineConfig, round_: int) -> dict:
     n_pool = len(round_pool(open_store(cfg), cfg, round_))
     gen_units = units("gen", cfg.loop.candidates_per_round, cfg.loop.batch_size)
     pool_units = units("pool", n_pool, cfg.loop.batch_size)
-    progress = publish.Progress(round_, 3 * len(gen_units) + 2 * len(pool_units))
-    with gpu_slot(cfg):
-        trained = with_retries(train_adapter_task, cfg)(cfg, round_ - 1)
-        measured = with_retries(evaluate_adapter_task, cfg)(cfg, round_ - 1)
+    progress = publish.Progress(round_, 3 * len(gen_units) + 2 * len(pool_units), executor.run_units)
+    with executor.gpu_guard(cfg):
+        trained = executor.call(with_retries(train_adapter_task, cfg), cfg, cfg, round_ - 1)
+        measured = executor.call(with_retries(evaluate_adapter_task, cfg), cfg, cfg, round_ - 1)
         controlled = control(cfg, round_ - 1)
         generated = progress.run(with_retries(generate_task, cfg), cfg, round_, gen_units)
         judged = progress.run(with_retries(judge_task, cfg), cfg, round_, gen_units)
@@ -80,6 +84,8 @@ def improve_round(cfg: PipelineConfig, round_: int) -> dict:
                                     judge=judged + judged_pool, cycle=cycled + pooled)
     info = round_info(cfg, round_, trained=trained, measured=measured, control=controlled, pool_used=n_pool,
                       timings=timings)
+    info["execution"] = executor.summary(cfg, [trained, measured, *generated, *judged, *cycled, *pooled,
+                                               *judged_pool])
     committed = with_retries(commit_round_task, cfg)(cfg, round_, info)
     reported = with_retries(report_task, cfg)(cfg, round_) if cfg.loop.report else None
     publish.publish_round(cfg, round_, reported, measured["metrics"])

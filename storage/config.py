@@ -17,6 +17,9 @@ class StoreConfig(BaseModel):
     storage_options: dict = Field(default_factory=dict, description="fsspec options (no secrets here)")
     shard_max_bytes: int = Field(64 * 2**20, ge=1024, description="roll over to a new shard past this size")
     shard_max_samples: int = Field(1000, ge=1, description="roll over to a new shard past this many samples")
+    claim_lease_s: float = Field(
+        120.0, ge=1, description="lease of a round's commit claim, renewed while committing; a claim past it may "
+                                 "be taken over (a writer that died on another machine, e.g. on s3://)")
     max_image_pixels: int = Field(16 * 2**20, ge=64, description="larger images are refused (decompression bombs)")
     max_panel_side: int = Field(4096, ge=8, description="longest allowed panel side in pixels")
     min_panel_side: int = Field(8, ge=1, description="shortest allowed panel side in pixels")

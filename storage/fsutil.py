@@ -57,10 +57,18 @@ def is_local(fs: Any) -> bool:
 
 
 def open_store_fs(uri: str, storage_options: dict | None = None) -> tuple[Any, str]:
-    """(filesystem, root path) for a local path or fsspec URL; a local root is made absolute."""
-    import fsspec
+    """(filesystem, root path) for a local path or fsspec URL; a local root is made absolute.
 
-    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    Remote stores get `use_listings_cache=False` unless the options say otherwise: several processes
+    (Ray workers, a resumed run) write one round, and a cached listing would hide their files.
+    """
+    import fsspec
+    from fsspec.utils import get_protocol
+
+    options = dict(storage_options or {})
+    if get_protocol(uri) not in ("file", "local"):
+        options.setdefault("use_listings_cache", False)
+    fs, root = fsspec.core.url_to_fs(uri, **options)
     if is_local(fs):
         root = os.path.abspath(root)
     return fs, root.rstrip("/") or "/"
@@ -107,19 +115,60 @@ def _discard(path: str) -> None:
         pass
 
 
+# How S3-compatible servers refuse a conditional PUT (If-None-Match: *), as s3fs raises it:
+#   AWS, moto:  412 PreconditionFailed with Condition=If-None-Match -> FileExistsError
+#   MinIO:      412 PreconditionFailed without Condition           -> OSError(EINVAL)
+#   AWS:        409 ConditionalRequestConflict (a concurrent write
+#               to the same key is in flight; retry)                -> OSError(EIO)
+# s3fs chains the botocore ClientError as __cause__; its code and HTTP status tell the cases apart.
+CONFLICT_RETRIES = 5
+CONFLICT_DELAY_S = 0.1
+
+
+def conditional_put_answer(exc: BaseException) -> str | None:
+    """'exists' (any 412 / PreconditionFailed), 'conflict' (409 ConditionalRequestConflict) or None
+    (some other error) for an error raised by a conditional PUT."""
+    response = getattr(exc.__cause__, "response", None)
+    if not isinstance(response, dict):
+        return None
+    code = (response.get("Error") or {}).get("Code")
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    if code == "PreconditionFailed" or status == 412:
+        return "exists"
+    if status == 409 and code in ("ConditionalRequestConflict", "OperationAborted"):
+        return "conflict"
+    return None
+
+
 def put_if_absent(fs: Any, path: str, data: bytes) -> bool:
     """Create `path` with `data` only if it does not exist; True when this call created it.
 
     Local: a complete temp file hard-linked to `path` (link(2) fails when `path` exists), so the file
     appears whole or not at all, also when the disk fills mid-write (readers of a lock or claim never
     see it empty). Object stores: fsspec's exclusive mode "xb" (S3 conditional PUT with If-None-Match
-    in s3fs, native in memory://). Where a backend lacks "xb",
-    the backstop is write-then-read-back of a unique token, which narrows but does not close the race;
-    rounds of one pipeline are serialized by the orchestrator (concurrency limit 1) for that case.
+    in s3fs, native in memory://); every server's "exists" answer means False and a 409 conflict is
+    retried (see above). Where a backend lacks "xb", the backstop is write-then-read-back of a unique
+    token, which narrows but does not close the race; rounds of one pipeline are serialized by the
+    orchestrator (concurrency limit 1) for that case.
     """
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     if is_local(fs):
         return _local_exclusive(path, data)
+    attempt = 0
+    while True:
+        try:
+            return _exclusive_put(fs, path, data)
+        except OSError as exc:
+            answer = conditional_put_answer(exc)
+            if answer == "exists":
+                return False
+            if answer != "conflict" or attempt >= CONFLICT_RETRIES:
+                raise
+        time.sleep(CONFLICT_DELAY_S * 2**attempt)  # the other write settles, then we get 412 or 200
+        attempt += 1
+
+
+def _exclusive_put(fs: Any, path: str, data: bytes) -> bool:
     try:
         with fs.open(path, "xb") as f:
             f.write(data)

@@ -3,8 +3,9 @@
 Three guards share one holder record (host, pid, the pid's start time, when, a unique token):
 
 - `claim_file`: put-if-absent of a record on the store (local or fsspec). A holder on THIS host whose
-  process is gone is taken over at once; a holder elsewhere is never judged dead from here. The round's
-  commit CLAIM (rounds.py) and the store's run lock use it.
+  process is gone is taken over at once; a holder elsewhere is never judged dead from here. The store's
+  run lock uses it; a round's commit claim (storage/lease.py) shares the holder record and the dead-holder
+  rule and adds a lease, so a committer that died on another machine stops blocking once it runs out.
 - `RunLock`: one run per store, `<store>/_locks/run.json`; re-entrant within a process (the CLI takes
   it, then the flow it starts takes it again), optionally waiting for a live holder to finish.
 - `HostLock`: flock(2) on a local file, which the kernel drops however its holder dies (kill -9

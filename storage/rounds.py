@@ -8,7 +8,8 @@ Layout under the store root (local path or fsspec URL):
     rounds/round-NNNN/_work/shards/U-*.tar  a unit's shards as written before judging (removed at commit)
     rounds/round-NNNN/_work/units/U.parquet  a unit's rows: written after its shards, marks it done
     rounds/round-NNNN/_work/parts/S/U.parquet  stage results (scores, cycle errors) per unit
-    rounds/round-NNNN/_work/CLAIM          put-if-absent claim of the one writer allowed to commit
+    rounds/round-NNNN/_work/claims/G.json  the commit claim, generation G: put-if-absent, with a lease
+                                           (storage/lease.py: who may commit, when a silent claim ends)
     _locks/run.json                        the store's run lock: one run at a time (storage/locks.py)
     rounds/round-NNNN/manifest.parquet, rejected.parquet, config.json, round.json
     rounds/round-NNNN/COMMITTED            written last, put-if-absent; no COMMITTED = no round
@@ -43,8 +44,8 @@ from layerloop.storage import schema as S
 from layerloop.storage.errors import CommitConflictError, CorruptShardError, RoundExistsError, RoundNotFoundError
 from layerloop.storage.fsutil import (TMP_PREFIX, age_s, is_local, open_store_fs, put_if_absent, read_json, read_table,
                                       space_for, table_bytes, write_bytes, write_json)
-from layerloop.storage.locks import (RUN_LOCK, RunLock, claim_file, describe_holder, holder_record, read_holder,
-                                     release_file)
+from layerloop.storage.lease import CLAIMS, DEFAULT_LEASE_S, CommitClaim, is_takeable, newest_claim
+from layerloop.storage.locks import RUN_LOCK, RunLock
 from layerloop.storage.shards import ShardReader, ShardWriter, sha256_hex, verify_group
 
 COMMITTED = "COMMITTED"
@@ -54,7 +55,6 @@ CONFIG = "config.json"
 ROUND_JSON = "round.json"
 WORK = "_work"
 SHARDS = "shards"
-CLAIM = "CLAIM"
 ROUNDS_AREA = ("rounds", "round")
 POOL_AREA = ("pool", "batch")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -148,8 +148,9 @@ class RoundStore:
             self.fs.makedirs(self._path(sub), exist_ok=True)
         return self._url(self.root)
 
-    def begin(self, round: int, *, parent_round: int | None, adapter_id: str | None,
-              config: dict, shard_max_bytes: int = 64 * 2**20, shard_max_samples: int = 1000) -> "RoundWriter":
+    def begin(self, round: int, *, parent_round: int | None, adapter_id: str | None, config: dict,
+              shard_max_bytes: int = 64 * 2**20, shard_max_samples: int = 1000,
+              claim_lease_s: float = DEFAULT_LEASE_S) -> "RoundWriter":
         """Open (or resume) the work area of an uncommitted round; RoundExistsError if it is committed."""
         d = self.round_dir(round)
         if self.fs.exists(f"{d}/{COMMITTED}"):
@@ -158,7 +159,8 @@ class RoundStore:
             raise ValueError(f"parent_round {parent_round} is not a committed round")
         json.dumps(config)  # a config that cannot be saved as JSON must fail now, not at commit
         return RoundWriter(self, d, round, parent_round=parent_round, adapter_id=adapter_id, config=config,
-                           shard_max_bytes=shard_max_bytes, shard_max_samples=shard_max_samples)
+                           shard_max_bytes=shard_max_bytes, shard_max_samples=shard_max_samples,
+                           claim_lease_s=claim_lease_s)
 
     def begin_pool(self, config: dict, **kw: Any) -> "RoundWriter":
         """A writer for the next batch of the unlabeled pool."""
@@ -335,14 +337,14 @@ class RoundStore:
             problems.append(_located(shard, f"lacks key(s) {sorted(pending)[:5]}"))
         return problems
 
-    def gc(self, *, grace_s: float = 0.0, claim_max_age_s: float = 3600.0) -> list[str]:
+    def gc(self, *, grace_s: float = 0.0) -> list[str]:
         """Remove orphans: temp files, shards no finished unit/manifest references, committed work areas,
-        and commit claims older than `claim_max_age_s`. Files younger than `grace_s` are kept, so a
-        positive grace makes gc safe beside a running writer; with 0, run it when no writer is active."""
+        and commit claims whose lease ran out (storage/lease.py). Files younger than `grace_s` are kept, so
+        a positive grace makes gc safe beside a running writer; with 0, run it when no writer is active."""
         removed: list[str] = []
         for area in (ROUNDS_AREA, POOL_AREA):
             for d in sorted(self.fs.glob(self._path(f"{area[0]}/{area[1]}-*"))):
-                removed += _gc_dir(self, d, grace_s, claim_max_age_s)
+                removed += _gc_dir(self, d, grace_s)
         return removed
 
 
@@ -369,13 +371,14 @@ class RoundWriter:
 
     def __init__(self, store: RoundStore, directory: str, round: int, *, parent_round: int | None,
                  adapter_id: str | None, config: dict, shard_max_bytes: int = 64 * 2**20,
-                 shard_max_samples: int = 1000):
+                 shard_max_samples: int = 1000, claim_lease_s: float = DEFAULT_LEASE_S):
         self.store, self.fs, self.dir, self.round = store, store.fs, directory, round
         self.parent_round, self.adapter_id, self.config = parent_round, adapter_id, config
         self.shard_max_bytes, self.shard_max_samples = shard_max_bytes, shard_max_samples
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
         self.started_at = _now()
-        self._claim_record = holder_record(writer=self.token, token=self.token)
+        self.claim = CommitClaim(self.fs, f"{directory}/{WORK}", f"round {round}", writer=self.token,
+                                 lease_s=claim_lease_s)
 
     @property
     def uri(self) -> str:
@@ -486,7 +489,7 @@ class RoundWriter:
         self._check_rows(table)
         self._claim_files: dict = {}  # what this commit wrote so far: a full disk removes it again
         with space_for(self.store.uri, f"committing {self._what()}", cleanup=self._unclaim):
-            self._claim()
+            self.claim.acquire()
             table = self._repack(table)
             accepted = table.filter(table.column(S.ACCEPTED))
             rejected = table.filter(_invert(table.column(S.ACCEPTED)))
@@ -495,10 +498,12 @@ class RoundWriter:
                           CONFIG: json.dumps(self.config, indent=2, sort_keys=True, default=str).encode()})
             record = self._round_record(accepted.num_rows, rejected.num_rows, info)
             files[ROUND_JSON] = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
+            self.claim.check()  # a writer that stalled past its lease publishes nothing
             for name, data in files.items():
                 write_bytes(self.fs, f"{self.dir}/{name}", data)
             marker = {"writer": self.token, "committed_at": record["committed_at"],
                       "files": {n: sha256_hex(b) for n, b in files.items()}}
+            self.claim.check()
             if not put_if_absent(self.fs, f"{self.dir}/{COMMITTED}", json.dumps(marker, indent=2).encode()):
                 raise CommitConflictError(f"round {self.round} was committed by another writer first")
         self._drop_unit_shards()
@@ -507,14 +512,13 @@ class RoundWriter:
     def _unclaim(self) -> None:
         """Undo a commit of ours that stopped before COMMITTED: its files and re-packed shards (space), then
         its claim (so a retry claims anew). Without our claim the files may be another writer's: left alone."""
-        claim = f"{self.dir}/{WORK}/{CLAIM}"
-        if (read_holder(self.fs, claim) or {}).get("token") != self.token:
+        if not self.claim.holds():
             return
         for name in self._claim_files:
             if self.fs.exists(f"{self.dir}/{name}"):
                 self.fs.rm(f"{self.dir}/{name}")
         self._clear_debris()
-        release_file(self.fs, claim, self._claim_record)
+        self.claim.release()
 
     def _repack(self, table):
         """Copy every row's members into `shards/{accepted,rejected}-*.tar` with its final sidecar.
@@ -530,6 +534,7 @@ class RoundWriter:
         moved: dict[str, tuple[str, str]] = {}
         with self._shard_writer(SHARDS, "accepted") as acc, self._shard_writer(SHARDS, "rejected") as rej:
             for row, panels in self.store.load_panels(df):
+                self.claim.renew_if_due()
                 writer = acc if row[S.ACCEPTED] else rej
                 members = {f"{p}.png": panels[p] for p in row[S.PANELS]}
                 rec = writer.write(row[S.KEY], {**members, "json": S.sidecar_bytes(row)})
@@ -566,17 +571,6 @@ class RoundWriter:
         committed = f"{self.dir}/{COMMITTED}"
         if self.fs.exists(committed):
             raise CommitConflictError(f"round {self.round} is already committed (by {read_json(self.fs, committed)['writer']})")
-
-    def _claim(self) -> None:
-        """Put-if-absent CLAIM; a claim whose writer died on this host (kill -9 mid-commit) is taken over,
-        so resume needs no gc (storage/locks.py decides between two resumers)."""
-        self._refuse_if_committed()
-        holder = claim_file(self.fs, f"{self.dir}/{WORK}/{CLAIM}", self._claim_record)
-        if holder is not None:
-            raise CommitConflictError(
-                f"round {self.round} is being committed by writer {holder.get('writer')}, {describe_holder(holder)}; "
-                "if that writer died on another host, run `layerloop gc` (it removes commit claims older than "
-                "an hour) and retry")
 
     def _round_record(self, n_acc: int, n_rej: int, info: dict | None) -> dict:
         return {"round": self.round, "parent_round": self.parent_round, "adapter_id": self.adapter_id,
@@ -617,7 +611,7 @@ def _old_enough(fs: Any, path: str, grace_s: float) -> bool:
     return age is None or age >= grace_s
 
 
-def _gc_dir(store: RoundStore, d: str, grace_s: float, claim_max_age_s: float) -> list[str]:
+def _gc_dir(store: RoundStore, d: str, grace_s: float) -> list[str]:
     fs = store.fs
     committed = fs.exists(f"{d}/{COMMITTED}")
     keep = _referenced_shards(store, d, committed)
@@ -626,13 +620,12 @@ def _gc_dir(store: RoundStore, d: str, grace_s: float, claim_max_age_s: float) -
     doomed += [p for p in fs.find(d) if p.rsplit("/", 1)[1].startswith(TMP_PREFIX) and _old_enough(fs, p, grace_s)]
     if committed and fs.exists(f"{d}/{WORK}"):
         doomed.append(f"{d}/{WORK}")
-    claim = f"{d}/{WORK}/{CLAIM}"
-    if not committed and fs.exists(claim) and _old_enough(fs, claim, claim_max_age_s):
-        doomed.append(claim)
+    holder = newest_claim(fs, f"{d}/{WORK}")[1]
+    if not committed and holder is not None and is_takeable(holder):
+        doomed.append(f"{d}/{WORK}/{CLAIMS}")
     removed = []
     for p in dict.fromkeys(doomed):
         if fs.exists(p):
             fs.rm(p, recursive=True)
             removed.append(store._url(p))
     return removed
-

@@ -16,11 +16,23 @@ from pathlib import Path
 from layerloop.models.lora_io import WEIGHTS_NAME as WEIGHTS  # written last: its presence = complete
 from layerloop.storage import fsutil
 
+_STORE_OPTIONS: dict[str, dict] = {}  # store root URL -> store.storage_options, per process
+
+
+def use_store_options(root_url: str, options: dict) -> None:
+    """Adapter URIs under `root_url` open with that store's fsspec options (an S3 endpoint, a region):
+    they come from the store (store.adapter_uri), so its options must reach them, in every process."""
+    if options:
+        _STORE_OPTIONS[root_url.rstrip("/")] = dict(options)
+
+
+def _options(uri: str) -> dict:
+    roots = [root for root in _STORE_OPTIONS if uri == root or uri.startswith(root + "/")]
+    return _STORE_OPTIONS[max(roots, key=len)] if roots else {}
+
 
 def _fs(uri: str):
-    import fsspec
-
-    return fsspec.core.url_to_fs(uri)
+    return fsutil.open_store_fs(uri, _options(uri))
 
 
 def is_local(uri: str) -> bool:

@@ -34,6 +34,57 @@ class ConfigError(ValueError):
     """A config that cannot run; the message says which field and what to change."""
 
 
+# env var names that look like credentials: they would be saved into every round's config.json
+_SECRET_NAME = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
+
+
+class RayConfig(BaseModel):
+    """Ray execution of a round (loop.executor: ray): where the cluster is and what each unit reserves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(
+        None, description="Ray cluster to join: auto (the cluster of this node), host:6379 or ray://host:10001; "
+                          "null = start a local Ray for the run. The auth token comes from RAY_AUTH_TOKEN or "
+                          "~/.ray/auth_token, never from here (docs/scale-out.md)")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs each unit (a batch of generate/judge/cycle, or a "
+                                                   "training) reserves on its worker")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs each unit reserves; 1 = every unit on a GPU of its own "
+                                                   "(replaces the strict gpu slot of the local executor)")
+    local_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray started when address is null "
+                                                           "(= units in parallel); null = all of this machine's")
+    local_gpus: int | None = Field(None, ge=0, description="GPUs of the local Ray started when address is null; "
+                                                           "null = the GPUs Ray finds")
+    reuse_workers: bool = Field(True, description="GPU units keep their worker process, and so its model, from "
+                                                  "unit to unit (Ray would start a new process per GPU task)")
+    max_retries: int = Field(3, ge=0, le=20, description="times Ray reruns a unit whose worker process died "
+                                                         "(a rerun skips what the unit already wrote)")
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict, description="Ray runtime_env of the run's workers, e.g. {working_dir: .} to ship "
+                                          "this checkout; no credentials in env_vars (they would be saved "
+                                          "with every round): give the cluster's nodes their own env")
+
+    @field_validator("address")
+    @classmethod
+    def _resolved(cls, v: str | None) -> str | None:
+        if v is not None and ("{{" in v or not v.strip()):
+            raise ValueError(f"address {v!r} is not a Ray address: a prefect.yaml placeholder left unresolved? "
+                             "Set LAYERLOOP_RAY_ADDRESS before `prefect deploy`, or give host:6379 / auto")
+        return v
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, Any]) -> dict[str, Any]:
+        env = v.get("env_vars") or {}
+        if not isinstance(env, dict):
+            raise ValueError("runtime_env.env_vars must be a mapping of names to strings")
+        bad = sorted(k for k in env if any(word in str(k).upper() for word in _SECRET_NAME))
+        if bad:
+            raise ValueError(f"runtime_env.env_vars {bad} look like credentials; set them in the workers' own "
+                             "environment (or a Prefect Secret block), not in the config that every round saves")
+        return v
+
+
 class LoopConfig(BaseModel):
     """The self-improving loop: how many rounds, how much to generate, where seeds and the pool live."""
 
@@ -100,6 +151,14 @@ class LoopConfig(BaseModel):
     task_retries: int = Field(2, ge=0, le=10, description="retries of a task on a transient failure")
     task_retry_delay_s: float = Field(2.0, ge=0, description="seconds between task retries")
     report: bool = Field(True, description="build report.html/json/png for each committed round")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="where a round's units run: local = one after another in this process, under the "
+                             "gpu slot; ray = in parallel on Ray workers (loop.ray; install layerloop[ray])")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    secret_env: dict[str, str] = Field(
+        default_factory=dict, description="environment variables a run reads from Prefect Secret blocks, "
+                                          "{VARIABLE: block name}, e.g. {AWS_SECRET_ACCESS_KEY: s3-secret}; names "
+                                          "only, values never logged or saved (tasks/secrets.py)")
 
     @model_validator(mode="before")
     @classmethod
@@ -109,6 +168,14 @@ class LoopConfig(BaseModel):
         if moved:
             raise ValueError("; ".join(moved))
         return data
+
+    @field_validator("secret_env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = sorted(k for k in v if not k or not all(c.isalnum() or c == "_" for c in k) or k[0].isdigit())
+        if bad:
+            raise ValueError(f"secret_env keys must be environment variable names, got {bad}")
+        return v
 
     @field_validator("gpu_slot")
     @classmethod

@@ -5,7 +5,9 @@ the flow around its GPU stages (tasks/gpu_slot.py). No tags: Prefect 3.9 asks th
 concurrency slot on every tagged task run (~80 ms each here, half of a small round's overhead). Results
 are small JSON-able dicts (ids, URIs, counts, seconds); nothing is persisted by Prefect because the round
 store is the source of truth for resume (a rerun skips units whose output is already there).
-Flows call each task by its name; `with_retries(task, cfg)` gives it the run's retry policy.
+Flows call each task by its name; `with_retries(task, cfg)` gives it the run's retry policy. The model
+stages run through `executor.on_worker`: on a Ray worker the unit's model goes to the GPU Ray assigned it,
+and every result says which process ran it (tasks/placement.py).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from layerloop.storage.fsutil import is_disk_full
 from layerloop.tasks.config import PipelineConfig
+from layerloop.tasks.placement import on_worker
 from layerloop.tasks.stages import adapter, commit, consistency, generation, ingest, judging, summary
 from layerloop.tasks.stages.handles import Unit
 
@@ -49,42 +52,42 @@ def ingest_seeds_task(cfg: PipelineConfig) -> dict:
 
 @task(name="train-adapter", task_run_name="train-adapter-{round_}", **_COMMON)
 def train_adapter_task(cfg: PipelineConfig, round_: int) -> dict:
-    return adapter.train_adapter(cfg, round_)
+    return on_worker(adapter.train_adapter, cfg, round_)
 
 
 @task(name="evaluate-adapter", task_run_name="evaluate-adapter-{round_}", **_COMMON)
 def evaluate_adapter_task(cfg: PipelineConfig, round_: int) -> dict:
-    return adapter.evaluate_adapter(cfg, round_)
+    return on_worker(adapter.evaluate_adapter, cfg, round_)
 
 
 @task(name="train-control", task_run_name="train-control-{round_}", **_COMMON)
 def train_control_task(cfg: PipelineConfig, round_: int) -> dict:
-    return adapter.train_control(cfg, round_)
+    return on_worker(adapter.train_control, cfg, round_)
 
 
 @task(name="evaluate-control", task_run_name="evaluate-control-{round_}", **_COMMON)
 def evaluate_control_task(cfg: PipelineConfig, round_: int) -> dict:
-    return adapter.evaluate_control(cfg, round_)
+    return on_worker(adapter.evaluate_control, cfg, round_)
 
 
 @task(name="generate", task_run_name="generate-{round_}-{unit}", **_COMMON)
 def generate_task(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
-    return generation.generate(cfg, round_, unit)
+    return on_worker(generation.generate, cfg, round_, unit)
 
 
 @task(name="judge", task_run_name="judge-{round_}-{unit}", **_COMMON)
 def judge_task(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
-    return judging.judge(cfg, round_, unit)
+    return on_worker(judging.judge, cfg, round_, unit)
 
 
 @task(name="cycle-generated", task_run_name="cycle-{round_}-{unit}", **_COMMON)
 def cycle_generated_task(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
-    return consistency.cycle_generated(cfg, round_, unit)
+    return on_worker(consistency.cycle_generated, cfg, round_, unit)
 
 
 @task(name="cycle-pool", task_run_name="cycle-{round_}-{unit}", **_COMMON)
 def cycle_pool_task(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
-    return consistency.cycle_pool(cfg, round_, unit)
+    return on_worker(consistency.cycle_pool, cfg, round_, unit)
 
 
 @task(name="commit-round", task_run_name="commit-{round_}", **_COMMON)

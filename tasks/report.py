@@ -196,14 +196,12 @@ def stage_timings(info: dict) -> dict[str, float]:
 
 def load_loss_curve(store, r: int) -> list[dict]:
     """The adapter's training loss curve (metrics.json `loss_curve`), [] when that round trained nothing."""
-    import fsspec
+    from layerloop.tasks import adapter_files
 
-    uri = store.adapter_uri(r).rstrip("/") + "/metrics.json"
-    fs, path = fsspec.core.url_to_fs(uri)
-    if not fs.exists(path):
+    uri = adapter_files.join(store.adapter_uri(r), "metrics.json")
+    metrics = adapter_files.read_json(uri)  # with the store's fsspec options (an S3 endpoint)
+    if metrics is None:
         return []
-    with fs.open(path, "rb") as f:
-        metrics = json.loads(f.read().decode("utf-8"))
     curve = metrics.get("loss_curve") or []
     if not isinstance(curve, list):
         raise ValueError(f"{uri}: loss_curve must be a list of {{step, loss, ...}}; got {type(curve).__name__}")

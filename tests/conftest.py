@@ -21,6 +21,26 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-protocol server over HTTP (moto_server on 127.0.0.1) with one bucket (s3.BUCKET); dummy
+    credentials go into the environment (botocore reads them there, as in production); stopped after."""
+    from tests.storage.s3 import BUCKET, CREDENTIALS, MotoServer
+
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    try:
+        with MotoServer(tmp_path_factory.mktemp("moto")) as server:
+            server.make_bucket(BUCKET)
+            yield server
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 class TmpfsDisk:
     """A tmpfs mounted for one test: `fill(leave)` writes a filler until only `leave` bytes are free,
     `free()` deletes it, `debris()` lists temp files left under `path`."""

@@ -17,6 +17,7 @@ from layerloop.tasks import adapter_files
 from layerloop.tasks.config import PipelineConfig
 
 _BACKBONES: dict[str, Any] = {}
+_BUILDS: dict[str, int] = {}  # models this process built, by kind: scale-out checks "once per worker"
 PROMOTION_FILE = "promotion.json"  # beside an adapter: was it promoted to generate the next round, and why
 
 
@@ -66,9 +67,12 @@ def stage_seconds(**stages_: list[dict]) -> dict[str, float]:
 
 
 def open_store(cfg: PipelineConfig):
+    """The config's store; its fsspec options also reach the adapter files kept in it."""
     from layerloop.storage.rounds import RoundStore
 
-    return RoundStore(cfg.store.uri, cfg.store.storage_options)
+    store = RoundStore(cfg.store.uri, cfg.store.storage_options)
+    adapter_files.use_store_options(store.url(""), cfg.store.storage_options)
+    return store
 
 
 def generator_round(store, round_: int) -> int:
@@ -102,14 +106,26 @@ def next_round(cfg: PipelineConfig) -> int:
     return 1 if latest is None else latest + 1
 
 
+def count_build(kind: str) -> None:
+    """Note that this process built one more model of `kind` (backbones, judges)."""
+    _BUILDS[kind] = _BUILDS.get(kind, 0) + 1
+
+
+def builds() -> dict[str, int]:
+    """Models this process has built so far, by kind (a unit's result carries it: tasks/executor.py)."""
+    return dict(_BUILDS)
+
+
 def backbone(cfg: PipelineConfig):
-    """One backbone per process and model config."""
+    """One backbone per process and model config (the device included: a Ray worker moved to another GPU
+    builds it there)."""
     from layerloop.models.factory import build_backbone
 
     key = cfg.model.model_dump_json()
     if key not in _BACKBONES:
         _BACKBONES.clear()
         _BACKBONES[key] = build_backbone(cfg.model)
+        count_build("backbones")
     return _BACKBONES[key]
 
 
@@ -142,7 +158,8 @@ class RoundWork:
                                 adapter_id=adapter_id(self.generator) if r > 0 else None,
                                 config=self.cfg.model_dump(mode="json"),
                                 shard_max_bytes=self.cfg.store.shard_max_bytes,
-                                shard_max_samples=self.cfg.store.shard_max_samples)
+                                shard_max_samples=self.cfg.store.shard_max_samples,
+                                claim_lease_s=self.cfg.store.claim_lease_s)
 
     def sampler(self):
         return sampler(self.cfg, self.generator, self.store)

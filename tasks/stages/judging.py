@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.stages.handles import RoundWork, Unit, timed
+from layerloop.tasks.stages.handles import RoundWork, Unit, count_build, timed
 from layerloop.tasks.stages.panels import decode
 
 PART = "judge"
@@ -26,6 +26,7 @@ def judge_for(cfg: PipelineConfig, smp):
     if key not in _JUDGES:
         _JUDGES.clear()
         _JUDGES[key] = build_judge(cfg.judge, sampler=smp)
+        count_build("judges")
     return _JUDGES[key]
 
 

@@ -17,7 +17,8 @@ import yaml
 from . import services as svc
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("postgres", "prefect-server", "prefect-services", "minio", "minio-setup", "deploy", "worker")
+SERVICES = ("postgres", "prefect-server", "prefect-services", "minio", "minio-setup", "deploy", "worker",
+            "ray-head", "ray-node")
 PG_PASSWORD = "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"
 
 
@@ -151,3 +152,27 @@ def test_dockerfile_installs_cpu_torch_pin_before_the_project():
         assert f"COPY {pkg} ./{pkg}" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", ".env"} <= set(ignored)
+
+
+def test_object_store_images_are_pinned(services):
+    """MinIO publishes no new images (its repository is unmaintained): `latest` would never move, so the
+    compose file names one release, and says why it keeps MinIO (docker-compose.yml's head comment)."""
+    for name in ("minio", "minio-setup"):
+        image = services[name]["image"]
+        assert ":RELEASE." in image and not image.endswith(":latest"), (name, image)
+
+
+def test_ray_profile_is_opt_in_and_authenticated(services):
+    for name in ("ray-head", "ray-node"):
+        assert services[name]["profiles"] == ["ray"] and services[name]["image"] == services["worker"]["image"]
+        assert _env(services[name])["FSSPEC_S3_ENDPOINT_URL"] == "http://minio:9000"  # units write to the bucket
+    assert "--head" in services["ray-head"]["command"] and "ray-head:6379" in services["ray-node"]["command"]
+    assert services["ray-node"]["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    assert "ray-head" not in services["worker"].get("depends_on", {})  # the local executor needs no Ray
+    worker = _env(services["worker"])
+    assert worker["RAY_AUTH_MODE"] == "token" and worker["RAY_AUTH_TOKEN"].startswith("${")
+    prefect_yaml = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    ray = next(d for d in prefect_yaml["deployments"] if d["name"] == "ray")
+    assert ray["parameters"]["config"]["loop"]["executor"] == "ray"
+    assert ray["parameters"]["config"]["store"]["uri"].startswith("s3://")
+    assert worker["LAYERLOOP_RAY_ADDRESS"] == "ray-head:6379"  # what the deployment's address resolves to

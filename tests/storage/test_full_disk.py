@@ -104,7 +104,8 @@ def test_full_disk_while_committing_then_resume(disk, leave):
     with pytest.raises(RoundNotFoundError):
         store.read(1)
     leftovers = {p.rsplit("/", 1)[1] for p in store.fs.find(w.dir)}
-    assert not leftovers & {"COMMITTED", "manifest.parquet", "rejected.parquet", "round.json", "CLAIM"}
+    assert not leftovers & {"COMMITTED", "manifest.parquet", "rejected.parquet", "round.json"}
+    assert store.fs.glob(f"{w.dir}/_work/claims/*.json") == []  # the commit claim was released
     disk.free()
     w.commit(w.rows())  # its claim was released, so the same writer commits now
     assert store.committed_rounds() == [0, 1] and len(store.read(1, "all")) == 12

@@ -1,12 +1,20 @@
-"""Round store: commit protocol, reading back, lineage, training view, verify, artifacts, memory:// store."""
+"""Round store: commit protocol, reading back, lineage, training view, verify, artifacts, commit claims;
+on a local path, memory:// and s3:// (moto) through the `store` / `spot` fixtures of conftest.py."""
 from __future__ import annotations
 
+import datetime
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
 from layerloop.storage import schema as S
 from layerloop.storage.errors import CommitConflictError, RoundExistsError, RoundNotFoundError
+from layerloop.storage.lease import CommitClaim, is_takeable, newest_claim
 from layerloop.storage.rounds import COMMITTED, RoundStore
 
 from .helpers import samples, triplet
@@ -19,18 +27,6 @@ def _commit(store: RoundStore, round_: int, n: int = 6, parent=None, prefix=None
     for u in range(units):
         w.write_unit(f"u{u}", samples(f"{prefix or 'r'}{round_}-{u}", per, accepted=lambda i: i % 3 != 2))
     return w, w.commit(w.rows(), {"stage_seconds": {"train": 1.5}})
-
-
-@pytest.fixture(params=["local", "memory"])
-def store(request, tmp_path):
-    if request.param == "local":
-        yield RoundStore(str(tmp_path / "store"))
-        return
-    import fsspec
-
-    uri = f"memory://test-{tmp_path.name}/store"  # an object-store style URL through the same code
-    yield RoundStore(uri)
-    fsspec.filesystem("memory").rm(f"/test-{tmp_path.name}", recursive=True)
 
 
 def test_commit_then_read_back(store):
@@ -121,17 +117,16 @@ def test_commit_refuses_bad_rows(store):
     assert store.committed_rounds() == []
 
 
-def test_verify_finds_tampered_member_and_manifest(tmp_path):
-    store = RoundStore(str(tmp_path))
+def test_verify_finds_tampered_member_and_manifest(store):
     _commit(store, 0)
     shard = store.read(0)[S.SHARD].iloc[0]
-    path = tmp_path / shard
-    data = bytearray(path.read_bytes())
+    path = f"{store.root}/{shard}"
+    data = bytearray(store.fs.cat_file(path))
     data[512 + 20] ^= 0xFF  # inside the first member's payload (right after its header)
-    path.write_bytes(bytes(data))
+    store.fs.pipe_file(path, bytes(data))
     problems = store.verify(0)
     assert len(problems) == 1 and shard in problems[0]
-    (tmp_path / "rounds/round-0000/manifest.parquet").write_bytes(b"garbage")
+    store.fs.pipe_file(f"{store.round_dir(0)}/manifest.parquet", b"garbage")
     assert any("manifest.parquet" in p and "sha256" in p for p in store.verify())
 
 
@@ -182,40 +177,88 @@ def test_manifest_reads_with_pandas_duckdb_and_webdataset(tmp_path):
         assert json.loads(s["json"])["sample_id"] == key
 
 
-def _plant_claim(store: RoundStore, round_: int, **holder):
+def _plant_claim(store: RoundStore, round_: int, lease_left_s: float = 3600.0, **holder):
+    """Round `round_` with one finished unit and generation 1 of its commit claim held by writer "other"."""
     from layerloop.storage.fsutil import put_if_absent
 
     w = store.begin(round_, parent_round=None, adapter_id=None, config={})
     w.write_unit("u0", samples("c", 2))
-    claim = f"{store.round_uri(round_)}/_work/CLAIM"
-    assert put_if_absent(w.fs, claim, json.dumps({"writer": "other", "at": "2026-01-01T00:00:00", **holder}).encode())
+    expires = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=lease_left_s)).isoformat()
+    claim = f"{store.round_dir(round_)}/_work/claims/000001.json"
+    assert put_if_absent(store.fs, claim, json.dumps({"writer": "other", "expires_at": expires, **holder}).encode())
     return w
 
 
-def test_claim_of_a_dead_local_writer_is_taken_over(tmp_path):
-    import socket
-    import subprocess
-    import sys
+def _gone_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
 
-    store = RoundStore(str(tmp_path / "store"))
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    w = _plant_claim(store, 0, host=socket.gethostname(), pid=int(gone.stdout))
-    w.commit(w.rows())  # a kill -9 during commit no longer blocks the resumed run until gc
+
+@pytest.mark.parametrize("holder, lease_left_s", [
+    ("dead-local-pid", 3600.0),   # kill -9 mid-commit, resumed on the same machine: no wait
+    ("other-host", -1.0),         # a writer elsewhere whose lease ran out: the object-store case
+    ("live-pid", -1.0),           # alive but silent past its lease (stalled): its claim ends too
+])
+def test_takeable_claim_is_taken_over_by_the_next_generation(store, holder, lease_left_s):
+    fields = {"dead-local-pid": {"host": socket.gethostname(), "pid": _gone_pid()},
+              "other-host": {"host": "elsewhere.invalid", "pid": 999999},
+              "live-pid": {"host": socket.gethostname(), "pid": os.getppid()}}[holder]
+    w = _plant_claim(store, 0, lease_left_s, **fields)
+    w.commit(w.rows())
     assert store.committed_rounds() == [0]
+    claims = sorted(p.rsplit("/", 1)[1] for p in store.fs.glob(f"{store.round_dir(0)}/_work/claims/*.json"))
+    assert claims == ["000001.json", "000002.json"]  # taken over beside the old claim, never by deleting it
 
 
 @pytest.mark.parametrize("holder", ["live-pid", "other-host", "no-pid"])
-def test_claim_of_a_live_or_remote_writer_still_conflicts(tmp_path, holder):
-    import os
-    import socket
-
-    store = RoundStore(str(tmp_path / "store"))
+def test_claim_within_its_lease_conflicts(store, holder):
     fields = {"live-pid": {"host": socket.gethostname(), "pid": os.getppid()},
               "other-host": {"host": "elsewhere.invalid", "pid": 999999}, "no-pid": {}}[holder]
     w = _plant_claim(store, 0, **fields)
     with pytest.raises(CommitConflictError, match="being committed by writer other"):
         w.commit(w.rows())
     assert store.committed_rounds() == []
+    assert store.gc(grace_s=0) == []  # a live claim is not gc's to remove
+
+
+def test_gc_removes_a_claim_whose_lease_ran_out(store):
+    _plant_claim(store, 0, -1.0, host="elsewhere.invalid", pid=1)
+    removed = store.gc(grace_s=0)
+    assert [p.rsplit("/", 2)[-2:] for p in removed] == [["_work", "claims"]]
+
+
+def _wait_until_takeable(fs, work_dir: str, max_s: float = 120.0) -> None:
+    """Poll until the newest claim under `work_dir` may be taken over (its lease ran out)."""
+    deadline = time.monotonic() + max_s
+    while not is_takeable(newest_claim(fs, work_dir)[1] or {}):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the claim under {work_dir} stayed live for {max_s:.0f} s")
+        time.sleep(0.1)
+
+
+def test_a_writer_that_stalls_past_its_lease_is_fenced_out(store):
+    """The rule itself: B takes over A's expired claim; A, waking, may not publish (check() stops it)."""
+    work = f"{store.round_dir(0)}/_work"
+    a = CommitClaim(store.fs, work, "round 0", writer="A", lease_s=1.0)
+    a.acquire()
+    with pytest.raises(CommitConflictError, match="being committed by writer A"):
+        CommitClaim(store.fs, work, "round 0", writer="B", lease_s=60.0).acquire()
+    _wait_until_takeable(store.fs, work)
+    b = CommitClaim(store.fs, work, "round 0", writer="B", lease_s=60.0)
+    b.acquire()
+    assert b.generation == 2
+    with pytest.raises(CommitConflictError, match="ran \\(nearly\\) out"):
+        a.check()
+    a.expires_at = time.time() + 60.0  # even with time left (skewed clock), the newer generation fences it
+    with pytest.raises(CommitConflictError, match="taken over by writer B"):
+        a.check()
+    b.check()  # the new holder goes on
+
+
+def test_lease_must_be_positive(store):
+    with pytest.raises(ValueError, match="lease_s"):
+        CommitClaim(store.fs, "x", "round 0", lease_s=0)
 
 
 def test_bit_rot_is_named_on_read_and_verify_lists_every_damaged_member(tmp_path, bit_rot):

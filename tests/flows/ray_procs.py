@@ -1,0 +1,74 @@
+"""Processes of a local Ray cluster this test process started: find them by their parentage and title
+(/proc, Linux), kill one worker mid-task, and stop whatever outlives ray.shutdown()."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+
+def _ppid_and_title(pid: int) -> tuple[int, str] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1]), title
+
+
+def descendants(root: int) -> dict[int, str]:
+    """pid -> command line of every live process below `root`."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (info := _ppid_and_title(int(entry.name))) is not None:
+            table[int(entry.name)] = info
+    out: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, title) in table.items():
+            if ppid == parent and pid not in out:
+                out[pid] = title
+                frontier.append(pid)
+    return out
+
+
+def ray_processes(before: set[int]) -> set[int]:
+    """This process's descendants that Ray started: new since `before` (the descendants before ray.init)
+    and running Ray's code (raylet, gcs_server, ray::workers, its dashboard and monitors)."""
+    return {pid for pid, title in descendants(os.getpid()).items()
+            if pid not in before and ("ray::" in title or "/ray/" in title)}
+
+
+def kill_leftovers(pids: set[int]) -> list[int]:
+    """SIGKILL those of `pids` still alive (processes this test started); returns the ones killed."""
+    killed = []
+    for pid in sorted(pids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return killed
+
+
+class WorkerKiller(threading.Thread):
+    """Watches this process's Ray workers and SIGKILLs the first one seen running a task whose title
+    (`ray::<task name>`) is in `titles`; `.victim` is (pid, title) once done."""
+
+    def __init__(self, titles: tuple[str, ...], poll_s: float = 0.02):
+        super().__init__(daemon=True)
+        self.titles, self.poll_s = titles, poll_s
+        self.victim: tuple[int, str] | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.victim is None:
+            for pid, title in descendants(os.getpid()).items():
+                if title.split(" ")[0] in self.titles:
+                    os.kill(pid, signal.SIGKILL)
+                    self.victim = (pid, title)
+                    return
+            time.sleep(self.poll_s)
