@@ -135,7 +135,7 @@ def register(app: typer.Typer) -> None:
 def demo(store: str = typer.Option("demo-store", help="store of the demo (created if missing; a flag, "
                                                       "so it beats store.uri)"),
          inputs: str = typer.Option(".demo", help="where the synthetic seeds and pool are rendered"),
-         rounds: int = typer.Option(3, help="rounds after the seed round (a flag: beats loop.rounds)"),
+         rounds: int = typer.Option(2, help="rounds after the seed round (a flag: beats loop.rounds)"),
          fresh: bool = typer.Option(False, help="delete the demo store first"),
          config: Optional[Path] = CONFIG_OPT) -> None:
     """Tiny world on CPU: synthesize seeds + pool, run seed + N rounds, print the per-round table.
@@ -150,7 +150,7 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
     start = time.perf_counter()
     cfg = load(config, defaults=demo_world.DEMO_SIZES,
                flags=demo_world.demo_flags(store, demo_world.input_paths(inputs), rounds))
-    demo_world.make_inputs(inputs, seed_slice=demo_world.DEMO_SLICE)
+    demo_world.make_inputs(inputs, n_pool=rounds * cfg.loop.pool_per_round, seed_slice=demo_world.DEMO_SLICE)
     if fresh and Path(store).exists():
         shutil.rmtree(store)
     prefect_env()
