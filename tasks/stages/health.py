@@ -24,6 +24,15 @@ def pool_truths(pool_rows) -> dict:
     return out
 
 
+def candidate_truths(store, rows) -> dict:
+    """{candidate sample id: true triplet of the pool item it was decomposed from} for cycle candidates."""
+    from layerloop.storage import schema as S
+
+    truths = pool_truths(store.read_pool())
+    pool_id = {r[S.SAMPLE_ID]: json.loads(r[S.EXTRA_JSON] or "{}").get("pool_id") for r in rows.to_dict("records")}
+    return {sid: truths[pid] for sid, pid in pool_id.items() if pid in truths}
+
+
 def candidate_quality(candidate: dict, truth: dict) -> dict:
     """True PSNR of every layer and the shape IoU of every layer but the background."""
     from layerloop.models.evaluation import score_layers
@@ -38,10 +47,9 @@ def loop_health(cfg, store, writer, rows) -> dict | None:
     from layerloop.tasks.stages.panels import decode
 
     cand = rows[rows[S.SOURCE] == "cycle"]
-    pool_id = {r[S.SAMPLE_ID]: json.loads(r[S.EXTRA_JSON] or "{}").get("pool_id") for r in cand.to_dict("records")}
-    truths = pool_truths(store.read_pool())
-    items = [(row, decode(panels), truths[pool_id[row[S.SAMPLE_ID]]])
-             for row, panels in writer.load_panels(cand) if pool_id.get(row[S.SAMPLE_ID]) in truths]
+    truths = candidate_truths(store, cand)
+    items = [(row, decode(panels), truths[row[S.SAMPLE_ID]])
+             for row, panels in writer.load_panels(cand) if row[S.SAMPLE_ID] in truths]
     if not items:
         return None
     quality = [candidate_quality({k: v for k, v in c.items() if k != "composite"}, t) for _, c, t in items]
