@@ -73,18 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_inputs(args, root: Path) -> dict[str, str]:
     """Seeds from the slice, pool and test from everything (rendered once; reruns reuse them)."""
-    from layerloop.models.synthetic import WorldSlice, write_split
+    from layerloop.tasks.demo import make_inputs as render
 
-    paths = {"seeds": root / "seeds", "pool": root / "pool"}
-    plan = {"seeds": (args.n_seeds, WorldSlice(kinds=tuple(args.kinds))),
-            "pool": (args.pool_per_round * args.rounds, WorldSlice())}
-    for split, (n, where) in plan.items():
-        done = paths[split] / ".complete"
-        if not done.exists() or done.read_text() != f"{n} {where.describe()}":
-            shutil.rmtree(paths[split], ignore_errors=True)
-            write_split(split, n, 32, 0, str(paths[split]), where)
-            done.write_text(f"{n} {where.describe()}")
-    return {k: str(v) for k, v in paths.items()}
+    return render(str(root), n_seeds=args.n_seeds, n_pool=args.pool_per_round * args.rounds, panel_size=32, seed=0,
+                  seed_slice={"kinds": list(args.kinds)})
 
 
 def config(args, seed: int, store: Path, inputs: dict[str, str], variant: str = "both"):
@@ -102,17 +94,16 @@ def _overrides(pairs: list[str]) -> dict:
     """--set SECTION.FIELD=VALUE pairs as a nested dict (values parsed as YAML)."""
     import yaml
 
-    out: dict = {}
+    from layerloop.tasks.config import nest
+
+    items = []
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        path = key.strip().split(".")
+        path = tuple(key.strip().split("."))
         if not sep or len(path) < 2 or not all(path):
             raise SystemExit(f"--set {pair!r}: expected SECTION.FIELD=VALUE")
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = yaml.safe_load(raw)
-    return out
+        items.append((path, yaml.safe_load(raw)))
+    return nest(items)
 
 
 def _base_config(args, seed: int, store: Path, inputs: dict[str, str], variant: str) -> dict:
@@ -135,7 +126,8 @@ def rows_of(cfg, seed: int, control_cfg=None) -> list[dict]:
     """One row per (variant, adapter): held-out overall and per slice, validation, selection rate.
     Control rows come from the loop's own store, or from the separate control pipeline's."""
     from layerloop.tasks import adapter_files
-    from layerloop.tasks.stages.handles import open_store
+    from layerloop.tasks.stages.adapter import EVAL_FILE
+    from layerloop.tasks.stages.handles import PROMOTION_FILE, open_store
     from layerloop.tasks.stages.summary import round_summary
 
     store = open_store(cfg)
@@ -144,9 +136,9 @@ def rows_of(cfg, seed: int, control_cfg=None) -> list[dict]:
     out = []
     for k in range(cfg.loop.rounds + 1):
         control_uri = cstore.adapter_uri(k) if cstore else (store.control_adapter_uri(k) if k else store.adapter_uri(0))
+        promo = adapter_files.read_json(adapter_files.join(store.adapter_uri(k), PROMOTION_FILE)) or {}
         for variant, uri in (("loop", store.adapter_uri(k)), ("control", control_uri)):
-            measured = adapter_files.read_json(adapter_files.join(uri, "heldout.json")) or {}
-            promo = adapter_files.read_json(adapter_files.join(store.adapter_uri(k), "promotion.json")) or {}
+            measured = adapter_files.read_json(adapter_files.join(uri, EVAL_FILE)) or {}
             out.append({"variant": variant, "seed": seed, "round": k, **_prefixed(measured),
                         "selection_rate": table.get(k, {}).get("selection_rate") if variant == "loop" else None,
                         "promoted": promo.get("promoted") if variant == "loop" else None})

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-BACKGROUND = "object"
+from layerloop.models.evaluation import BACKGROUND_LAYER as BACKGROUND
 
 
 def footprint(background: Image.Image, composite: Image.Image, threshold: float, grow: int) -> np.ndarray:

@@ -12,7 +12,6 @@ recomputed on the same held-out split (numpy only).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -39,10 +38,10 @@ def collect(store_uri: str) -> dict:
 
 def _final(adapter_uri: str) -> dict:
     """Held-out means an adapter directory's heldout.json holds ({} when it was not measured)."""
-    path = Path(adapter_uri) / "heldout.json"
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
+    from layerloop.tasks import adapter_files
+    from layerloop.tasks.stages.adapter import EVAL_FILE
+
+    data = adapter_files.read_json(adapter_files.join(adapter_uri, EVAL_FILE)) or {}
     return data.get("heldout") or data.get("metrics") or {}  # "metrics": stores of earlier versions
 
 

@@ -25,6 +25,11 @@ class StoreConfig(BaseModel):
     min_panel_side: int = Field(8, ge=1, description="shortest allowed panel side in pixels")
     max_file_bytes: int = Field(64 * 2**20, ge=1024, description="larger input files are refused unread")
 
+    def writer_options(self) -> dict:
+        """The keyword options RoundStore.begin / begin_pool take from this config."""
+        return {"shard_max_bytes": self.shard_max_bytes, "shard_max_samples": self.shard_max_samples,
+                "claim_lease_s": self.claim_lease_s}
+
     @field_validator("uri")
     @classmethod
     def _non_empty(cls, v: str) -> str:

@@ -270,8 +270,7 @@ def _ingest(path: str, store: Any, cfg: Any, *, kind: str, progress: Progress | 
     layout, items = discover(path, panels)
     _mark_duplicates(items)
     held_out = validation_ids(items, validation_size) if kind == "seeds" else set()
-    opts = dict(shard_max_bytes=cfg.shard_max_bytes, shard_max_samples=cfg.shard_max_samples,
-                claim_lease_s=cfg.claim_lease_s)
+    opts = cfg.writer_options()
     config = {"ingest": kind, "source_path": path, "store": cfg.model_dump(mode="json")}
     if kind == "seeds":
         writer = store.begin(0, parent_round=None, adapter_id=None, config=config, **opts)

@@ -125,9 +125,9 @@ class CommitClaim:
     def release(self) -> None:
         """End our claim now (a commit that stopped, e.g. on a full disk, where a removal still works and a
         write may not): our generation's file goes, so the newest is again the one we took over (takeable)
-        or none, and the next writer, or our retry, claims at once."""
-        if self.holds():
-            self.fs.rm(_path(self.work_dir, self.generation))
+        or none, and the next writer, or our retry, claims at once. Call only while holds() (the caller
+        checks it before undoing anything else)."""
+        self.fs.rm(_path(self.work_dir, self.generation))
 
     def check(self) -> None:
         """Before a write readers could see: we still hold the newest claim, with time left; else stop."""

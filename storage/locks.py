@@ -48,7 +48,10 @@ def _pid_stat(pid: int) -> list[str] | None:
 
 def _pid_started(pid: int) -> str | None:
     """The pid's start time in clock ticks since boot: a reused pid has another one."""
-    fields = _pid_stat(pid)
+    return _started_of(_pid_stat(pid))
+
+
+def _started_of(fields: list[str] | None) -> str | None:
     return fields[19] if fields and len(fields) > 19 else None
 
 
@@ -79,7 +82,7 @@ def holder_is_dead(holder: dict) -> bool:
     if fields and fields[0] == "Z":  # killed, not yet reaped by its parent
         return True
     started = holder.get("pid_started")
-    return started is not None and fields is not None and _pid_started(pid) != started
+    return started is not None and fields is not None and _started_of(fields) != started
 
 
 def describe_holder(holder: dict) -> str:

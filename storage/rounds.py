@@ -262,9 +262,10 @@ class RoundStore:
 
     def validation_view(self):
         """The labeled validation split: round 0's accepted rows held out from training (empty when none)."""
-        if 0 not in self.committed_rounds():
+        try:
+            rows = self.read(0)
+        except RoundNotFoundError:
             return _to_frame(S.empty_table())
-        rows = self.read(0)
         return rows[rows[S.SPLIT] == "validation"].reset_index(drop=True)
 
     def round_info(self, round: int) -> dict:
@@ -473,6 +474,12 @@ class RoundWriter:
         frames = [_to_frame(read_table(self.fs, self._unit_path(u))) for u in self.units()]
         return pd.concat(frames, ignore_index=True) if frames else _to_frame(S.empty_table())
 
+    def unit_rows(self, unit: str):
+        """The rows of one finished unit (empty when it has not finished)."""
+        if not self.unit_done(unit):
+            return _to_frame(S.empty_table())
+        return _to_frame(read_table(self.fs, self._unit_path(unit)))
+
     def load_panels(self, rows) -> Iterator[tuple[dict, dict[str, bytes]]]:
         return self.store.load_panels(rows)
 
@@ -602,7 +609,7 @@ def _referenced_shards(store: RoundStore, d: str, committed: bool) -> set[str]:
         paths = fs.glob(f"{d}/{WORK}/units/*.parquet")
     out: set[str] = set()
     for p in paths:
-        out.update(read_table(fs, p).column(S.SHARD).to_pylist())
+        out.update(read_table(fs, p, columns=[S.SHARD]).column(S.SHARD).to_pylist())
     return {f"{store.root}/{s}" for s in out}
 
 

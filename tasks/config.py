@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -256,8 +256,13 @@ def _env_items(environ: dict[str, str] | None) -> list[tuple[tuple[str, ...], st
 
 def env_overrides(environ: dict[str, str] | None = None) -> dict:
     """`LAYERLOOP__SECTION__FIELD=value` pairs as a nested dict; values parse as YAML scalars/lists."""
+    return nest((path, value) for path, _, value in _env_items(environ))
+
+
+def nest(items: Iterable[tuple[tuple[str, ...], Any]]) -> dict:
+    """(field path, value) pairs as the nested dict a config layer is, e.g. (("loop", "rounds"), 3)."""
     out: dict = {}
-    for path, _, value in _env_items(environ):
+    for path, value in items:
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -326,11 +331,6 @@ def _read_config_file(path: str | os.PathLike) -> tuple[dict, dict[tuple[str, ..
     return data, yaml_lines(text)
 
 
-def read_yaml(path: str | os.PathLike) -> dict:
-    """Read one YAML config file; a missing or malformed file is a ConfigError naming file and line."""
-    return _read_config_file(path)[0]
-
-
 def _paths(data: Any, prefix: tuple = ()) -> set[tuple]:
     """Every field path a nested dict sets (mappings and their leaves)."""
     if not isinstance(data, dict):
@@ -365,7 +365,7 @@ def load_config(path: str | os.PathLike | None = None, *, defaults: dict | None 
     file_data, lines = _read_config_file(path) if path is not None else ({}, {})
     env = _env_items(environ)
     data = deep_merge(defaults or {}, file_data)
-    data = deep_merge(data, env_overrides(environ))
+    data = deep_merge(data, nest((p, value) for p, _, value in env))
     data = deep_merge(data, overrides or {})
     layers = [  # highest precedence first
         ("command-line flag", dict.fromkeys(_paths(overrides or {}), "")),

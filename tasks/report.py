@@ -62,6 +62,7 @@ def gather(store, round: int) -> dict[str, Any]:
 def _round_summary(store, r: int) -> dict[str, Any]:
     s = _schema()
     rows = store.read(r, "all")
+    info = store.round_info(r)
     accepted = rows[rows[s.ACCEPTED].astype(bool)]
     candidates = rows[rows[s.SOURCE] != "seed"]
     n_cand_acc = int(candidates[s.ACCEPTED].astype(bool).sum())
@@ -75,8 +76,8 @@ def _round_summary(store, r: int) -> dict[str, Any]:
         "selection_rate": (n_cand_acc / len(candidates)) if len(candidates) else None,
         "selection_rate_by_source": _rate_by_source(candidates),
         "accepted_by_source": {src: int(n) for src, n in accepted[s.SOURCE].value_counts().items()},
-        "heldout": _heldout(store.round_info(r)),
-        "loop_health": loop_health_of(store.round_info(r)),
+        "heldout": _heldout(info),
+        "loop_health": loop_health_of(info),
     }
 
 

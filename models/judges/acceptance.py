@@ -30,7 +30,6 @@ CYCLE_ERROR_COLUMN = "cycle_error"
 ACCEPTED_COLUMN = "accepted"
 REASON_COLUMN = "reason"
 
-RULES = ("thresholds", "cycle", "review")
 # How each rule's reasons begin: the one place that knows how to tell them apart again.
 _PREFIXES = {"review": ("human review",), "cycle": ("cycle_error",), "thresholds": ("unscored:", "below threshold:")}
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from layerloop.tasks import adapter_files
 from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks.stages.handles import (PROMOTION_FILE, adapter_id, backbone, generator_round, open_store,
-                                            timed)
+                                            sampler_at, timed)
 from layerloop.tasks.stages.panels import decode, decode_trust
 
 METRICS_FILE = "metrics.json"
@@ -134,21 +134,16 @@ def evaluate_adapter(cfg: PipelineConfig, round_: int) -> dict:
 def measure(cfg: PipelineConfig, store, adapter_uri: str) -> dict:
     """{"heldout": overall + per-slice means, "validation": means} of one adapter, cached as heldout.json."""
     uri = adapter_files.join(adapter_uri, EVAL_FILE)
+    validation = store.validation_view()
     key = {"eval_size": cfg.loop.eval_size, "eval_seed": cfg.loop.eval_seed, "v": 2,
-           "validation": sorted(store.validation_view()["sample_id"]), "sample": cfg.sample.model_dump(mode="json")}
+           "validation": sorted(validation["sample_id"]), "sample": cfg.sample.model_dump(mode="json")}
     cached = adapter_files.read_json(uri)
     if cached and cached.get("key") == key:
         return {"cached": True, "heldout": cached["heldout"], "validation": cached["validation"]}
-    smp = _sampler_at(cfg, adapter_uri)
-    result = {"heldout": _heldout(cfg, store, smp), "validation": _validation(store, smp)}
+    smp = sampler_at(cfg, adapter_uri)
+    result = {"heldout": _heldout(cfg, store, smp), "validation": _validation(store, smp, validation)}
     adapter_files.write_json(uri, {"key": key, **result})
     return {"cached": False, **result}
-
-
-def _sampler_at(cfg: PipelineConfig, adapter_uri: str):
-    from layerloop.models.sampler import Sampler
-
-    return Sampler(backbone(cfg), adapter_files.local_dir(adapter_uri), cfg.sample)
 
 
 def _heldout(cfg: PipelineConfig, store, smp) -> dict:
@@ -162,9 +157,8 @@ def _heldout(cfg: PipelineConfig, store, smp) -> dict:
     return flatten_slices(evaluate_decomposition(smp, items, slices=seen_slices(store)))
 
 
-def _validation(store, smp) -> dict:
-    """Means over the labeled validation split ({} when the store has none)."""
-    rows = store.validation_view()
+def _validation(store, smp, rows) -> dict:
+    """Means over the labeled validation split's `rows` ({} when the store has none)."""
     if not len(rows):
         return {}
     from layerloop.models.evaluation import evaluate_decomposition

@@ -131,10 +131,14 @@ def backbone(cfg: PipelineConfig):
 
 def sampler(cfg: PipelineConfig, adapter_round: int, store=None):
     """The shared backbone with adapter `adapter_round` loaded (a remote adapter is fetched to a cache)."""
+    return sampler_at(cfg, (store or open_store(cfg)).adapter_uri(adapter_round))
+
+
+def sampler_at(cfg: PipelineConfig, adapter_uri: str):
+    """The shared backbone with the adapter at `adapter_uri` loaded (e.g. a control adapter)."""
     from layerloop.models.sampler import Sampler
 
-    store = store or open_store(cfg)
-    return Sampler(backbone(cfg), adapter_files.local_dir(store.adapter_uri(adapter_round)), cfg.sample)
+    return Sampler(backbone(cfg), adapter_files.local_dir(adapter_uri), cfg.sample)
 
 
 class RoundWork:
@@ -156,20 +160,14 @@ class RoundWork:
         r = self.round
         return self.store.begin(r, parent_round=r - 1 if r > 0 else None,
                                 adapter_id=adapter_id(self.generator) if r > 0 else None,
-                                config=self.cfg.model_dump(mode="json"),
-                                shard_max_bytes=self.cfg.store.shard_max_bytes,
-                                shard_max_samples=self.cfg.store.shard_max_samples,
-                                claim_lease_s=self.cfg.store.claim_lease_s)
+                                config=self.cfg.model_dump(mode="json"), **self.cfg.store.writer_options())
 
     def sampler(self):
         return sampler(self.cfg, self.generator, self.store)
 
     def unit_rows(self, unit: Unit):
         """The rows the unit has written to the round so far."""
-        from layerloop.storage import schema as S
-
-        rows = self.writer.rows()
-        return rows[rows[S.UNIT] == unit.name]
+        return self.writer.unit_rows(unit.name)
 
     def already_done(self, unit: Unit, out: dict, part: str | None = None) -> bool:
         """True, with `out` saying so, when the unit's output is already in the store: a rerun skips it.

@@ -28,8 +28,9 @@ def candidate_truths(store, rows) -> dict:
     """{candidate sample id: true triplet of the pool item it was decomposed from} for cycle candidates."""
     from layerloop.storage import schema as S
 
-    truths = pool_truths(store.read_pool())
     pool_id = {r[S.SAMPLE_ID]: json.loads(r[S.EXTRA_JSON] or "{}").get("pool_id") for r in rows.to_dict("records")}
+    pool = store.read_pool()
+    truths = pool_truths(pool[pool[S.SAMPLE_ID].isin(set(pool_id.values()))])  # render only the round's items
     return {sid: truths[pid] for sid, pid in pool_id.items() if pid in truths}
 
 

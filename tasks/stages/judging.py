@@ -18,11 +18,15 @@ PART = "judge"
 _JUDGES: dict[tuple, Any] = {}
 
 
-def judge_for(cfg: PipelineConfig, smp):
-    """One judge per process, judge config and adapter: a VLM judge loads its weights once, not per unit."""
-    from layerloop.models.judges.registry import build_judge
+def judge_for(cfg: PipelineConfig, work: RoundWork):
+    """One judge per process and judge config (and adapter, for the judges that decompose with it): a VLM
+    judge loads its weights once, not per unit nor per round."""
+    from layerloop.models.judges.registry import NEEDS_SAMPLER, build_judge
 
-    key = (cfg.judge.model_dump_json(), cfg.sample.model_dump_json(), smp.adapter_dir, id(smp.backbone))
+    # the sampler (re)loads adapter r-1 into the shared backbone that a cached cycle judge uses
+    smp = work.sampler() if cfg.judge.backend in NEEDS_SAMPLER else None
+    key = (cfg.judge.model_dump_json(), cfg.sample.model_dump_json(), smp and smp.adapter_dir,
+           smp and id(smp.backbone))
     if key not in _JUDGES:
         _JUDGES.clear()
         _JUDGES[key] = build_judge(cfg.judge, sampler=smp)
@@ -50,8 +54,7 @@ def judge(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
             rows = rows[rows[S.SAMPLE_ID].isin(again)]
         items = [JudgeItem(sample_id=row[S.SAMPLE_ID], triplet=decode(panels), prompt=str(row[S.PROMPT] or ""))
                  for row, panels in work.writer.load_panels(rows)]
-        # the sampler (re)loads adapter r-1 into the shared backbone that a cached judge uses
-        frame = results_to_frame(judge_for(cfg, work.sampler()).score(items) if items else [])
+        frame = results_to_frame(judge_for(cfg, work).score(items) if items else [])
         frame = frame if before is None else _replace(before, frame)
         work.writer.put_part(PART, unit.name, frame)
         out.update(skipped=False, n=len(items), rejudged=before is not None,
@@ -89,8 +92,9 @@ def stop_if_certain(cfg: PipelineConfig, work: RoundWork) -> None:
     first unit instead of after every retry of every item)."""
     parts = [work.writer.get_part(PART, u) for u in work.writer.units()]
     errors = [e for p in parts if p is not None and len(p) for e in p.loc[_unscored(p), "judge_error"]]
-    # generated candidates + the size of the round's pool slice (consistency.round_pool's length)
-    expected = cfg.loop.candidates_per_round + min(cfg.loop.pool_per_round, len(work.store.read_pool()))
+    from layerloop.tasks.stages.consistency import round_pool
+
+    expected = cfg.loop.candidates_per_round + len(round_pool(work.store, cfg, work.round))
     check_share(cfg, work.round, errors, expected, stage="judging")
 
 

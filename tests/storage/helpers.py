@@ -1,14 +1,34 @@
-"""Builders shared by the storage tests: tiny PNG panels, sample streams, and a corrupt-input corpus."""
+"""Builders shared by the storage tests: tiny PNG panels, sample streams, a corrupt-input corpus, dead pids
+and claim polling."""
 from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
+import time
 import zlib
 
 import numpy as np
 from PIL import Image
 
 from layerloop.storage import schema as S
+from layerloop.storage.lease import is_takeable, newest_claim
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def wait_until_takeable(fs, work_dir: str, max_s: float = 120.0) -> None:
+    """Poll until the newest claim under `work_dir` may be taken over (its lease ran out)."""
+    deadline = time.monotonic() + max_s
+    while not is_takeable(newest_claim(fs, work_dir)[1] or {}):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the claim under {work_dir} stayed live for {max_s:.0f} s")
+        time.sleep(0.1)
 
 
 def png(color=(10, 20, 30), size=(16, 16), noise_seed: int | None = None, mode="RGB") -> bytes:

@@ -6,17 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 
 from layerloop.storage import schema as S
-from layerloop.storage.lease import is_takeable, newest_claim
 from layerloop.storage.rounds import RoundStore
 from layerloop.storage.shards import TMP_PREFIX
 
-from .helpers import samples
+from .helpers import samples, wait_until_takeable
 from .proc_writer import UNITS, begin
 
 SCRIPT = str(Path(__file__).with_name("proc_writer.py"))
@@ -121,15 +119,6 @@ def test_two_processes_commit_the_same_round_exactly_one_wins(spot, tmp_path):
     assert store.verify() == [] and len(store.read(0, "all")) == 3
 
 
-def _wait_until_takeable(store: RoundStore, max_s: float = 120.0) -> None:
-    work = f"{store.round_dir(0)}/_work"
-    deadline = time.monotonic() + max_s
-    while not is_takeable(newest_claim(store.fs, work)[1] or {}):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the claim of round 0 stayed live for {max_s:.0f} s")
-        time.sleep(0.1)
-
-
 def test_claim_of_a_live_but_silent_writer_ends_with_its_lease(spot, tmp_path):
     """A writer elsewhere that stopped renewing (here: alive, waiting) no longer blocks the round once its
     lease has run out; the resumer commits, and the old holder, waking, publishes nothing."""
@@ -139,7 +128,7 @@ def test_claim_of_a_live_but_silent_writer_ends_with_its_lease(spot, tmp_path):
     store = spot.store()
     w = begin(store)
     w.write_unit("unit-resumer", samples("resumer", 2))
-    _wait_until_takeable(store)  # the holder is alive (same host, live pid): only its lease ends the claim
+    wait_until_takeable(store.fs, f"{store.round_dir(0)}/_work")  # the holder is alive (same host, live pid): only its lease ends the claim
     w.commit(w.rows().query("unit == 'unit-resumer'"))
     Path(go).touch()
     said = holder.communicate(timeout=120)[0].strip()

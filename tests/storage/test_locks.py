@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,12 +14,8 @@ from layerloop.storage.errors import StoreLockedError
 from layerloop.storage.locks import RUN_LOCK, HostLock, holder_is_dead, holder_record
 from layerloop.storage.rounds import RoundStore
 
+from .helpers import dead_pid
 from .test_crash import _spawn, _wait_for
-
-
-def _dead_pid() -> int:
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return int(gone.stdout)
 
 
 def _plant(store: RoundStore, **holder) -> Path:
@@ -54,7 +48,7 @@ def test_processes_started_together_exactly_one_holds_the_store(tmp_path):
 
 def test_dead_holder_on_this_host_is_taken_over(tmp_path):
     store = RoundStore(str(tmp_path / "store"))
-    _plant(store, host=socket.gethostname(), pid=_dead_pid())
+    _plant(store, host=socket.gethostname(), pid=dead_pid())
     lock = store.run_lock()
     record = lock.acquire(wait_s=0)
     assert json.loads((Path(store.root) / RUN_LOCK).read_text())["token"] == record["token"]
@@ -64,7 +58,7 @@ def test_dead_holder_on_this_host_is_taken_over(tmp_path):
 
 def test_many_processes_breaking_one_dead_holder_exactly_one_wins(tmp_path):
     uri, go, done = str(tmp_path / "store"), str(tmp_path / "go"), str(tmp_path / "done")
-    _plant(RoundStore(uri), host=socket.gethostname(), pid=_dead_pid())
+    _plant(RoundStore(uri), host=socket.gethostname(), pid=dead_pid())
     kids = [_spawn("runlock", uri, go, done) for _ in range(4)]
     for kid in kids:
         _wait_for(kid, "READY")
@@ -148,7 +142,7 @@ def test_host_lock_dies_with_its_holder(tmp_path):
 def test_holder_liveness_rules():
     me = holder_record()
     assert not holder_is_dead(me)
-    assert holder_is_dead({**me, "pid": _dead_pid()})
+    assert holder_is_dead({**me, "pid": dead_pid()})
     assert holder_is_dead({**me, "pid_started": "1"})  # same pid, other start time: the pid was reused
-    assert not holder_is_dead({**me, "host": "elsewhere.invalid", "pid": _dead_pid()})
+    assert not holder_is_dead({**me, "host": "elsewhere.invalid", "pid": dead_pid()})
     assert not holder_is_dead({"host": socket.gethostname()})

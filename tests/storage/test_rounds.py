@@ -6,18 +6,16 @@ import datetime
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
 from layerloop.storage import schema as S
 from layerloop.storage.errors import CommitConflictError, RoundExistsError, RoundNotFoundError
-from layerloop.storage.lease import CommitClaim, is_takeable, newest_claim
+from layerloop.storage.lease import CommitClaim
 from layerloop.storage.rounds import COMMITTED, RoundStore
 
-from .helpers import samples, triplet
+from .helpers import dead_pid, samples, triplet, wait_until_takeable
 
 
 def _commit(store: RoundStore, round_: int, n: int = 6, parent=None, prefix=None, units=2):
@@ -189,19 +187,13 @@ def _plant_claim(store: RoundStore, round_: int, lease_left_s: float = 3600.0, *
     return w
 
 
-def _gone_pid() -> int:
-    """The pid of a process that has exited (and been reaped)."""
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return int(done.stdout)
-
-
 @pytest.mark.parametrize("holder, lease_left_s", [
     ("dead-local-pid", 3600.0),   # kill -9 mid-commit, resumed on the same machine: no wait
     ("other-host", -1.0),         # a writer elsewhere whose lease ran out: the object-store case
     ("live-pid", -1.0),           # alive but silent past its lease (stalled): its claim ends too
 ])
 def test_takeable_claim_is_taken_over_by_the_next_generation(store, holder, lease_left_s):
-    fields = {"dead-local-pid": {"host": socket.gethostname(), "pid": _gone_pid()},
+    fields = {"dead-local-pid": {"host": socket.gethostname(), "pid": dead_pid()},
               "other-host": {"host": "elsewhere.invalid", "pid": 999999},
               "live-pid": {"host": socket.gethostname(), "pid": os.getppid()}}[holder]
     w = _plant_claim(store, 0, lease_left_s, **fields)
@@ -228,15 +220,6 @@ def test_gc_removes_a_claim_whose_lease_ran_out(store):
     assert [p.rsplit("/", 2)[-2:] for p in removed] == [["_work", "claims"]]
 
 
-def _wait_until_takeable(fs, work_dir: str, max_s: float = 120.0) -> None:
-    """Poll until the newest claim under `work_dir` may be taken over (its lease ran out)."""
-    deadline = time.monotonic() + max_s
-    while not is_takeable(newest_claim(fs, work_dir)[1] or {}):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the claim under {work_dir} stayed live for {max_s:.0f} s")
-        time.sleep(0.1)
-
-
 def test_a_writer_that_stalls_past_its_lease_is_fenced_out(store):
     """The rule itself: B takes over A's expired claim; A, waking, may not publish (check() stops it)."""
     work = f"{store.round_dir(0)}/_work"
@@ -244,7 +227,7 @@ def test_a_writer_that_stalls_past_its_lease_is_fenced_out(store):
     a.acquire()
     with pytest.raises(CommitConflictError, match="being committed by writer A"):
         CommitClaim(store.fs, work, "round 0", writer="B", lease_s=60.0).acquire()
-    _wait_until_takeable(store.fs, work)
+    wait_until_takeable(store.fs, work)
     b = CommitClaim(store.fs, work, "round 0", writer="B", lease_s=60.0)
     b.acquire()
     assert b.generation == 2
