@@ -70,7 +70,7 @@ def improve_round(cfg: PipelineConfig, round_: int) -> dict:
     n_pool = len(round_pool(open_store(cfg), cfg, round_))
     gen_units = units("gen", cfg.loop.candidates_per_round, cfg.loop.batch_size)
     pool_units = units("pool", n_pool, cfg.loop.batch_size)
-    progress = publish.Progress(round_, 3 * len(gen_units) + 2 * len(pool_units))
+    progress = publish.Progress(round_, 3 * len(gen_units) + 2 * len(pool_units), executor.run_units)
     with executor.gpu_guard(cfg):
         trained = executor.call(with_retries(train_adapter_task, cfg), cfg, cfg, round_ - 1)
         measured = executor.call(with_retries(evaluate_adapter_task, cfg), cfg, cfg, round_ - 1)

@@ -14,21 +14,21 @@ TABLE_KEY = "selection-rate"
 class Progress:
     """A progress artifact per round, advanced after every finished unit of generate/judge/cycle.
 
-    A stage's units run through tasks/executor.run_units (in order, or fanned out on Ray).
+    `run_units` runs a stage's units (tasks/executor.run_units: in order, or fanned out on Ray). Passed in,
+    not imported: the executor imports the gpu guard, which imports this module.
     """
 
-    def __init__(self, round_: int, total_units: int):
+    def __init__(self, round_: int, total_units: int, run_units: Callable):
         from prefect.artifacts import create_progress_artifact
 
         self.round, self.total, self.done = round_, max(1, total_units), 0
+        self.run_units = run_units
         self.id = create_progress_artifact(progress=0.0, key=f"round-{round_:04d}-progress",
                                            description=f"round {round_}: generate, judge and cycle units")
 
     def run(self, task_fn: Callable, cfg: PipelineConfig, round_: int, units: list[Unit]) -> list[dict]:
         """Run the task once per unit and tick the progress artifact as units finish."""
-        from layerloop.tasks.executor import run_units  # the executor's gpu guard imports this module
-
-        return run_units(task_fn, cfg, round_, units, on_done=self.tick)
+        return self.run_units(task_fn, cfg, round_, units, on_done=self.tick)
 
     def tick(self) -> None:
         """One more unit finished."""

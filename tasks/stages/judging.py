@@ -92,9 +92,9 @@ def stop_if_certain(cfg: PipelineConfig, work: RoundWork) -> None:
     first unit instead of after every retry of every item)."""
     parts = [work.writer.get_part(PART, u) for u in work.writer.units()]
     errors = [e for p in parts if p is not None and len(p) for e in p.loc[_unscored(p), "judge_error"]]
-    from layerloop.tasks.stages.consistency import round_pool
-
-    expected = cfg.loop.candidates_per_round + len(round_pool(work.store, cfg, work.round))
+    # generated candidates + the size of the round's pool slice (consistency.round_pool's length; not
+    # imported: consistency imports this module)
+    expected = cfg.loop.candidates_per_round + min(cfg.loop.pool_per_round, len(work.store.read_pool()))
     check_share(cfg, work.round, errors, expected, stage="judging")
 
 
