@@ -38,9 +38,13 @@ class Sampler:
             else:
                 unload_adapter(backbone)
 
-    def decompose(self, composites: Sequence[Image.Image]) -> list[dict[str, Image.Image]]:
-        """Composite -> its layers (tau_D); returns only the layer panels."""
-        triplets = self.run("decompose", [{COMPOSITE: c} for c in composites])
+    def decompose(self, composites: Sequence[Image.Image], draw: int = 0) -> list[dict[str, Image.Image]]:
+        """Composite -> its layers (tau_D); returns only the layer panels.
+
+        `draw` k > 0 starts every item from another noise (k draws of the same item are independent
+        samples of its decomposition: models/anchoring.consensus averages them).
+        """
+        triplets = self.run("decompose", [{COMPOSITE: c} for c in composites], draw=draw)
         return [{k: t[k] for k in self.backbone.schema.layers} for t in triplets]
 
     def synthesize(self, layers: Sequence[Mapping[str, Image.Image]]) -> list[Image.Image]:
@@ -54,8 +58,10 @@ class Sampler:
         return self.run("generate", [{} for _ in prompts], captions=list(prompts))
 
     def run(self, task: str, items: Sequence[Mapping[str, Image.Image]],
-            captions: Sequence[str] | None = None) -> list[dict[str, Image.Image]]:
+            captions: Sequence[str] | None = None, draw: int = 0) -> list[dict[str, Image.Image]]:
         """Any task over items holding exactly the task's given panels; returns full triplets, batched."""
+        if draw < 0:
+            raise ValueError(f"draw must be >= 0; got {draw}")
         if captions is not None and len(captions) != len(items):
             raise ValueError(f"{len(captions)} captions for {len(items)} items")
         prepared = [self._prepare(task, item, i) for i, item in enumerate(items)]
@@ -63,7 +69,7 @@ class Sampler:
         for start in range(0, len(prepared), self.cfg.batch_size):
             chunk = prepared[start:start + self.cfg.batch_size]
             caps = captions[start:start + len(chunk)] if captions is not None else [None] * len(chunk)
-            out.extend(self._run_batch(task, chunk, caps))
+            out.extend(self._run_batch(task, chunk, caps, draw))
         return out
 
     # ------------------------------------------------------------------ internals
@@ -81,13 +87,13 @@ class Sampler:
         panels = {k: _fit(im, size) for k, im in item.items()}
         return {"given": dict(item), "panels": panels, "side": side}
 
-    def _run_batch(self, task: str, chunk: list[dict], captions: Sequence[str | None]) -> list[dict]:
+    def _run_batch(self, task: str, chunk: list[dict], captions: Sequence[str | None], draw: int) -> list[dict]:
         import torch
 
         bb, schema, size = self.backbone, self.backbone.schema, self.backbone.panel_size
         grids = [make_grid(fill_missing(c["panels"], schema, size), schema) for c in chunk]
         embeds = [bb.task_embeddings(task, cap) for cap in captions]
-        generators = [self._generator(task, g, cap) for g, cap in zip(grids, captions)]
+        generators = [self._generator(task, g, cap, draw) for g, cap in zip(grids, captions)]
         width, height = bb.grid_size
         with bb.lock, compiled_blocks(bb.transformer, self.cfg.compile_blocks):
             result = bb.pipeline()(
@@ -121,11 +127,13 @@ class Sampler:
         out.update({name: im.convert("RGB") for name, im in item["given"].items()})
         return {name: out[name] for name in self.backbone.schema.panels}
 
-    def _generator(self, task: str, grid: Image.Image, caption: str | None):
-        """A CPU generator seeded from the config seed and the item's content (same input -> same noise)."""
+    def _generator(self, task: str, grid: Image.Image, caption: str | None, draw: int = 0):
+        """A CPU generator seeded from the config seed, the draw and the item's content (same input -> same noise)."""
         import torch
 
-        h = hashlib.sha256(f"{self.cfg.seed}|{task}|{caption or ''}|".encode())
+        # draw 0 keeps the historical key, so existing stores' samples stay reproducible
+        key = f"{self.cfg.seed}|{task}|{caption or ''}|" + (f"draw{draw}|" if draw else "")
+        h = hashlib.sha256(key.encode())
         h.update(grid.tobytes())
         return torch.Generator().manual_seed(int.from_bytes(h.digest()[:8], "little") & (2**63 - 1))
 

@@ -117,6 +117,14 @@ class LoopConfig(BaseModel):
         64.0, ge=0, le=255, description="anchored targets: a pixel the model's object departs from the composite "
                                         "by more than this (0-255, max over channels) is the logo's footprint")
     anchor_grow: int = Field(1, ge=0, le=8, description="anchored targets: pixels the footprint is grown by")
+    consensus_draws: int = Field(
+        6, ge=1, le=32, description="decompositions of every pool composite, each from its own noise; with more "
+                                    "than 1 the candidate's layers are their per-pixel mean (the consensus), which "
+                                    "beats any single draw against the truth")
+    consensus_trust: float = Field(
+        0.5, ge=0, le=1, description="anchored targets: trust of every pixel of the consensus logo (the mean of "
+                                     "the draws); 0 = the logo of a pool sample is never a target. A single "
+                                     "draw's logo (consensus_draws 1) is never trusted")
     validation_size: int = Field(
         10, ge=0, description="labeled seeds held out of training as the validation split (chosen by id hash "
                               "when round 0 is ingested, at most a fifth of them; fixed from then on)")

@@ -60,13 +60,51 @@ def test_pseudo_labels_train_decomposition_only_with_their_trust(recipe_cfg):
     data = training_set(store, every)
     assert data["tasks"] == [("decompose",)] * 2 and data["labeled"] == [False, False]
     for trust, trip in zip(data["trust"], data["triplets"]):
-        assert set(trust) == {"logo", "object"} and trust["logo"].max() == 0.0
+        # the default: the logo is a consensus of several draws, trusted loop.consensus_trust everywhere
+        assert set(trust) == {"logo", "object"}
+        assert np.abs(trust["logo"] - recipe_cfg.loop.consensus_trust).max() <= 1 / 255
         comp, obj = np.asarray(trip["composite"]), np.asarray(trip["object"])
         real = trust["object"] == 1.0
         assert real.any() and np.array_equal(comp[real], obj[real])  # trusted pixels are the real composite
     seeds = training_set(store, store.training_view(up_to=0).head(2))
     assert seeds["tasks"] == [None, None] and seeds["labeled"] == [True, True] and seeds["trust"] == [None, None]
     assert set(store.read(0)[S.SPLIT]) == {"train", "validation"}
+
+
+def test_consensus_pool_targets_are_the_mean_of_the_draws_with_a_trusted_logo(recipe_cfg):
+    from layerloop.models.anchoring import anchor, consensus
+    from layerloop.storage import schema as S
+    from layerloop.tasks.stages.consistency import round_pool
+    from layerloop.tasks.stages.handles import sampler
+    from layerloop.tasks.stages.panels import decode
+
+    loop = recipe_cfg.loop.model_copy(update={"train_final": False, "control": False, "consensus_draws": 3,
+                                              "consensus_trust": 0.5})
+    cfg = recipe_cfg.model_copy(update={"loop": loop})
+    run_loop(cfg, log=lambda m: None)
+    store = open_store(cfg)
+    rows = store.read(1, "all")
+    data = training_set(store, rows)
+    assert data["tasks"] == [("decompose",)] * 2
+    assert all(np.abs(t["logo"] - 0.5).max() <= 1 / 255 for t in data["trust"])
+    # the stored layers are the anchored mean of the three draws the seed adapter makes
+    pool = round_pool(store, cfg, 1)
+    composite = decode(next(iter(store.load_panels(pool.head(1))))[1])["composite"]
+    smp = sampler(cfg, 0, store)
+    by_hand = anchor(composite, consensus([smp.decompose([composite], draw=d)[0] for d in range(3)]))[0]
+    pool_ids = [json.loads(r[S.EXTRA_JSON])["pool_id"] for r in rows.to_dict("records")]
+    stored = data["triplets"][pool_ids.index(pool.iloc[0][S.SAMPLE_ID])]
+    for layer in ("logo", "object"):
+        assert np.abs(np.asarray(stored[layer], float) - np.asarray(by_hand[layer], float)).max() <= 3.0
+
+
+def test_a_single_draw_logo_is_never_trusted(recipe_cfg):
+    loop = recipe_cfg.loop.model_copy(update={"train_final": False, "control": False, "consensus_draws": 1,
+                                              "consensus_trust": 0.5})
+    cfg = recipe_cfg.model_copy(update={"loop": loop})
+    run_loop(cfg, log=lambda m: None)
+    store = open_store(cfg)
+    assert all(t["logo"].max() == 0.0 for t in training_set(store, store.read(1, "all"))["trust"])
 
 
 def test_seen_slice_comes_from_the_seeds_recorded_slice(recipe_cfg):

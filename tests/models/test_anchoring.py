@@ -47,3 +47,29 @@ def test_trust_maps_survive_the_png_round_trip():
     assert np.array_equal(trust_from_image(trust_to_image(t)), t)
     with pytest.raises(ValueError):
         trust_to_image(np.full((2, 2), 2.0))
+
+
+def test_consensus_is_the_mean_of_the_draws():
+    from layerloop.models.anchoring import consensus
+
+    white = np.full((8, 8, 3), 255, np.uint8)
+    a, b = white.copy(), white.copy()
+    a[2:4, 2:4] = 0  # one draw paints a patch the other does not: it fades, the agreed white stays
+    got = np.asarray(consensus([{"logo": _img(a)}, {"logo": _img(b)}])["logo"])
+    assert (got[2:4, 2:4] == 128).all() and (got[4:, 4:] == 255).all()
+    with pytest.raises(ValueError, match="at least 2"):
+        consensus([{"logo": _img(a)}])
+    with pytest.raises(ValueError, match="same layers"):
+        consensus([{"logo": _img(a)}, {"object": _img(b)}])
+
+
+def test_a_foreground_trust_map_replaces_the_zero_logo_trust_and_is_checked():
+    comp, smooth = _scene()
+    layers = {"logo": _img(np.full_like(comp, 255)), "object": _img(smooth)}
+    given = np.full((16, 16), 0.4, np.float32)
+    _, trust = anchor(_img(comp), layers, threshold=64, grow=0, foreground_trust={"logo": given})
+    assert np.array_equal(trust["logo"], given) and trust["object"][0, 0] == 1.0
+    with pytest.raises(ValueError, match="foreground"):
+        anchor(_img(comp), layers, foreground_trust={"object": given})
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        anchor(_img(comp), layers, foreground_trust={"logo": given * 3})

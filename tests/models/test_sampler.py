@@ -61,10 +61,20 @@ def test_deterministic_and_batch_independent(sampler, tiny_backbone):
     assert np.abs(_arr(other_seed["logo"]) - _arr(first[0]["logo"])).mean() > 1.0
 
 
+def test_draws_are_other_samples_of_the_same_item_and_reproducible(sampler):
+    comps = [_img(10), _img(11)]
+    first = sampler.decompose(comps)
+    draw1, again = sampler.decompose(comps, draw=1), sampler.decompose(comps, draw=1)
+    assert np.abs(_arr(draw1[0]["logo"]) - _arr(first[0]["logo"])).mean() > 1.0
+    assert np.abs(_arr(draw1[1]["logo"]) - _arr(again[1]["logo"])).max() <= 2.0
+    with pytest.raises(ValueError, match="draw"):
+        sampler.decompose(comps, draw=-1)
+
+
 class _FixedNoise(Sampler):
     """The same start noise for every item, whatever its caption: only the text conditioning can differ."""
 
-    def _generator(self, task, grid, caption):
+    def _generator(self, task, grid, caption, draw=0):
         import torch
 
         return torch.Generator().manual_seed(0)
