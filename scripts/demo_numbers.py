@@ -78,10 +78,15 @@ def sentence(data: dict) -> str:
 
 
 def _against_control(final: dict, control: dict) -> str:
-    """The final adapter against its matched-compute control, per slice, when the demo trained one."""
-    parts = [f"{where} {final[k]:.2f} vs {control[k]:.2f} dB" for where, k in
-             (("unseen kinds", "psnr_object@unseen"), ("seen kinds", "psnr_object@seen")) if k in final and k in control]
-    return "; final object PSNR against its control (same steps, seeds only): " + ", ".join(parts) if parts else ""
+    """The final adapter against its matched-compute control, per layer and slice, when the demo trained one."""
+    layers = []
+    for layer in ("object", "logo"):
+        parts = [f"{where} {final[k]:.2f} vs {control[k]:.2f} dB" for where, k in
+                 (("unseen kinds", f"psnr_{layer}@unseen"), ("seen kinds", f"psnr_{layer}@seen"))
+                 if k in final and k in control]
+        if parts:
+            layers.append(f"{layer} " + ", ".join(parts))
+    return "; final PSNR against its control (same steps, seeds only): " + "; ".join(layers) if layers else ""
 
 
 def table(data: dict) -> str:

@@ -50,12 +50,18 @@ def test_one_round_of_the_recipe_records_what_it_measured(recipe_cfg):
     assert rows[-1]["round"] == 1 and "validation_psnr_object" in rows[-1]
 
 
+def _one_round(recipe_cfg, **loop):
+    """Round 1 of the recipe without control or final adapter, `loop` fields overridden: (cfg, store)."""
+    cfg = recipe_cfg.model_copy(update={"loop": recipe_cfg.loop.model_copy(
+        update={"train_final": False, "control": False, **loop})})
+    run_loop(cfg, log=lambda m: None)
+    return cfg, open_store(cfg)
+
+
 def test_pseudo_labels_train_decomposition_only_with_their_trust(recipe_cfg):
     from layerloop.storage import schema as S
 
-    run_loop(recipe_cfg.model_copy(update={"loop": recipe_cfg.loop.model_copy(
-        update={"train_final": False, "control": False})}), log=lambda m: None)
-    store = open_store(recipe_cfg)
+    _, store = _one_round(recipe_cfg)
     every = store.read(1, "all")
     data = training_set(store, every)
     assert data["tasks"] == [("decompose",)] * 2 and data["labeled"] == [False, False]
@@ -78,11 +84,7 @@ def test_consensus_pool_targets_are_the_mean_of_the_draws_with_a_trusted_logo(re
     from layerloop.tasks.stages.handles import sampler
     from layerloop.tasks.stages.panels import decode
 
-    loop = recipe_cfg.loop.model_copy(update={"train_final": False, "control": False, "consensus_draws": 3,
-                                              "consensus_trust": 0.5})
-    cfg = recipe_cfg.model_copy(update={"loop": loop})
-    run_loop(cfg, log=lambda m: None)
-    store = open_store(cfg)
+    cfg, store = _one_round(recipe_cfg, consensus_draws=3, consensus_trust=0.5)
     rows = store.read(1, "all")
     data = training_set(store, rows)
     assert data["tasks"] == [("decompose",)] * 2
@@ -99,11 +101,7 @@ def test_consensus_pool_targets_are_the_mean_of_the_draws_with_a_trusted_logo(re
 
 
 def test_a_single_draw_logo_is_never_trusted(recipe_cfg):
-    loop = recipe_cfg.loop.model_copy(update={"train_final": False, "control": False, "consensus_draws": 1,
-                                              "consensus_trust": 0.5})
-    cfg = recipe_cfg.model_copy(update={"loop": loop})
-    run_loop(cfg, log=lambda m: None)
-    store = open_store(cfg)
+    _, store = _one_round(recipe_cfg, consensus_draws=1, consensus_trust=0.5)
     assert all(t["logo"].max() == 0.0 for t in training_set(store, store.read(1, "all"))["trust"])
 
 

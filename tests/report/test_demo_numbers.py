@@ -68,3 +68,12 @@ def test_write_fills_only_the_marked_block(demo_store, tmp_path):
     with pytest.raises(SystemExit, match="no <!-- demo-numbers -->"):
         _script().main([demo_store.uri, "--write", str(unmarked)])
     assert unmarked.read_text() == "no markers\n"
+
+
+def test_the_final_adapter_is_quoted_against_its_control_per_layer_and_slice():
+    final = {"psnr_object@unseen": 24.79, "psnr_object@seen": 24.44, "psnr_logo@unseen": 12.06}
+    control = {"psnr_object@unseen": 23.34, "psnr_object@seen": 23.70, "psnr_logo@unseen": 11.25}
+    text = _script()._against_control(final, control)
+    assert "object unseen kinds 24.79 vs 23.34 dB, seen kinds 24.44 vs 23.70 dB" in text
+    assert "logo unseen kinds 12.06 vs 11.25 dB" in text and "logo seen" not in text
+    assert _script()._against_control(final, {}) == ""
