@@ -73,10 +73,10 @@ def summarize(layers, scores, truths) -> dict[str, tuple[float, float, float]]:
     n, idx = scores.shape[1], np.arange(scores.shape[1])
     means = [consensus([draw[i] for draw in layers]) for i in range(n)]
     pick = {"best by cycle error": scores[:, :, 3].argmin(0), "oracle best logo": scores[:, :, 0].argmax(0)}
+    mean_scores = [(psnr(m["logo"], t["logo"]), shape_iou(m["logo"], t["logo"]), psnr(m["object"], t["object"]))
+                   for m, t in zip(means, truths)]
     out = {"first draw": tuple(scores[0, :, :3].mean(0)), "random draw": tuple(scores[:, :, :3].mean((0, 1))),
-           "consensus (mean of draws)": tuple(np.mean([(psnr(m["logo"], t["logo"]), shape_iou(m["logo"], t["logo"]),
-                                                         psnr(m["object"], t["object"])) for m, t in zip(means, truths)],
-                                                       axis=0))}
+           "consensus (mean of draws)": tuple(np.mean(mean_scores, axis=0))}
     out.update({name: tuple(scores[which, idx, :3].mean(0)) for name, which in pick.items()})
     return {k: tuple(float(v) for v in vals) for k, vals in out.items()}
 
