@@ -8,14 +8,16 @@ seed it prints, per adapter, held-out PSNR and logo-shape IoU on the slice the s
 the rest ("unseen"), the validation split's PSNR, the selection rate of the round the adapter's data came
 from, and loop minus control; then the verdicts of issue 11 against the spread over seeds.
 
-    python bench/loop.py                       # CPU: 2 seeds x 3 rounds (~45 min on 2 idle cores, see below)
+    python bench/loop.py                       # CPU: 2 seeds x 3 rounds (timing below)
     python bench/loop.py --gpu-scale           # GPU: 8 rounds x 512 pool candidates, bigger sampler batches
     python bench/loop.py --quick               # seconds: checks the script end to end
     python bench/loop.py --json rows.json      # one row per (variant loop|control, seed, adapter)
 
-Timing: with one draw per pool composite the CPU default took under 45 minutes on 2 idle cores; the consensus
-(loop.consensus_draws 6, the default) adds about a minute per round and seed, and was not re-timed from scratch
-(one seed, 5 rounds, 1 thread: 37 min).
+Timing: with one draw per pool composite the CPU default took about 40 min per seed on 2 cores shared with
+other work (docs/loop.md); the consensus (loop.consensus_draws 6, the default) adds about a minute per round
+and seed and was not re-timed from scratch at this size (one seed, 5 rounds, 1 thread: 37 min). Run the seeds
+as two processes (--seeds 0, --seeds 1, --threads 1, one --work) to use both cores, then once more with
+--seeds 0 1 to print the joint table from the finished stores.
 
 With --separate-control the control is its own pipeline (no pool: every round accepts nothing, so each
 adapter gets the same steps on the labeled seeds alone) in its own store, so that `--only loop` and
