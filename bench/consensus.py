@@ -18,12 +18,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("store", help="a store written by bench/loop.py (its config and inputs are reused)")
+    p.add_argument("store", help="a store written by bench/loop.py (round 1's saved config is reused)")
     p.add_argument("--n", type=int, default=64, help="pool composites of round 1 to decompose")
     p.add_argument("--draws", type=int, default=6)
     p.add_argument("--adapter", type=int, default=0, help="the adapter round that decomposes")
@@ -84,8 +83,8 @@ def summarize(layers, scores, truths) -> dict[str, tuple[float, float, float]]:
 def main(argv=None) -> dict:
     import torch
 
-    from loop import config, make_inputs, parse_args as loop_args
-
+    from layerloop.storage.rounds import RoundStore
+    from layerloop.tasks.config import deep_merge, validate_config
     from layerloop.tasks.stages.handles import open_store, sampler
 
     args = parse_args(argv)
@@ -93,9 +92,9 @@ def main(argv=None) -> dict:
     store_dir = Path(args.store)
     if not store_dir.is_dir():
         raise SystemExit(f"store {store_dir} does not exist: run bench/loop.py first")
-    seed = int(store_dir.name.rsplit("seed", 1)[-1]) if "seed" in store_dir.name else 0
-    largs = loop_args([])
-    cfg = config(largs, seed, store_dir, make_inputs(largs, store_dir.parent))
+    # round 1's own config (its sampler seed, model and pool slice), pointed at where the store is now
+    saved = RoundStore(str(store_dir)).round_info(1)["config"]
+    cfg = validate_config(deep_merge(saved, {"store": {"uri": str(store_dir)}}), source=f"{store_dir} round 1")
     store = open_store(cfg)
     composites, truths = pool_items(cfg, store, args.n)
     layers, scores = draw_scores(sampler(cfg, args.adapter, store), composites, truths, args.draws)
