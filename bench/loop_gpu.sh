@@ -5,6 +5,8 @@
 # same machine resumes from the stores under WORK. Extra arguments go to every bench/loop.py call.
 #   bench/loop_gpu.sh                                  # 8 rounds x 512 pool candidates, seed 0
 #   VARIANTS="keepall:thresholds.overall=0" LIMIT=300 OUT=/tmp/out bench/loop_gpu.sh
+#   CONTROL=0 bench/loop_gpu.sh                        # the control's store was filled elsewhere (e.g. on CPU:
+#                                                      # it trains on the seeds alone) and travelled under WORK
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-loop-gpu-out}
@@ -12,7 +14,9 @@ LIMIT=${LIMIT:-420}
 mkdir -p "$OUT"
 ARGS=(--gpu-scale --separate-control --seeds 0 --threads 4 --work "${WORK:-bench-loop-gpu-work}" "$@")
 python3 bench/loop.py "${ARGS[@]}" --report-only > /dev/null  # renders the inputs once, before any starts
-PYTHONUNBUFFERED=1 timeout "$LIMIT" python3 bench/loop.py "${ARGS[@]}" --only control > "$OUT/control.log" 2>&1 &
+if [ "${CONTROL:-1}" = 1 ]; then
+  PYTHONUNBUFFERED=1 timeout "$LIMIT" python3 bench/loop.py "${ARGS[@]}" --only control > "$OUT/control.log" 2>&1 &
+fi
 PYTHONUNBUFFERED=1 timeout "$LIMIT" python3 bench/loop.py "${ARGS[@]}" --only loop > "$OUT/loop.log" 2>&1 &
 for v in ${VARIANTS:-}; do  # name:field=value[,field=value...]
   sets=(); IFS=, read -ra pairs <<< "${v#*:}"; for p in "${pairs[@]}"; do sets+=(--set "$p"); done
