@@ -116,7 +116,8 @@ class TrainConfig(_Section):
     anchor_fraction: float = Field(
         0.75, ge=0, le=1, description="share of every batch drawn from human-labeled triplets when pseudo-labels "
                                      "are in the training set too (self-training drifts unless real data stays in); "
-                                     "rounded to whole samples: at batch 4, 0.75 and 0.85 both mean 3 of 4")
+                                     "honoured over the run when it is not a whole number of samples (at batch 4, "
+                                     "0.875 gives 3 and 4 labeled samples in turn); at least one per batch")
     checkpoint_every: int = Field(100, ge=1)
     continue_from_previous: bool = True
     compile_blocks: bool = Field(

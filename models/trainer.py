@@ -320,6 +320,15 @@ class _Batch:
     x_t: Any
 
 
+def labeled_positions(anchor_fraction: float, batch_size: int, step: int) -> tuple[int, int]:
+    """[start, stop) of step's labeled samples in the labeled stream: anchor_fraction * batch_size per step
+    on average (exact fractions, so 0.75 at batch 4 is 3 every step), never fewer than one."""
+    from fractions import Fraction
+
+    share = min(Fraction(batch_size), max(Fraction(1), Fraction(anchor_fraction).limit_denominator(10**6) * batch_size))
+    return int(share * step), int(share * (step + 1))
+
+
 class CycleTrainer:
     """Holds the model, data cache and optimizer; `step(k)` runs training step k deterministically."""
 
@@ -341,22 +350,24 @@ class CycleTrainer:
         """Epoch-wise shuffled indices; with labeled and unlabeled triplets, anchor_fraction from the labeled.
 
         Two independent epoch streams keep human-labeled data in every batch however many pseudo-labels
-        accumulate (self-training drifts unless real data stays in each step).
+        accumulate (self-training drifts unless real data stays in each step). A share that is not a whole
+        number of samples is honoured over the run: at batch 4, 0.875 gives 3 and 4 labeled samples in turn.
         """
         lab, bs = self.cache.labeled, self.cfg.batch_size
         if not lab or self.cfg.anchor_fraction <= 0 or all(lab) or not any(lab):
-            return self._epoch_stream(list(range(self.n)), step, bs, salt=-2)
-        n_lab = max(1, min(bs, round(self.cfg.anchor_fraction * bs)))
+            return self._epoch_stream(list(range(self.n)), step * bs, bs, salt=-2)
+        start, stop = labeled_positions(self.cfg.anchor_fraction, bs, step)
         labeled = [i for i in range(self.n) if lab[i]]
         others = [i for i in range(self.n) if not lab[i]]
-        picked = self._epoch_stream(labeled, step, n_lab, salt=-2)
-        return picked + (self._epoch_stream(others, step, bs - n_lab, salt=-(1 << 40)) if bs > n_lab else [])
+        picked = self._epoch_stream(labeled, start, stop - start, salt=-2)
+        n_other = bs - (stop - start)
+        return picked + (self._epoch_stream(others, step * bs - start, n_other, salt=-(1 << 40)) if n_other else [])
 
-    def _epoch_stream(self, members: list[int], step: int, count: int, salt: int) -> list[int]:
-        """Items step*count .. step*count+count of the concatenated per-epoch permutations of `members`."""
+    def _epoch_stream(self, members: list[int], start: int, count: int, salt: int) -> list[int]:
+        """Items start .. start+count of the concatenated per-epoch permutations of `members`."""
         import torch
 
-        n, out, pos = len(members), [], step * count
+        n, out, pos = len(members), [], start
         while len(out) < count:
             epoch, offset = divmod(pos, n)
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(self.cfg.seed, salt - epoch)))

@@ -362,6 +362,22 @@ def test_anchor_fraction_keeps_labeled_triplets_in_every_batch(trainer):
     assert sorted(trainer.batch_indices(0)) == [0, 1, 2, 3]  # plain epochs over everything
 
 
+def test_a_fractional_anchor_share_is_honoured_over_the_run(trainer):
+    from layerloop.models.trainer import add_item_options, labeled_positions
+
+    labeled = [True, True, False, False]
+    add_item_options(trainer.cache, trainer.codec, labeled=labeled)
+    trainer.cfg = trainer.cfg.model_copy(update={"batch_size": 4, "anchor_fraction": 0.875})
+    batches = [trainer.batch_indices(step) for step in range(8)]
+    assert [sum(labeled[i] for i in b) for b in batches] == [3, 4] * 4  # 3.5 labeled per batch on average
+    assert all(len(b) == 4 for b in batches)
+    labeled_seen = [i for b in batches for i in b if labeled[i]]
+    assert [labeled_seen[:14].count(i) for i in (0, 1)] == [7, 7]  # one epoch stream, nothing skipped
+    # whole shares are exact every step; below one sample per batch, one is kept
+    assert [labeled_positions(0.75, 4, k) for k in range(3)] == [(0, 3), (3, 6), (6, 9)]
+    assert [labeled_positions(0.05, 4, k) for k in range(2)] == [(0, 1), (1, 2)]
+
+
 def test_per_triplet_options_are_checked(backbone, tmp_path):
     trips = _triplets(2)
     with pytest.raises(TrainError, match="trust has 1 entries for 2"):
