@@ -28,25 +28,38 @@ from PIL import Image, ImageFilter
 from layerloop.models.evaluation import BACKGROUND_LAYER as BACKGROUND
 
 
-def footprint(background: Image.Image, composite: Image.Image, threshold: float, grow: int) -> np.ndarray:
-    """(H, W) bool: where the decomposition's background departs from the composite, grown by `grow` px."""
+def footprint(background: Image.Image, composite: Image.Image, threshold: float, grow: int,
+              also: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) bool: where the decomposition's background departs from the composite (or `also` is set),
+    grown by `grow` px."""
     if background.size != composite.size:
         raise ValueError(f"background {background.size} and composite {composite.size} differ in size")
     if grow < 0 or not 0 <= threshold <= 255:
         raise ValueError(f"threshold must be in [0, 255] and grow >= 0; got {threshold}, {grow}")
     diff = np.abs(_rgb(background) - _rgb(composite)).max(axis=-1) > threshold
-    mask = Image.fromarray(diff.astype(np.uint8) * 255)
-    for _ in range(grow):
-        mask = mask.filter(ImageFilter.MaxFilter(3))
-    return np.asarray(mask) > 127
+    if also is not None:
+        if also.shape != diff.shape:
+            raise ValueError(f"extra footprint {also.shape} does not match the panel {diff.shape}")
+        diff = diff | also
+    return grow_mask(diff, grow)
+
+
+def grow_mask(mask: np.ndarray, px: int) -> np.ndarray:
+    """(H, W) bool mask dilated by `px` pixels (3x3 max filter, px times)."""
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    for _ in range(px):
+        img = img.filter(ImageFilter.MaxFilter(3))
+    return np.asarray(img) > 127
 
 
 def anchor(composite: Image.Image, layers: dict[str, Image.Image], *, threshold: float = 64.0, grow: int = 1,
            background: str = BACKGROUND, foreground_trust: dict[str, np.ndarray] | None = None,
-           ) -> tuple[dict[str, Image.Image], dict[str, np.ndarray]]:
+           drawn_threshold: float | None = None) -> tuple[dict[str, Image.Image], dict[str, np.ndarray]]:
     """(layers with the background anchored to the composite, trust map per layer) of one decomposition.
 
     `foreground_trust`: {foreground layer: (H, W) trust in [0, 1]} to use instead of 0 for those layers.
+    `drawn_threshold`: pixels where a foreground layer is drawn (departs from white by more than this) join
+    the footprint too, so the logo the object missed is not trusted as object.
     """
     if background not in layers:
         raise ValueError(f"layers {sorted(layers)} lack the background layer {background!r}")
@@ -54,7 +67,9 @@ def anchor(composite: Image.Image, layers: dict[str, Image.Image], *, threshold:
     if background in given or not set(given) <= set(layers):
         raise ValueError(f"foreground_trust names {sorted(given)}; it may only name foreground layers of "
                          f"{sorted(set(layers) - {background})}")
-    covered = footprint(layers[background], composite, threshold, grow)
+    drawn = None if drawn_threshold is None else drawn_mask(
+        [img for name, img in layers.items() if name != background], drawn_threshold)
+    covered = footprint(layers[background], composite, threshold, grow, also=drawn)
     anchored = np.where(covered[..., None], _rgb(layers[background]), _rgb(composite))
     out = dict(layers)
     out[background] = Image.fromarray(anchored.astype(np.uint8), "RGB")
@@ -62,6 +77,15 @@ def anchor(composite: Image.Image, layers: dict[str, Image.Image], *, threshold:
     trust.update({name: _trust_map(m, covered.shape, name) for name, m in given.items()})
     trust[background] = (~covered).astype(np.float32)
     return out, trust
+
+
+def drawn_mask(foregrounds: list[Image.Image], threshold: float) -> np.ndarray:
+    """(H, W) bool: pixels where any foreground layer (printed on white) departs from white by > threshold."""
+    if not foregrounds:
+        raise ValueError("drawn_mask needs at least one foreground layer")
+    if not 0 <= threshold <= 255:
+        raise ValueError(f"drawn threshold must be in [0, 255]; got {threshold}")
+    return np.any([(255.0 - _rgb(img)).max(axis=-1) > threshold for img in foregrounds], axis=0)
 
 
 def consensus(draws: list[dict[str, Image.Image]]) -> dict[str, Image.Image]:

@@ -117,6 +117,11 @@ class LoopConfig(BaseModel):
         64.0, ge=0, le=255, description="anchored targets: a pixel the model's object departs from the composite "
                                         "by more than this (0-255, max over channels) is the logo's footprint")
     anchor_grow: int = Field(1, ge=0, le=8, description="anchored targets: pixels the footprint is grown by")
+    anchor_drawn_threshold: float | None = Field(
+        None, ge=0, le=255, description="anchored targets: pixels where the decomposed logo departs from white by "
+                                        "more than this join the footprint too (the object's difference from the "
+                                        "composite misses faint logo pixels, which would be trusted as object); "
+                                        "null = the difference alone")
     consensus_draws: int = Field(
         6, ge=1, le=32, description="decompositions of every pool composite, each from its own noise; with more "
                                     "than 1 the candidate's layers are their per-pixel mean (the consensus), which "

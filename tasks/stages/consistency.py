@@ -95,7 +95,8 @@ def pool_panels(cfg: PipelineConfig, composite, layers: dict) -> dict[str, bytes
     weight = cfg.loop.consensus_trust if cfg.loop.consensus_draws > 1 else 0.0
     fg_trust = {name: np.full(composite.size[::-1], weight, np.float32) for name in layers if name != background}
     anchored, trust = anchor(composite, layers, threshold=cfg.loop.anchor_threshold, grow=cfg.loop.anchor_grow,
-                             background=background, foreground_trust=fg_trust)
+                             background=background, foreground_trust=fg_trust,
+                             drawn_threshold=cfg.loop.anchor_drawn_threshold)
     return {**encode({"composite": composite, **anchored}), **encode_trust(trust)}
 
 

@@ -41,6 +41,24 @@ def test_grow_widens_the_footprint_and_bad_arguments_fail():
         anchor(_img(comp), {"logo": _img(comp)})
 
 
+def test_logo_pixels_the_object_kept_are_not_trusted_when_the_logo_draws_them():
+    comp, smooth = _scene()
+    comp[6:10, 10:12] = 150  # a faint part of the logo (30 above the object): the model's object kept it
+    smooth[6:10, 10:12] = comp[6:10, 10:12]
+    logo = np.full_like(comp, 255)
+    logo[6:10, 6:12] = (250, 20, 20)  # ...but the decomposed logo draws it
+    faint = np.zeros((16, 16), bool)
+    faint[6:10, 10:12] = True
+    layers = {"logo": _img(logo), "object": _img(smooth)}
+    _, before = anchor(_img(comp), layers, threshold=64, grow=0)
+    assert before["object"][faint].min() == 1  # the difference alone trusts the logo's faint part as object
+    _, after = anchor(_img(comp), layers, threshold=64, grow=0, drawn_threshold=96)
+    assert after["object"][faint].max() == 0 and after["object"][6:10, 6:10].max() == 0
+    assert after["object"].sum() == before["object"].sum() - faint.sum()  # nothing else lost
+    with pytest.raises(ValueError, match="drawn threshold"):
+        anchor(_img(comp), layers, drawn_threshold=300)
+
+
 def test_trust_maps_survive_the_png_round_trip():
     t = np.zeros((8, 8), np.float32)
     t[2:, :] = 1.0
