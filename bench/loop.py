@@ -13,11 +13,10 @@ from, and loop minus control; then the verdicts of issue 11 against the spread o
     python bench/loop.py --quick               # seconds: checks the script end to end
     python bench/loop.py --json rows.json      # one row per (variant loop|control, seed, adapter)
 
-Timing: with one draw per pool composite the CPU default took about 40 min per seed on 2 cores shared with
-other work (docs/loop.md); the consensus (loop.consensus_draws 6, the default) adds about a minute per round
-and seed and was not re-timed from scratch at this size (one seed, 5 rounds, 1 thread: 37 min). Run the seeds
-as two processes (--seeds 0, --seeds 1, --threads 1, one --work) to use both cores, then once more with
---seeds 0 1 to print the joint table from the finished stores.
+Timing: the CPU default from scratch took 1,489 s (25 min) on 2 otherwise idle cores, run as its seeds in two
+processes: render the inputs once (--seeds 0 --report-only, so the two do not render them at the same time),
+then --seeds 0 and --seeds 1 with --threads 1 and one --work side by side, then --seeds 0 1 --report-only for
+the joint table from the finished stores. One process with --seeds 0 1 runs the seeds one after the other.
 
 With --separate-control the control is its own pipeline (no pool: every round accepts nothing, so each
 adapter gets the same steps on the labeled seeds alone) in its own store, so that `--only loop` and
