@@ -83,8 +83,7 @@ def summarize(layers, scores, truths) -> dict[str, tuple[float, float, float]]:
 def main(argv=None) -> dict:
     import torch
 
-    from layerloop.storage.rounds import RoundStore
-    from layerloop.tasks.config import deep_merge, validate_config
+    from layerloop.tasks.config import round_config
     from layerloop.tasks.stages.handles import open_store, sampler
 
     args = parse_args(argv)
@@ -93,8 +92,7 @@ def main(argv=None) -> dict:
     if not store_dir.is_dir():
         raise SystemExit(f"store {store_dir} does not exist: run bench/loop.py first")
     # round 1's own config (its sampler seed, model and pool slice), pointed at where the store is now
-    saved = RoundStore(str(store_dir)).round_info(1)["config"]
-    cfg = validate_config(deep_merge(saved, {"store": {"uri": str(store_dir)}}), source=f"{store_dir} round 1")
+    cfg = round_config(str(store_dir), 1)
     store = open_store(cfg)
     composites, truths = pool_items(cfg, store, args.n)
     layers, scores = draw_scores(sampler(cfg, args.adapter, store), composites, truths, args.draws)

@@ -65,14 +65,11 @@ def overrides(pairs: list[str]) -> dict:
     return {"train": train}
 
 
-def retrain_config(src: Path, dst: Path, pairs: list[str]):
-    """The loop's own round-1 config (saved in the store), pointed at the copy, with the lever applied."""
-    from layerloop.storage.rounds import RoundStore
-    from layerloop.tasks.config import deep_merge, validate_config
+def retrain_config(dst: Path, pairs: list[str]):
+    """The loop's own round-1 config (copied with the store), pointed at the copy, with the lever applied."""
+    from layerloop.tasks.config import round_config
 
-    saved = RoundStore(str(src)).round_info(1)["config"]
-    data = deep_merge(deep_merge(saved, {"store": {"uri": str(dst)}}), overrides(pairs))
-    return validate_config(data, source=f"{src} round 1 + --set")
+    return round_config(str(dst), 1, overrides(pairs))
 
 
 def retrain(cfg, rounds: list[int]) -> None:
@@ -121,7 +118,7 @@ def main(argv=None) -> list[dict]:
     src, dst = Path(args.store).resolve(), Path(args.out).resolve()
     if not args.report_only:
         copy_store(src, dst)
-    cfg = retrain_config(src, dst, args.set)
+    cfg = retrain_config(dst, args.set)
     rounds = list(range(1, cfg.loop.rounds + 1))
     if not args.report_only:
         print(f"retraining adapters {rounds} of {src} with {args.set or 'no change'}", flush=True)

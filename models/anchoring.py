@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from layerloop.models.evaluation import BACKGROUND_LAYER as BACKGROUND
+from layerloop.models.metrics import foreground
 
 
 def footprint(background: Image.Image, composite: Image.Image, threshold: float, grow: int,
@@ -85,7 +86,7 @@ def drawn_mask(foregrounds: list[Image.Image], threshold: float) -> np.ndarray:
         raise ValueError("drawn_mask needs at least one foreground layer")
     if not 0 <= threshold <= 255:
         raise ValueError(f"drawn threshold must be in [0, 255]; got {threshold}")
-    return np.any([(255.0 - _rgb(img)).max(axis=-1) > threshold for img in foregrounds], axis=0)
+    return np.any([foreground(img, threshold) for img in foregrounds], axis=0)
 
 
 def consensus(draws: list[dict[str, Image.Image]]) -> dict[str, Image.Image]:

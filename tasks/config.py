@@ -283,6 +283,16 @@ def nest(items: Iterable[tuple[tuple[str, ...], Any]]) -> dict:
     return out
 
 
+def round_config(store_uri: str, round_: int, changes: dict | None = None) -> PipelineConfig:
+    """The config committed round `round_` ran with, pointed at where its store is now (stores move between
+    machines), with `changes` merged in: how a benchmark re-reads a finished run."""
+    from layerloop.storage.rounds import RoundStore
+
+    saved = RoundStore(store_uri).round_info(round_)["config"]
+    data = deep_merge(deep_merge(saved, {"store": {"uri": store_uri}}), changes or {})
+    return validate_config(data, source=f"{store_uri} round {round_}")
+
+
 def deep_merge(base: dict, extra: dict) -> dict:
     """Merge `extra` into a copy of `base`, recursing into mappings."""
     merged = dict(base)
