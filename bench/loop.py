@@ -1,6 +1,6 @@
 """Loop benchmark: does every round's data make a better decomposer than the same training without it?
 
-Runs the self-improving loop (the pipeline's own stage functions, tasks/stages/driver.py, no Prefect) on the
+Runs the self-improving loop (the pipeline's own stage functions, tasks/runtime/driver.py, no Prefect) on the
 shifted synthetic world -- 100 labeled seeds from a narrow slice (mugs and bottles), an unlabeled pool and a
 held-out test set from the whole world -- with `loop.control` on, so every adapter r has its matched-compute
 control beside it (the same steps, from the previous control, on the labeled seeds alone). For each training
@@ -78,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_inputs(args, root: Path) -> dict[str, str]:
     """Seeds from the slice, pool and test from everything (rendered once; reruns reuse them)."""
-    from layerloop.tasks.demo import make_inputs as render
+    from layerloop.tasks.stages.demo import make_inputs as render
 
     return render(str(root), n_seeds=args.n_seeds, n_pool=args.pool_per_round * args.rounds, panel_size=32, seed=0,
                   seed_slice={"kinds": list(args.kinds)})
@@ -130,10 +130,10 @@ def _base_config(args, seed: int, store: Path, inputs: dict[str, str], variant: 
 def rows_of(cfg, seed: int, control_cfg=None) -> list[dict]:
     """One row per (variant, adapter): held-out overall and per slice, validation, selection rate.
     Control rows come from the loop's own store, or from the separate control pipeline's."""
-    from layerloop.tasks import adapter_files
+    from layerloop.tasks.stages import adapter_files
     from layerloop.tasks.stages.adapter import EVAL_FILE
     from layerloop.tasks.stages.handles import PROMOTION_FILE, open_store
-    from layerloop.tasks.stages.summary import round_summary
+    from layerloop.tasks.reporting.summary import round_summary
 
     store = open_store(cfg)
     cstore = open_store(control_cfg) if control_cfg is not None else None
@@ -159,7 +159,7 @@ def _prefixed(measured: dict) -> dict:
 
 def run_seed(args, seed: int, root: Path, inputs: dict[str, str]) -> tuple[list[dict], float]:
     """Run (unless --report-only) and read one training seed's pipeline(s)."""
-    from layerloop.tasks.stages.driver import run_loop
+    from layerloop.tasks.runtime.driver import run_loop
 
     if not args.separate_control:
         cfgs = {"both": config(args, seed, root / f"store-seed{seed}", inputs)}

@@ -25,7 +25,7 @@ os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "prefect.serve
 
 def _config(size: str, root: str):
     from layerloop.tasks.config import deep_merge, load_config
-    from layerloop.tasks.demo import DEMO_SIZES, demo_flags, make_inputs, smoke_overrides
+    from layerloop.tasks.stages.demo import DEMO_SIZES, demo_flags, make_inputs, smoke_overrides
 
     inputs = make_inputs(str(Path(root) / "in"), n_seeds=12, n_pool=16)
     if size == "demo":

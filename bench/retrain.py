@@ -84,7 +84,7 @@ def retrain(cfg, rounds: list[int]) -> None:
 
 def rows(src_store, copy_store_, rounds: list[int]) -> list[dict]:
     """Per adapter: the loop's original, the retrained variant and the control, as measured beside them."""
-    from layerloop.tasks import adapter_files
+    from layerloop.tasks.stages import adapter_files
     from layerloop.tasks.stages.adapter import EVAL_FILE
 
     out = []

@@ -38,7 +38,7 @@ VARIANTS = (("local", None), ("ray-1", 1), ("ray-2", 2))
 
 def _config(store: str, inputs: dict, args, workers: int | None):
     from layerloop.tasks.config import deep_merge, load_config
-    from layerloop.tasks.demo import smoke_overrides
+    from layerloop.tasks.stages.demo import smoke_overrides
 
     loop = {"candidates_per_round": args.candidates, "pool_per_round": args.pool, "batch_size": 2}
     if workers is not None:
@@ -57,7 +57,7 @@ def _manifest(store: str):
 
 def _round(cfg) -> tuple[float, dict]:
     from layerloop.flows.self_improve import improve_round
-    from layerloop.tasks import executor
+    from layerloop.tasks.runtime import executor
 
     start = time.perf_counter()
     result = executor.round_flow(improve_round, cfg)(cfg, 1)
@@ -67,7 +67,7 @@ def _round(cfg) -> tuple[float, dict]:
 def run_variant(name: str, workers: int | None, seeded: str, root: str, inputs: dict, args) -> dict:
     """Round 1 twice on fresh copies of the seeded store, on one cluster: cold (the workers start and build
     their models) then warm (they are reused, as from the second round of a run on). Ray starts first."""
-    from layerloop.tasks import executor
+    from layerloop.tasks.runtime import executor
 
     stores = [str(Path(root) / f"{name}-{kind}") for kind in ("cold", "warm")]
     for store in stores:
@@ -93,7 +93,7 @@ def main() -> None:
     import torch
 
     from layerloop.flows.seed import seed
-    from layerloop.tasks.demo import make_inputs
+    from layerloop.tasks.stages.demo import make_inputs
 
     torch.set_num_threads(1)  # Ray gives each worker 1 CPU (OMP_NUM_THREADS=1): the same here
     with tempfile.TemporaryDirectory(prefix="layerloop-scale-") as root:

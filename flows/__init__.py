@@ -1,1 +1,2 @@
-"""Prefect flows (seed, self_improve, evaluate, ablate) and the `layerloop` CLI, on top of tasks/."""
+"""Prefect flows (seed.py, self_improve.py, evaluate.py, ablate.py) and, in cli/, the `layerloop` command
+line, on top of tasks/."""

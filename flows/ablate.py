@@ -154,7 +154,7 @@ def run_ablation(base: PipelineConfig, *, seeds: list[int], rounds: int, work_di
                  n_seeds: int = 24, n_pool: int = 48) -> dict:
     """Run B, C, D for every seed, score A-D on the held-out split, write ablation.md/.json."""
     from layerloop.flows.evaluate import heldout_items, score_identity
-    from layerloop.tasks.demo import make_inputs
+    from layerloop.tasks.stages.demo import make_inputs
 
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise ValueError(f"give at least two distinct --seed values to measure run-to-run spread; got {seeds}")

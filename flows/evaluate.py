@@ -36,7 +36,7 @@ class AdapterNotFound(ValueError):
 
 def resolve_adapter(spec: str | int, cfg: PipelineConfig) -> tuple[str, str]:
     """(label, local adapter dir) for a round number or a path; AdapterNotFound says what exists."""
-    from layerloop.tasks import adapter_files
+    from layerloop.tasks.stages import adapter_files
     from layerloop.tasks.stages.handles import open_store
 
     text = str(spec).strip()
@@ -56,7 +56,7 @@ def resolve_adapter(spec: str | int, cfg: PipelineConfig) -> tuple[str, str]:
 
 def adapter_rounds(cfg: PipelineConfig) -> list[int]:
     """Rounds whose adapter directory holds finished weights, ascending."""
-    from layerloop.tasks import adapter_files
+    from layerloop.tasks.stages import adapter_files
     from layerloop.tasks.stages.handles import open_store
 
     store = open_store(cfg)

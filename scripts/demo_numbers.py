@@ -25,7 +25,7 @@ LAYERS = ("logo", "object")
 def collect(store_uri: str) -> dict:
     """Per-round rows (round >= 1), the final adapter's and the identity baseline's held-out PSNR."""
     from layerloop.storage.rounds import RoundStore
-    from layerloop.tasks.stages.summary import round_summary
+    from layerloop.tasks.reporting.summary import round_summary
 
     store = RoundStore(store_uri)
     rounds = [r for r in store.committed_rounds() if r >= 1]
@@ -38,7 +38,7 @@ def collect(store_uri: str) -> dict:
 
 def _final(adapter_uri: str) -> dict:
     """Held-out means an adapter directory's heldout.json holds ({} when it was not measured)."""
-    from layerloop.tasks import adapter_files
+    from layerloop.tasks.stages import adapter_files
     from layerloop.tasks.stages.adapter import EVAL_FILE
 
     data = adapter_files.read_json(adapter_files.join(adapter_uri, EVAL_FILE)) or {}

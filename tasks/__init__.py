@@ -1,3 +1,4 @@
-"""The glue between storage/ and models/: the composed config (config.py), the plain stage functions
-(stages/), their Prefect task wrappers (prefect_tasks.py), the gpu slot, Prefect artifacts (publish.py),
-reports, human review and adapter files. Imports nothing of flows/."""
+"""The glue between storage/ and models/, in rooms by role, floor first: config.py (the composed
+PipelineConfig), stages/ (the plain stage functions and what they open), recipe.py (the one definition of a
+round), reporting/ (reports and summaries), runtime/ (Prefect tasks and artifacts, the plain driver, executors,
+the gpu slot and run lock). Imports nothing of flows/."""

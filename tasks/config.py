@@ -171,7 +171,7 @@ class LoopConfig(BaseModel):
     secret_env: dict[str, str] = Field(
         default_factory=dict, description="environment variables a run reads from Prefect Secret blocks, "
                                           "{VARIABLE: block name}, e.g. {AWS_SECRET_ACCESS_KEY: s3-secret}; names "
-                                          "only, values never logged or saved (tasks/secrets.py)")
+                                          "only, values never logged or saved (tasks/runtime/secrets.py)")
 
     @model_validator(mode="before")
     @classmethod
@@ -383,7 +383,7 @@ def load_config(path: str | os.PathLike | None = None, *, defaults: dict | None 
                 overrides: dict | None = None, environ: dict[str, str] | None = None) -> PipelineConfig:
     """The one precedence, validated once: built-in defaults < `defaults` (a caller's own sizes, e.g. the
     demo's) < the YAML file at `path` < LAYERLOOP__* env (`environ`, default os.environ) < `overrides`
-    (command-line flags). The CLI picks `path` (--config, else ./layerloop.yaml): flows/cli_config.py.
+    (command-line flags). The CLI picks `path` (--config, else ./layerloop.yaml): flows/cli/config.py.
     An invalid value is reported with where it came from: `file:line`, the env variable, or a flag."""
     file_data, lines = _read_config_file(path) if path is not None else ({}, {})
     env = _env_items(environ)

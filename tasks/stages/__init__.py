@@ -1,6 +1,6 @@
 """Plain stage functions of the self-improving loop: the real work, callable and testable without Prefect.
 
-One module per step of the recipe, each wrapped by one Prefect task in tasks/prefect_tasks.py:
+One module per step of the recipe, each wrapped by one Prefect task in tasks/runtime/prefect_tasks.py:
 ingest.py (round 0: seeds and pool), adapter.py (train and evaluate the LoRA), generation.py (tau_G
 candidates), judging.py (scores), consistency.py (cycle errors; pool composites decomposed into new
 triplets), commit.py (decide and commit the round), summary.py (its report and selection-rate row).

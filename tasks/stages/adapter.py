@@ -12,7 +12,7 @@ that already exists is never retrained; measurements are cached next to it, keye
 """
 from __future__ import annotations
 
-from layerloop.tasks import adapter_files
+from layerloop.tasks.stages import adapter_files
 from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks.stages.handles import (PROMOTION_FILE, adapter_id, backbone, generator_round, open_store,
                                             sampler_at, timed)

@@ -50,7 +50,7 @@ def round_info(cfg: PipelineConfig, round_: int, *, trained: dict, measured: dic
 def commit_round(cfg: PipelineConfig, round_: int, info: dict) -> dict:
     """Decide and commit round r; a committed round is returned unchanged."""
     from layerloop.models.judges.acceptance import ERROR_COLUMN, decide_rows
-    from layerloop.tasks.review import load_overrides
+    from layerloop.tasks.stages.review import load_overrides
 
     with timed({"round": round_}) as out:
         work = RoundWork(cfg, round_)

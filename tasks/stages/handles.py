@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterator
 
-from layerloop.tasks import adapter_files
+from layerloop.tasks.stages import adapter_files
 from layerloop.tasks.config import PipelineConfig
 
 _BACKBONES: dict[str, Any] = {}
@@ -112,7 +112,7 @@ def count_build(kind: str) -> None:
 
 
 def builds() -> dict[str, int]:
-    """Models this process has built so far, by kind (a unit's result carries it: tasks/executor.py)."""
+    """Models this process has built so far, by kind (a unit's result carries it: tasks/runtime/executor.py)."""
     return dict(_BUILDS)
 
 

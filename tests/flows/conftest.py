@@ -7,7 +7,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_inputs(tmp_path_factory):
     """Six labeled seeds and six unlabeled pool composites, rendered once per session."""
-    from layerloop.tasks.demo import make_inputs
+    from layerloop.tasks.stages.demo import make_inputs
 
     return make_inputs(str(tmp_path_factory.mktemp("inputs")), n_seeds=6, n_pool=6, panel_size=32, seed=3)
 
@@ -17,7 +17,7 @@ def tiny_cfg(tmp_path, tiny_inputs):
     import torch
 
     from layerloop.tasks.config import load_config
-    from layerloop.tasks.demo import smoke_overrides
+    from layerloop.tasks.stages.demo import smoke_overrides
 
     torch.set_num_threads(1)
     # env LAYERLOOP__* still applies (e.g. LAYERLOOP__MODEL__PATH for another tiny base)

@@ -28,7 +28,7 @@ def leak_then_take(config: str) -> None:
     from prefect.client.orchestration import get_client
 
     from layerloop.tasks.config import PipelineConfig
-    from layerloop.tasks.gpu_slot import ensure_gpu_slot, gpu_slot
+    from layerloop.tasks.runtime.gpu_slot import ensure_gpu_slot, gpu_slot
 
     cfg = PipelineConfig.model_validate(json.loads(config))
     ensure_gpu_slot(cfg)

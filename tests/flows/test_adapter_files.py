@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from layerloop.tasks import adapter_files as af
+from layerloop.tasks.stages import adapter_files as af
 
 
 def _trained(tmp_path):

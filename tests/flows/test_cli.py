@@ -1,4 +1,4 @@
-"""The `layerloop` commands and their one config loader (flows/cli_config.py).
+"""The `layerloop` commands and their one config loader (flows/cli/config.py).
 
 Every command that reads config reads it the same way: built-in defaults < ./layerloop.yaml in the working
 directory (or --config FILE, which replaces it) < LAYERLOOP__* env < flags; a bad config is one red
@@ -17,9 +17,9 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from layerloop.flows.cli import app
-from layerloop.flows.cli_config import PRECEDENCE, load
-from layerloop.tasks.demo import smoke_overrides
+from layerloop.flows.cli.main import app
+from layerloop.flows.cli.config import PRECEDENCE, load
+from layerloop.tasks.stages.demo import smoke_overrides
 
 BAD = "loop:\n  rounds: 0\n  colour: red\n"
 # One invocation of every command that reads config (arguments that pass their own checks first).

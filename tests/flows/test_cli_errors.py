@@ -68,7 +68,7 @@ def test_every_command_gets_prefects_offline_settings_before_prefect_starts(tmp_
     """`eval` used to start Prefect without them and log `ERROR ... Failed to send telemetry` offline."""
     from typer.testing import CliRunner
 
-    from layerloop.flows.cli import app
+    from layerloop.flows.cli.main import app
 
     for name in ("PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_LOGGING_LEVEL"):
         monkeypatch.setenv(name, "unset")  # recorded first, so what the command sets is undone afterwards

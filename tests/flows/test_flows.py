@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from layerloop.tasks.demo import smoke_overrides
+from layerloop.tasks.stages.demo import smoke_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from layerloop.tasks.stages.adapter import promotion_decision, seen_slices, training_set
-from layerloop.tasks.stages.driver import run_loop
+from layerloop.tasks.runtime.driver import run_loop
 from layerloop.tasks.stages.handles import PROMOTION_FILE, generator_round, open_store
 
 

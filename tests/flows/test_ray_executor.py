@@ -28,7 +28,7 @@ UNIT_TASKS = ("ray::generate", "ray::judge", "ray::cycle-generated", "ray::cycle
 
 def _cfg(store: str, inputs: dict, **loop):
     from layerloop.tasks.config import load_config
-    from layerloop.tasks.demo import smoke_overrides
+    from layerloop.tasks.stages.demo import smoke_overrides
 
     overrides = smoke_overrides(store, inputs)
     # a slot of its own: a flow test before this one kills a run holding the default `gpu` slot, whose
@@ -74,7 +74,7 @@ def local_round(seeded, tiny_inputs, tmp_path_factory):
 def ray_cluster(prefect_harness, s3_server, tiny_inputs, tmp_path_factory):
     """A local Ray of 2 CPUs and 2 logical GPUs for the module; its processes are gone afterwards. Started
     after the moto server, so its workers have the (dummy) S3 credentials in their environment."""
-    from layerloop.tasks import executor
+    from layerloop.tasks.runtime import executor
 
     cfg = _ray_cfg(str(tmp_path_factory.mktemp("unused")), tiny_inputs)
     before = set(descendants(os.getpid()))  # the test server, moto, ...: not Ray's, never touched
@@ -98,7 +98,7 @@ def _canon(df: pd.DataFrame) -> pd.DataFrame:
 def _ray_round(seeded: str, tiny_inputs: dict, tmp_path, name: str, store_uri: str | None = None,
                storage_options: dict | None = None) -> tuple[RoundStore, dict]:
     from layerloop.flows.self_improve import improve_round
-    from layerloop.tasks import executor
+    from layerloop.tasks.runtime import executor
 
     cfg = _ray_cfg(store_uri or _copy(seeded, tmp_path, name), tiny_inputs)
     if storage_options:
@@ -164,7 +164,7 @@ def test_ray_round_on_s3_equals_local_round(ray_cluster, seeded, local_round, s3
 
 
 def test_remote_options_keep_gpu_workers_and_retry_dead_ones(tiny_inputs, tmp_path):
-    from layerloop.tasks.executor import remote_options
+    from layerloop.tasks.runtime.executor import remote_options
 
     gpu = remote_options(_ray_cfg(str(tmp_path), tiny_inputs))
     assert gpu == {"num_cpus": 1.0, "num_gpus": 1.0, "max_retries": 3, "max_calls": 0}
@@ -174,13 +174,13 @@ def test_remote_options_keep_gpu_workers_and_retry_dead_ones(tiny_inputs, tmp_pa
 
 @pytest.mark.parametrize("gpu_id, visible, index", [(1, None, 1), ("3", "2,3", 1), ("0", " 0 ", 0)])
 def test_torch_index_of_a_ray_gpu(gpu_id, visible, index):
-    from layerloop.tasks.placement import torch_index
+    from layerloop.tasks.runtime.placement import torch_index
 
     assert torch_index(gpu_id, visible) == index
 
 
 def test_torch_index_refuses_a_gpu_the_node_does_not_show():
-    from layerloop.tasks.placement import torch_index
+    from layerloop.tasks.runtime.placement import torch_index
 
     with pytest.raises(ValueError, match="not in CUDA_VISIBLE_DEVICES"):
         torch_index("5", "0,1")
@@ -194,7 +194,7 @@ def test_config_refuses_credentials_in_the_ray_runtime_env(tiny_inputs, tmp_path
 
 
 def test_help_imports_neither_ray_nor_prefect_ray():
-    code = ("import sys\nfrom layerloop.flows.cli import app\n"
+    code = ("import sys\nfrom layerloop.flows.cli.main import app\n"
             "for args in (['--help'], ['run', '--help']):\n"
             "    try:\n        app(args)\n    except SystemExit:\n        pass\n"
             "print(sorted(m for m in ('ray', 'prefect_ray') if m in sys.modules))")

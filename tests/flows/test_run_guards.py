@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prefect import flow  # noqa: F401 - sets up Prefect logging on the real stderr, not on capsys' temporary one
 
-from layerloop.tasks.demo import smoke_overrides
+from layerloop.tasks.stages.demo import smoke_overrides
 
 from test_flows import REPO, _api_env, _wait_for  # same folder (tests/flows is not a package)
 
@@ -112,7 +112,7 @@ def _in_thread(fn) -> tuple[threading.Thread, dict]:
 
 
 def _take_gpu(cfg) -> str:
-    from layerloop.tasks.gpu_slot import gpu_slot
+    from layerloop.tasks.runtime.gpu_slot import gpu_slot
 
     with gpu_slot(cfg):
         return "held"
@@ -122,7 +122,7 @@ def test_a_run_waiting_for_the_gpu_says_what_it_waits_for(prefect_harness, tmp_p
     """Another run on this host holds the GPU: the waiter says who every wait_report_s, and takes the GPU
     as soon as that run dies."""
     from layerloop.tasks.config import load_config
-    from layerloop.tasks.gpu_slot import ensure_gpu_slot, host_lock_path
+    from layerloop.tasks.runtime.gpu_slot import ensure_gpu_slot, host_lock_path
 
     cfg = load_config(None, overrides={"loop": {"gpu_slot": "gpu-waits", "gpu_lock_dir": str(tmp_path),
                                                 "gpu_wait_s": None, "wait_report_s": 0.2}})
@@ -145,7 +145,7 @@ def test_a_run_waiting_for_another_hosts_slot_says_so(prefect_harness, tmp_path,
     from prefect.client.orchestration import get_client
 
     from layerloop.tasks.config import load_config
-    from layerloop.tasks.gpu_slot import GpuSlotBusy, ensure_gpu_slot, gpu_slot
+    from layerloop.tasks.runtime.gpu_slot import GpuSlotBusy, ensure_gpu_slot, gpu_slot
 
     cfg = load_config(None, overrides={"loop": {"gpu_slot": "gpu-elsewhere", "gpu_lock_dir": str(tmp_path),
                                                 "gpu_wait_s": None, "wait_report_s": 0.2}})

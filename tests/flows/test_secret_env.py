@@ -21,7 +21,7 @@ def test_secret_blocks_fill_the_environment_and_nothing_else(prefect_harness, mo
 
     from prefect.blocks.system import Secret
 
-    from layerloop.tasks.secrets import apply_secret_env
+    from layerloop.tasks.runtime.secrets import apply_secret_env
 
     Secret(value=SECRET).save("layerloop-test-secret", overwrite=True)
     monkeypatch.delenv("LAYERLOOP_TEST_SECRET", raising=False)
@@ -47,7 +47,7 @@ def test_s3_credentials_from_secret_blocks_open_the_bucket(prefect_harness, s3_s
     from botocore.exceptions import NoCredentialsError
     from prefect.blocks.system import Secret
 
-    from layerloop.tasks.secrets import apply_secret_env
+    from layerloop.tasks.runtime.secrets import apply_secret_env
     from layerloop.tasks.stages.handles import open_store
     from tests.storage.s3 import BUCKET
 

@@ -1,29 +1,15 @@
-"""The plain stage functions, without Prefect: one round by hand, its lineage, and idempotent reruns."""
+"""The plain stage functions, without Prefect: a round of tasks/recipe.py in this process, its lineage, idempotent
+reruns, and a stage added to the recipe by one entry."""
 from __future__ import annotations
 
 import pytest
 
 from layerloop.tasks.stages.adapter import adapter_exists, train_adapter, train_config
 from layerloop.tasks.stages.commit import commit_round
-from layerloop.tasks.stages.consistency import cycle_generated, cycle_pool, round_pool
-from layerloop.tasks.stages.generation import generate
+from layerloop.tasks.runtime.driver import run_round
 from layerloop.tasks.stages.handles import Unit, open_store, units
 from layerloop.tasks.stages.ingest import ingest_seeds
-from layerloop.tasks.stages.judging import judge
-from layerloop.tasks.stages.summary import round_summary
-
-
-def _run_round(cfg, r):
-    gen = units("gen", cfg.loop.candidates_per_round, cfg.loop.batch_size)
-    pool = units("pool", len(round_pool(open_store(cfg), cfg, r)), cfg.loop.batch_size)
-    for unit in gen:
-        generate(cfg, r, unit)
-        judge(cfg, r, unit)
-        cycle_generated(cfg, r, unit)
-    for unit in pool:
-        cycle_pool(cfg, r, unit)
-        judge(cfg, r, unit)
-    return commit_round(cfg, r, {"timings": {"generate": 1.0}})
+from layerloop.tasks.reporting.summary import round_summary
 
 
 def test_one_round_by_hand_has_exact_lineage(tiny_cfg):
@@ -33,7 +19,7 @@ def test_one_round_by_hand_has_exact_lineage(tiny_cfg):
     assert ingest_seeds(tiny_cfg)["pool"]["pool_size"] == 6
     trained = train_adapter(tiny_cfg, 0)
     assert trained["skipped"] is False and adapter_exists(tiny_cfg, 0)
-    committed = _run_round(tiny_cfg, 1)
+    committed = run_round(tiny_cfg, 1)
     assert committed["skipped"] is False
     store = open_store(tiny_cfg)
     assert store.committed_rounds() == [0, 1]
@@ -54,7 +40,7 @@ def test_one_round_by_hand_has_exact_lineage(tiny_cfg):
 def test_rerun_of_committed_round_changes_nothing(tiny_cfg):
     ingest_seeds(tiny_cfg)
     train_adapter(tiny_cfg, 0)
-    _run_round(tiny_cfg, 1)
+    run_round(tiny_cfg, 1)
     store = open_store(tiny_cfg)
     before = (store.round_info(1)["committed_at"], store.read(1, "all").to_json())
     again = [ingest_seeds(tiny_cfg), train_adapter(tiny_cfg, 0), commit_round(tiny_cfg, 1, {})]
@@ -70,11 +56,32 @@ def test_commit_rejects_on_the_cycle_threshold_with_its_reason(tiny_cfg):
         "realism": 0.0, "overall": 0.0})})
     ingest_seeds(cfg)
     train_adapter(cfg, 0)
-    _run_round(cfg, 1)
+    run_round(cfg, 1)
     rows = open_store(cfg).read(1, "all")
     cycled = rows[rows[S.CYCLE_ERROR] > 0]
     assert len(cycled) and not cycled[S.ACCEPTED].any()  # every score passes: only the cycle rule rejects
     assert all(r.startswith("cycle_error ") and r.endswith(" > 0.0000") for r in cycled[S.REASON])
+
+
+def test_a_stage_added_to_the_recipe_runs_once_per_unit_in_order(tiny_cfg, monkeypatch):
+    from layerloop.tasks import recipe
+
+    calls = []
+
+    def probe(cfg, round_, unit):
+        calls.append((round_, str(unit)))
+        return {"seconds": 0.25}
+
+    extra = recipe.Stage("probe", probe, recipe.OVER_GEN, gpu=False, timing="probe")
+    monkeypatch.setattr(recipe, "UNITS", (*recipe.UNITS[:1], extra, *recipe.UNITS[1:]))
+    ingest_seeds(tiny_cfg)
+    train_adapter(tiny_cfg, 0)
+    run_round(tiny_cfg, 1)
+    gen = [str(u) for u in units("gen", tiny_cfg.loop.candidates_per_round, tiny_cfg.loop.batch_size)]
+    assert len(gen) >= 2 and calls == [(1, u) for u in gen]
+    timings = open_store(tiny_cfg).round_info(1)["info"]["timings"]
+    assert set(timings) == {"train", "evaluate", "generate", "probe", "judge", "cycle"}
+    assert timings["probe"] == 0.25 * len(gen)
 
 
 def test_missing_seeds_path_is_a_clear_error(tiny_cfg):

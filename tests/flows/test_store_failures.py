@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from layerloop.tasks.demo import smoke_overrides
+from layerloop.tasks.stages.demo import smoke_overrides
 
 from test_flows import REPO, _api_env  # same folder (tests/flows is not a package)
 
@@ -44,7 +44,7 @@ def test_full_disk_mid_round_fails_clearly_and_the_rerun_finishes(prefect_harnes
 def test_a_corrupted_shard_is_never_trained_on_and_verify_names_it(tiny_cfg, bit_rot):
     from typer.testing import CliRunner
 
-    from layerloop.flows.cli import app
+    from layerloop.flows.cli.main import app
     from layerloop.storage import schema as S
     from layerloop.storage.errors import CorruptShardError
     from layerloop.tasks.stages.adapter import adapter_exists, train_adapter

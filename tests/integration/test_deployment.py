@@ -47,7 +47,7 @@ def test_deploy_trigger_and_check_tiny_loop(prefect_server, deploy_env, tmp_path
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from layerloop.storage.rounds import RoundStore
-    from layerloop.tasks.demo import make_inputs, smoke_overrides
+    from layerloop.tasks.stages.demo import make_inputs, smoke_overrides
 
     _prefect(deploy_env, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
     _prefect(deploy_env, "--no-prompt", "deploy", "--all")

@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from layerloop.flows.cli import app
+from layerloop.flows.cli.main import app
 from tests.judges.test_review import _fill, store  # noqa: F401 - the committed-round fixture
 
 runner = CliRunner()

@@ -15,7 +15,7 @@ from PIL import Image
 from layerloop.storage import schema as S
 from layerloop.storage.rounds import RoundStore
 from layerloop.models.judges.acceptance import apply_overrides
-from layerloop.tasks.review import export_review, import_review, load_overrides, read_review_csv
+from layerloop.tasks.stages.review import export_review, import_review, load_overrides, read_review_csv
 
 
 def _png(colour) -> bytes:

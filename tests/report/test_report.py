@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layerloop.tasks.report import build_report, round_thresholds
+from layerloop.tasks.reporting.report import build_report, round_thresholds
 
 DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
@@ -116,7 +116,7 @@ def test_thresholds_drawn_are_the_config_fields_by_their_one_name():
 def test_report_command_rebuilds_and_refuses_unknown_rounds(two_round_store):
     from typer.testing import CliRunner
 
-    from layerloop.flows.cli import app
+    from layerloop.flows.cli.main import app
 
     html = Path(two_round_store.round_uri(0)) / "report.html"
     assert not html.exists()
@@ -130,7 +130,7 @@ def test_report_command_rebuilds_and_refuses_unknown_rounds(two_round_store):
 def test_disabled_cycle_rule_keeps_the_histogram_readable():
     import pandas as pd
 
-    from layerloop.tasks.report import score_summary
+    from layerloop.tasks.reporting.report import score_summary
 
     rows = pd.DataFrame({"cycle_error": [0.1, 0.2, 0.15]})
     s = score_summary(rows, {"cycle_error": 1e9})["cycle_error"]

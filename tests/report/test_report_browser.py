@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from layerloop.tasks.report import build_report
+from layerloop.tasks.reporting.report import build_report
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

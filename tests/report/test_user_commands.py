@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from layerloop.flows.cli import app
+from layerloop.flows.cli.main import app
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from layerloop.flows import cli_data
+from layerloop.flows.cli import data as cli_data
 
 from .helpers import triplet, write_item
 

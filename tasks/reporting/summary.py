@@ -1,4 +1,4 @@
-"""What a committed round reports: its HTML/JSON report (tasks/report.py) and its row of the selection-rate table."""
+"""What a committed round reports: its HTML/JSON report (tasks/reporting/report.py) and its row of the selection-rate table."""
 from __future__ import annotations
 
 from layerloop.tasks.config import PipelineConfig
@@ -7,7 +7,7 @@ from layerloop.tasks.stages.handles import open_store, timed
 
 def report(cfg: PipelineConfig, round_: int) -> dict:
     """HTML/JSON report of a committed round; returns the written paths."""
-    from layerloop.tasks.report import build_report
+    from layerloop.tasks.reporting.report import build_report
 
     with timed({"round": round_}) as out:
         out["paths"] = dict(build_report(open_store(cfg), round_))

@@ -1,4 +1,4 @@
-"""The worker's side of a unit (tasks/executor.py is the driver's): which process runs it, and on which GPU.
+"""The worker's side of a unit (tasks/runtime/executor.py is the driver's): which process runs it, and on which GPU.
 
 Every model stage's task calls `on_worker(stage, cfg, ...)`. In this process (loop.executor: local) it
 changes nothing. In a Ray worker that holds a GPU and sees every GPU of its node (the executor sets Ray's

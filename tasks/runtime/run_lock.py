@@ -12,7 +12,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-from layerloop.tasks import publish
+from layerloop.tasks.runtime import publish
 from layerloop.tasks.config import PipelineConfig
 from layerloop.tasks.stages.handles import open_store
 

@@ -4,7 +4,7 @@
 panel (letterboxed on white by default, or stretched with --fit resize), the model runs at panel size,
 and its outputs are mapped back to the input's size; a JSON sidecar records exactly what was done.
 An unreadable or unsupported file gets a clear error and the remaining files still run; the exit code
-is non-zero when any file failed. Config and store come in the one precedence of flows/cli_config.py.
+is non-zero when any file failed. Config and store come in the one precedence of flows/cli/config.py.
 
 Heavy libraries (torch, diffusers, prefect) are imported inside the commands.
 """
@@ -18,7 +18,7 @@ from typing import Optional
 import typer
 from PIL import Image, ImageOps
 
-from layerloop.flows.cli_config import CONFIG_OPT, STORE_OPT, fail, load, open_store, prefect_env, user_errors
+from layerloop.flows.cli.config import CONFIG_OPT, STORE_OPT, fail, load, open_store, prefect_env, user_errors
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 FIT_MODES = ("pad", "resize")
@@ -181,7 +181,7 @@ _ADAPTER = typer.Option(None, "--adapter", "-a", help="round number or adapter d
 def report_cmd(round: int = typer.Argument(..., metavar="ROUND", help="committed round to report on"),
                store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Rebuild report.html / report.json / selection_rate.png of a committed round."""
-    from layerloop.tasks.report import build_report
+    from layerloop.tasks.reporting.report import build_report
 
     cfg = load(config, store=store)
     try:

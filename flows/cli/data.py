@@ -1,7 +1,7 @@
 """Data commands of the `layerloop` CLI: init, synth, ingest-seeds, ingest-pool, rounds list/show, verify, gc.
 
 The store is `--store` (or $LAYERLOOP_STORE), else `store.uri` in the one config precedence of
-flows/cli_config.py (./layerloop.yaml or --config, then LAYERLOOP__* env). Bad input exits with code 2 and
+flows/cli/config.py (./layerloop.yaml or --config, then LAYERLOOP__* env). Bad input exits with code 2 and
 a message saying what to fix. Model code (the synthetic renderer) is imported inside the commands.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from layerloop.flows.cli_config import CONFIG_OPT, STORE_OPT, fail, load, open_store
+from layerloop.flows.cli.config import CONFIG_OPT, STORE_OPT, fail, load, open_store
 
 SPLITS = ("seeds", "pool", "test")
 
@@ -20,7 +20,7 @@ rounds_app = typer.Typer(help="List committed rounds or describe one.", no_args_
 
 
 def _open(store: Optional[str], config: Optional[Path]):
-    """The store (and config) a data command works on, in the one precedence (flows/cli_config.py)."""
+    """The store (and config) a data command works on, in the one precedence (flows/cli/config.py)."""
     cfg = load(config, store=store)
     return open_store(cfg), cfg.store
 

@@ -1,6 +1,6 @@
 """`layerloop run`, `layerloop seed` and `layerloop demo`: run the loop locally.
 
-Config comes in the one precedence of flows/cli_config.py: built-in defaults (the demo's sizes for `demo`)
+Config comes in the one precedence of flows/cli/config.py: built-in defaults (the demo's sizes for `demo`)
 < ./layerloop.yaml or --config < LAYERLOOP__* env < flags. With PREFECT_API_URL set the flows report to that
 server; otherwise Prefect starts an ephemeral one. Prefect, torch and the models are imported inside the
 commands so `layerloop --help` stays fast. Each command holds the store's run lock before Prefect starts
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 
-from layerloop.flows.cli_config import CONFIG_OPT, STORE_OPT, fail, load, prefect_env, user_errors
+from layerloop.flows.cli.config import CONFIG_OPT, STORE_OPT, fail, load, prefect_env, user_errors
 
 if TYPE_CHECKING:
     from layerloop.tasks.config import PipelineConfig
@@ -31,12 +31,12 @@ def guarded_run(cfg: "PipelineConfig") -> Iterator[None]:
     from layerloop.models.judges.base import JudgeUnavailable
     from layerloop.storage.errors import CorruptShardError, StoreFullError, StoreLockedError
     from layerloop.storage.fsutil import is_disk_full
-    from layerloop.tasks.gpu_slot import GpuSlotBusy
-    from layerloop.tasks.run_lock import store_run_lock
+    from layerloop.tasks.runtime.gpu_slot import GpuSlotBusy
+    from layerloop.tasks.runtime.run_lock import store_run_lock
 
     with user_errors():
         if cfg.loop.secret_env:  # credentials from Prefect Secret blocks, before anything opens the store
-            from layerloop.tasks.secrets import apply_secret_env
+            from layerloop.tasks.runtime.secrets import apply_secret_env
 
             prefect_env()
             apply_secret_env(cfg)
@@ -145,7 +145,7 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
     """
     import time
 
-    from layerloop.tasks import demo as demo_world
+    from layerloop.tasks.stages import demo as demo_world
 
     start = time.perf_counter()
     cfg = load(config, defaults=demo_world.DEMO_SIZES,

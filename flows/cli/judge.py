@@ -1,6 +1,6 @@
 """Judge commands of the `layerloop` CLI: prompts, calibrate, review export / review import.
 
-Config and store come in the one precedence of flows/cli_config.py (built-in defaults < ./layerloop.yaml or
+Config and store come in the one precedence of flows/cli/config.py (built-in defaults < ./layerloop.yaml or
 --config < LAYERLOOP__* env < --store and the other flags). Bad input exits with code 2 and says what to
 fix. Models and the judges are imported inside the commands, so `layerloop --help` stays fast.
 """
@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from layerloop.flows.cli_config import CONFIG_OPT, STORE_OPT, fail, load, open_store
+from layerloop.flows.cli.config import CONFIG_OPT, STORE_OPT, fail, load, open_store
 
 review_app = typer.Typer(help="Human spot-checks of a round's judge decisions.", no_args_is_help=True)
 
@@ -127,7 +127,7 @@ def review_export(round_: int = typer.Argument(..., metavar="ROUND", help="a com
                   seed: int = typer.Option(0, "--seed"),
                   config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) -> None:
     """Write a review sheet (HTML with thumbnails + CSV to fill) of a round's borderline and random samples."""
-    from layerloop.tasks.review import export_review
+    from layerloop.tasks.stages.review import export_review
 
     cfg = load(config, store=store)
     try:
@@ -144,7 +144,7 @@ def review_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, 
                   reviewer: Optional[str] = typer.Option(None, "--reviewer", help="for rows without a reviewer"),
                   config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) -> None:
     """Record review decisions; they override the judge in the next commit (committed rounds stay as they are)."""
-    from layerloop.tasks.review import import_review
+    from layerloop.tasks.stages.review import import_review
 
     cfg = load(config, store=store)
     try:

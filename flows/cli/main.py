@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from layerloop.flows.cli_config import prefect_env, set_debug
+from layerloop.flows.cli.config import prefect_env, set_debug
 
 app = typer.Typer(
     name="layerloop",
@@ -27,9 +27,9 @@ def _options(debug: bool = typer.Option(False, "--debug", envvar="LAYERLOOP_DEBU
 
 
 def _register_commands() -> None:
-    from layerloop.flows import cli_data, cli_judge, cli_report, cli_run
+    from layerloop.flows.cli import data, judge, report, run
 
-    for module in (cli_data, cli_judge, cli_run, cli_report):
+    for module in (data, judge, run, report):
         module.register(app)
 
 

@@ -1,7 +1,7 @@
 """Where a round's work runs: in this process, one unit after another (loop.executor: local), or fanned out
 over a Ray cluster through prefect-ray's RayTaskRunner (loop.executor: ray).
 
-local: the flow holds the strict `gpu` slot around its GPU stages (tasks/gpu_slot.py) and calls each task
+local: the flow holds the strict `gpu` slot around its GPU stages (tasks/runtime/gpu_slot.py) and calls each task
 in order; the model is built once per process (tasks/stages/handles.py).
 
 ray: `session(cfg)` joins the cluster at loop.ray.address (or starts a local Ray) once per flow run; the
@@ -12,7 +12,7 @@ whose worker died runs again; its files make that safe), and max_calls=0 for GPU
 starts a new process, so a new model, per GPU task). A reused worker may be handed another GPU than its
 last one (measured: it happens between stages), so GPU workers run with Ray's
 RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES and each unit puts its model on the GPU Ray assigned it
-(tasks/placement.py, the worker's side); the per-process model cache is keyed by the device, so a
+(tasks/runtime/placement.py, the worker's side); the per-process model cache is keyed by the device, so a
 worker moved to another GPU rebuilds there instead of computing on a GPU it does not hold. Training and evaluation are submitted
 the same way (one GPU task each). Commit, report and artifacts stay in the flow's process: the commit
 stays single and last. Ray and prefect-ray are imported only here, and only under loop.executor: ray.
@@ -23,7 +23,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, ContextManager, Iterator
 
 from layerloop.tasks.config import ConfigError, PipelineConfig
-from layerloop.tasks.placement import NOSET_CUDA
+from layerloop.tasks.runtime.placement import NOSET_CUDA
 
 
 def uses_ray(cfg: PipelineConfig) -> bool:
@@ -33,7 +33,7 @@ def uses_ray(cfg: PipelineConfig) -> bool:
 def ensure_guard(cfg: PipelineConfig) -> None:
     """The local executor's strict gpu slot must exist; under Ray there is none to make."""
     if not uses_ray(cfg):
-        from layerloop.tasks.gpu_slot import ensure_gpu_slot
+        from layerloop.tasks.runtime.gpu_slot import ensure_gpu_slot
 
         ensure_gpu_slot(cfg)
 
@@ -42,7 +42,7 @@ def gpu_guard(cfg: PipelineConfig) -> ContextManager:
     """Around a flow's GPU stages: the strict gpu slot (local), or nothing (Ray schedules the GPUs)."""
     if uses_ray(cfg):
         return nullcontext()
-    from layerloop.tasks.gpu_slot import gpu_slot
+    from layerloop.tasks.runtime.gpu_slot import gpu_slot
 
     return gpu_slot(cfg)
 
@@ -89,7 +89,7 @@ def init_kwargs(cfg: PipelineConfig) -> dict[str, Any]:
 def session(cfg: PipelineConfig) -> Iterator[None]:
     """Ray joined or started once per flow run (not per round); stops only the Ray this call started. A Ray
     already up in this process (a test's or a bench's) is used as it is. Credentials of loop.secret_env
-    must be in the environment before (tasks/secrets.py): a local Ray's workers inherit it here."""
+    must be in the environment before (tasks/runtime/secrets.py): a local Ray's workers inherit it here."""
     if not uses_ray(cfg):
         yield
         return

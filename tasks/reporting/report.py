@@ -197,7 +197,7 @@ def stage_timings(info: dict) -> dict[str, float]:
 
 def load_loss_curve(store, r: int) -> list[dict]:
     """The adapter's training loss curve (metrics.json `loss_curve`), [] when that round trained nothing."""
-    from layerloop.tasks import adapter_files
+    from layerloop.tasks.stages import adapter_files
 
     uri = adapter_files.join(store.adapter_uri(r), "metrics.json")
     metrics = adapter_files.read_json(uri)  # with the store's fsspec options (an S3 endpoint)

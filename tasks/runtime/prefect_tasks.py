@@ -1,0 +1,122 @@
+"""Prefect tasks made from tasks/recipe.py's stages, and the Runner that executes a round's stages as them.
+
+One task per stage (retries for transient failures, nothing else); each run covers one unit (a batch),
+never one image. The strict `gpu` slot is held by
+the flow around its GPU stages (tasks/runtime/gpu_slot.py). No tags: Prefect 3.9 asks the server for a tag
+concurrency slot on every tagged task run (~80 ms each here, half of a small round's overhead). Results
+are small JSON-able dicts (ids, URIs, counts, seconds); nothing is persisted by Prefect because the round
+store is the source of truth for resume (a rerun skips units whose output is already there).
+Flows execute the stage lists through `PrefectRunner(cfg)`, which gives every task the run's retry
+policy once. The GPU stages run through `placement.on_worker`: on a Ray worker the unit's model goes to the GPU Ray assigned it,
+and every result says which process ran it (tasks/runtime/placement.py).
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Callable
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+
+from layerloop.storage.fsutil import is_disk_full
+from layerloop.tasks.config import PipelineConfig
+from layerloop.tasks import recipe
+from layerloop.tasks.recipe import Stage
+from layerloop.tasks.reporting import summary
+from layerloop.tasks.runtime import executor
+from layerloop.tasks.runtime.placement import on_worker
+from layerloop.tasks.stages.handles import Unit
+
+# Errors that a second try can fix: I/O hiccups, timeouts, a server or object store briefly away.
+# Bad input (ValueError and its subclasses), missing files and a full disk are never retried: they need a
+# person (a judge that cannot score, JudgeUnavailable, is a RuntimeError: not retried either).
+_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, _PERMANENT_OS_ERRORS) or is_disk_full(exc):
+        return False
+    return isinstance(exc, (OSError, TimeoutError, ConnectionError))
+
+
+def _retry_transient(task_, task_run, state) -> bool:
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001 - we classify, never swallow: Prefect re-raises
+        return is_transient(exc)
+    return False
+
+
+# retries here are LoopConfig's defaults; a run applies its own through with_retries
+_COMMON = dict(persist_result=False, cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+               retry_condition_fn=_retry_transient)
+
+
+def _task(stage: Stage) -> Task:
+    """The Prefect task of one stage; its runs are named `<label>-<round>[-<unit>]` (the GPU stages run
+    placed on their worker's device, the others as they are)."""
+    fn = stage.fn
+    if stage.over in (recipe.OVER_GEN, recipe.OVER_POOL):
+        def body(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
+            return on_worker(fn, cfg, round_, unit)
+        run_name = stage.run_label + "-{round_}-{unit}"
+    elif stage is recipe.COMMIT:
+        def body(cfg: PipelineConfig, round_: int, info: dict) -> dict:
+            return fn(cfg, round_, info)
+        run_name = stage.run_label + "-{round_}"
+    elif stage is recipe.INGEST:
+        def body(cfg: PipelineConfig) -> dict:
+            return fn(cfg)
+        run_name = stage.run_label
+    else:
+        def body(cfg: PipelineConfig, round_: int) -> dict:
+            return on_worker(fn, cfg, round_) if stage.gpu else fn(cfg, round_)
+        run_name = stage.run_label + "-{round_}"
+    body.__name__ = body.__qualname__ = stage.name.replace("-", "_")
+    body.__doc__ = fn.__doc__
+    return task(name=stage.name, task_run_name=run_name, **_COMMON)(body)
+
+
+_TASKS: dict[Stage, Task] = {}
+
+
+def task_of(stage: Stage) -> Task:
+    """The one Prefect task of `stage`, made on first use (a stage added to the recipe needs nothing here)."""
+    if stage not in _TASKS:
+        _TASKS[stage] = _task(stage)
+    return _TASKS[stage]
+
+
+@task(name="selection-table", task_run_name="selection-table", **_COMMON)
+def selection_table_task(cfg: PipelineConfig) -> list[dict]:
+    return summary.selection_table(cfg)
+
+
+def with_retries(task_: Task, cfg: PipelineConfig) -> Task:
+    """`task_` with the run's retry policy (loop.task_retries, loop.task_retry_delay_s)."""
+    return task_.with_options(retries=cfg.loop.task_retries, retry_delay_seconds=cfg.loop.task_retry_delay_s)
+
+
+class PrefectRunner:
+    """Executes stages as Prefect task runs with one run's retry policy: GPU stages through the executor
+    (here in order, or on a Ray worker), unit stages through `run_units` (a progress bar's, when given)."""
+
+    def __init__(self, cfg: PipelineConfig, run_units: Callable | None = None):
+        self.cfg, self.tasks = cfg, {}
+        self.run_units_fn = run_units or executor.run_units
+
+    def task(self, stage: Stage) -> Task:
+        if stage not in self.tasks:
+            self.tasks[stage] = with_retries(task_of(stage), self.cfg)
+        return self.tasks[stage]
+
+    def run(self, stage: Stage, cfg: PipelineConfig, *args) -> dict:
+        if stage.gpu:
+            return executor.call(self.task(stage), cfg, cfg, *args)
+        return self.task(stage)(cfg, *args)
+
+    def run_units(self, stage: Stage, cfg: PipelineConfig, round_: int, units: list[Unit]) -> list[dict]:
+        return self.run_units_fn(self.task(stage), cfg, round_, units)
+
+    def gpu(self, cfg: PipelineConfig) -> AbstractContextManager:
+        return executor.gpu_guard(cfg)
