@@ -1,5 +1,5 @@
 """`python -m layerloop.flows ...` = the `layerloop` command (handy where the console script is not on PATH)."""
-from layerloop.flows.cli.main import main
+from .cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,8 @@ from typing import Any
 
 from prefect import flow
 
-from layerloop.tasks.config import PipelineConfig, deep_merge, load_config, validate_config
+from ..tasks.config import PipelineConfig, deep_merge, load_config, validate_config
+from ..tasks.stages.demo import make_inputs
 
 CONFIG_ORDER = ("A", "B", "C", "D")
 LABELS = {
@@ -77,8 +78,8 @@ def run_config(base: PipelineConfig, name: str, seed: int, rounds: int, work_dir
 
 def run_one(cfg: PipelineConfig) -> dict[str, str]:
     """Run the loop for one config (resumable: committed rounds and trained adapters are skipped)."""
-    from layerloop.flows.evaluate import resolve_adapter
-    from layerloop.flows.self_improve import self_improve
+    from .evaluate import resolve_adapter
+    from .self_improve import self_improve
 
     self_improve(cfg)
     return {"round0": resolve_adapter(0, cfg)[1], "final": resolve_adapter(cfg.loop.rounds, cfg)[1]}
@@ -91,7 +92,7 @@ def _with_headline(row: dict) -> dict:
 
 def score_runs(base: PipelineConfig, adapters: dict[tuple[str, int], str], items: list[tuple]) -> list[dict]:
     """Held-out metrics of every (configuration, seed) adapter on the same items."""
-    from layerloop.flows.evaluate import score_adapter
+    from .evaluate import score_adapter
 
     rows = []
     for (name, seed), adapter_dir in sorted(adapters.items()):
@@ -153,8 +154,7 @@ def to_markdown(summary: list[dict], steps: list[dict], identity: dict) -> str:
 def run_ablation(base: PipelineConfig, *, seeds: list[int], rounds: int, work_dir: str,
                  n_seeds: int = 24, n_pool: int = 48) -> dict:
     """Run B, C, D for every seed, score A-D on the held-out split, write ablation.md/.json."""
-    from layerloop.flows.evaluate import heldout_items, score_identity
-    from layerloop.tasks.stages.demo import make_inputs
+    from .evaluate import heldout_items, score_identity
 
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise ValueError(f"give at least two distinct --seed values to measure run-to-run spread; got {seeds}")

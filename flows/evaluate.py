@@ -19,7 +19,16 @@ from typing import Any
 
 from prefect import flow, task
 
-from layerloop.tasks.config import PipelineConfig
+from ..tasks.config import PipelineConfig
+from ..models.evaluation import identity_baseline, evaluate_decomposition
+from ..models.judges.qwen import QwenJudge
+from ..models.judges.qwen_runtime import QwenVL
+from ..models.judges.registry import build_judge
+from ..models.judges.vqascore import VQAScorer
+from ..models.sampler import Sampler
+from ..models.synthetic import make_split
+from ..tasks.stages import adapter_files
+from ..tasks.stages.handles import open_store, backbone
 
 METRIC_ORDER = ("psnr_logo", "psnr_object", "ssim_logo", "ssim_object", "vqa_logo", "vqa_object", "vlm_score")
 VLM_BACKENDS = ("qwen", "openai")
@@ -36,8 +45,6 @@ class AdapterNotFound(ValueError):
 
 def resolve_adapter(spec: str | int, cfg: PipelineConfig) -> tuple[str, str]:
     """(label, local adapter dir) for a round number or a path; AdapterNotFound says what exists."""
-    from layerloop.tasks.stages import adapter_files
-    from layerloop.tasks.stages.handles import open_store
 
     text = str(spec).strip()
     if re.fullmatch(r"\d+", text):
@@ -56,8 +63,6 @@ def resolve_adapter(spec: str | int, cfg: PipelineConfig) -> tuple[str, str]:
 
 def adapter_rounds(cfg: PipelineConfig) -> list[int]:
     """Rounds whose adapter directory holds finished weights, ascending."""
-    from layerloop.tasks.stages import adapter_files
-    from layerloop.tasks.stages.handles import open_store
 
     store = open_store(cfg)
     candidates = sorted(set(store.committed_rounds()) | {r + 1 for r in store.committed_rounds()})
@@ -79,8 +84,6 @@ def default_rows(cfg: PipelineConfig) -> list[tuple[str, str]]:
 
 def heldout_items(cfg: PipelineConfig, n: int | None = None, seed: int | None = None) -> list[tuple]:
     """The held-out synthetic test split at the model's panel size."""
-    from layerloop.models.synthetic import make_split
-
     n = cfg.loop.eval_size if n is None else n
     if n < 1:
         raise ValueError("the held-out set is empty: set loop.eval_size (or --n) to at least 1")
@@ -99,14 +102,10 @@ def vlm_scorers(cfg: PipelineConfig) -> tuple[Any, Any]:
         return _SCORERS[key]
     if cfg.judge.backend not in VLM_BACKENDS:
         return None, None
-    from layerloop.models.judges.registry import build_judge
 
     if cfg.judge.backend == "openai":
         scorers = (None, build_judge(cfg.judge))
     else:
-        from layerloop.models.judges.qwen import QwenJudge
-        from layerloop.models.judges.qwen_runtime import QwenVL
-        from layerloop.models.judges.vqascore import VQAScorer
 
         q = cfg.judge.qwen
         runtime = QwenVL(q.path, device=q.device, dtype=q.dtype, min_pixels=q.min_pixels,
@@ -118,8 +117,6 @@ def vlm_scorers(cfg: PipelineConfig) -> tuple[Any, Any]:
 
 
 def score_identity(cfg: PipelineConfig, items: list[tuple]) -> dict:
-    from layerloop.models.evaluation import identity_baseline
-
     vqa, judge = vlm_scorers(cfg)
     return {"method": "identity baseline", "adapter": "", **identity_baseline(items, vqa=vqa, judge=judge)}
 
@@ -128,9 +125,6 @@ def score_adapter(cfg: PipelineConfig, label: str, adapter_dir: str, items: list
     """Decompose the held-out items with one adapter and return its table row."""
     import torch
 
-    from layerloop.models.evaluation import evaluate_decomposition
-    from layerloop.models.sampler import Sampler
-    from layerloop.tasks.stages.handles import backbone
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     sampler = Sampler(backbone(cfg), adapter_dir, cfg.sample)

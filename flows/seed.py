@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from prefect import flow
 
-from layerloop.tasks import recipe
-from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.runtime import publish
-from layerloop.tasks.runtime import executor
-from layerloop.tasks.runtime.prefect_tasks import PrefectRunner
-from layerloop.tasks.runtime.run_lock import store_run_lock
-from layerloop.tasks.runtime.secrets import apply_secret_env
+from ..tasks import recipe
+from ..tasks.config import PipelineConfig
+from ..tasks.runtime import publish
+from ..tasks.runtime import executor
+from ..tasks.runtime.prefect_tasks import PrefectRunner
+from ..tasks.runtime.run_lock import store_run_lock
+from ..tasks.runtime.secrets import apply_secret_env
 
 
 @flow(name="seed", flow_run_name="seed", log_prints=True)

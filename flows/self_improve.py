@@ -13,15 +13,15 @@ import time
 
 from prefect import flow, get_run_logger
 
-from layerloop.flows.seed import seed
-from layerloop.tasks import recipe
-from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.runtime import publish
-from layerloop.tasks.runtime import executor
-from layerloop.tasks.runtime.prefect_tasks import PrefectRunner
-from layerloop.tasks.runtime.run_lock import store_run_lock
-from layerloop.tasks.runtime.secrets import apply_secret_env
-from layerloop.tasks.stages.handles import is_committed, next_round
+from .seed import seed
+from ..tasks import recipe
+from ..tasks.config import PipelineConfig
+from ..tasks.runtime import publish
+from ..tasks.runtime import executor
+from ..tasks.runtime.prefect_tasks import PrefectRunner
+from ..tasks.runtime.run_lock import store_run_lock
+from ..tasks.runtime.secrets import apply_secret_env
+from ..tasks.stages.handles import is_committed, next_round
 
 
 @flow(name="self-improve", log_prints=True)

@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from layerloop.models.evaluation import BACKGROUND_LAYER as BACKGROUND
-from layerloop.models.metrics import foreground
+from .evaluation import BACKGROUND_LAYER as BACKGROUND
+from .metrics import foreground
 
 
 def footprint(background: Image.Image, composite: Image.Image, threshold: float, grow: int,

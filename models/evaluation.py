@@ -13,6 +13,8 @@ import math
 from typing import Any, Callable, Iterable, Sequence
 
 from PIL import Image
+from .judges.base import JudgeItem
+from .metrics import psnr, shape_iou, ssim
 
 # Texts VQAScore asks about when an item's meta has no caption for the layer.
 DEFAULT_VQA_TEXTS = {
@@ -42,8 +44,6 @@ BACKGROUND_LAYER = "object"
 def score_layers(truth: dict[str, Image.Image], predicted: dict[str, Image.Image]) -> dict[str, float]:
     """PSNR and SSIM of each predicted layer against its ground truth, keyed psnr_<layer> / ssim_<layer>,
     and for every layer but the background one the shape IoU of its drawn pixels (iou_<layer>)."""
-    from layerloop.models.metrics import psnr, shape_iou, ssim
-
     scores: dict[str, float] = {}
     for layer in _layers_of(truth):
         if layer not in predicted:
@@ -192,8 +192,6 @@ def _call_vqa(vqa, images: list[Image.Image], texts: list[str]) -> list[float | 
 
 def _add_judge(rows, unpacked, predictions, judge) -> None:
     """VLMScore: the judge's overall score of [input composite | predicted layers]."""
-    from layerloop.models.judges.base import JudgeItem
-
     judge_items = [
         JudgeItem(sample_id=sid, triplet={"composite": t["composite"], **pred}, prompt=str(meta.get("caption", "")))
         for (sid, t, meta), pred in zip(unpacked, predictions)

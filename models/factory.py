@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from layerloop.models.config import ModelConfig
-from layerloop.models.grid import LayerSchema, task_prompt, validate_templates
+from .config import ModelConfig
+from .grid import LayerSchema, task_prompt, validate_templates
+from . import tiny
 
 if TYPE_CHECKING:  # heavy imports stay lazy; these are for readers and type checkers only
     import torch
@@ -151,15 +152,12 @@ def _freeze(backbone: Backbone) -> None:
 
 
 def _tiny_asset_dir(cfg: ModelConfig) -> Path:
-    from layerloop.models import tiny
-
     return Path(cfg.path).expanduser() if cfg.path else tiny.ASSET_DIR
 
 
 def _tiny_modules(cfg: ModelConfig, device, allow_random_init: bool, templates: dict[str, str]):
     import torch
 
-    from layerloop.models import tiny
 
     asset_dir = _tiny_asset_dir(cfg)
     if tiny.assets_present(asset_dir):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from .grid import task_prompt
+from .tiny import ASSET_DIR
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 CARD_NAME = "README.md"
@@ -73,8 +75,6 @@ def base_model(backbone: Any) -> str:
 
 def _how_to_load(backbone: Any) -> list[str]:
     """The card's recipe: plain diffusers calls, the grid and mask the LoRA was trained on, its prompts."""
-    from layerloop.models.grid import task_prompt
-    from layerloop.models.tiny import ASSET_DIR
 
     if not getattr(backbone, "base_path", ""):
         return ["## How to load", "", f"The base (`{base_model(backbone)}`) was built in memory, not loaded from "

@@ -13,6 +13,9 @@ import hashlib
 import json
 import random
 from pathlib import Path
+from .judges.openai_judge import (BadResponse, extract_json, ChatCaller, resolve_api_key, run_sync,
+                                  structured_output_kwargs)
+from .synthetic import COLOURS, KINDS, SHAPES, WORDS
 
 MATERIALS = ("ceramic", "glass", "matte", "glossy", "metal", "recycled", "pastel", "vintage")
 TEMPLATE = "a {product} with {logo}"
@@ -73,8 +76,6 @@ def load_prompt_set(path: str | Path) -> PromptSet:
 
 
 def _vocab() -> dict[str, tuple[str, ...]]:
-    from layerloop.models.synthetic import COLOURS, KINDS, SHAPES, WORDS
-
     return {"kinds": KINDS, "shapes": SHAPES, "words": WORDS, "colours": tuple(COLOURS)}
 
 
@@ -114,8 +115,6 @@ def _request_messages(k: int, avoid: list[str]) -> list[dict]:
 
 
 def _parse_items(text, finish) -> list[str]:
-    from layerloop.models.judges.openai_judge import BadResponse, extract_json
-
     value = extract_json(text, finish)
     items = value.get("items") if isinstance(value, dict) else value
     if not isinstance(items, list):
@@ -129,8 +128,6 @@ def _parse_items(text, finish) -> list[str]:
 
 def openai_prompts(n: int, cfg, *, chunk: int = 25, max_requests: int | None = None) -> PromptSet:
     """`n` distinct prompts from an OpenAI-compatible server; `cfg` is an OpenAIJudgeConfig."""
-    from layerloop.models.judges.openai_judge import ChatCaller, resolve_api_key, run_sync, structured_output_kwargs
-
     if n < 1:
         raise ValueError(f"n must be >= 1; got {n}")
     caller = ChatCaller(cfg, resolve_api_key(cfg))

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from PIL import Image
 
-from layerloop.models.acceleration import compiled_blocks
-from layerloop.models.config import SampleConfig
-from layerloop.models.grid import (
+from .acceleration import compiled_blocks
+from .config import SampleConfig
+from .grid import (
     COMPOSITE, GridError, fill_missing, generated_panels, given_panels, make_grid, split_grid, task_mask,
 )
+from .lora_io import load_adapter, unload_adapter
 
 if TYPE_CHECKING:  # torch stays a lazy import at run time
     import torch
@@ -27,8 +28,6 @@ class Sampler:
     """Runs the grid tasks on a backbone; `adapter_dir=None` means the base model without any LoRA."""
 
     def __init__(self, backbone: Any, adapter_dir: str | None, cfg: SampleConfig):
-        from layerloop.models.lora_io import load_adapter, unload_adapter
-
         self.backbone, self.cfg, self.adapter_dir = backbone, cfg, adapter_dir
         # the backbone is shared: make sure it carries exactly the adapter this sampler was asked for
         # (one adapter at a time per backbone: build one backbone per concurrent sampler)

@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from layerloop.models import losses
-from layerloop.models.acceleration import compiled_blocks
-from layerloop.models.config import LoraConfig, TrainConfig
-from layerloop.models.grid import generated_panels, make_grid, panel_size_of, task_mask
+from . import losses
+from .acceleration import compiled_blocks
+from .config import LoraConfig, TrainConfig
+from .grid import generated_panels, make_grid, panel_size_of, task_mask
+from .lora_io import read_adapter_metadata, read_adapter_state, unload_adapter, save_adapter
 
 if TYPE_CHECKING:
     import torch
@@ -277,7 +278,6 @@ def _clear_stale_peft_flag(transformer) -> None:
 
 def load_init_adapter(transformer, adapter_dir: str, params: dict) -> None:
     """Copy a previous adapter's weights into the fresh one; rank/targets must match."""
-    from layerloop.models.lora_io import read_adapter_metadata, read_adapter_state
     from peft.utils import set_peft_model_state_dict
 
     state = read_adapter_state(adapter_dir)
@@ -643,8 +643,6 @@ def train_lora(backbone, triplets: list[dict], cfg: TrainConfig, lora: LoraConfi
     An adapter a Sampler loaded is unloaded first (training on top of it would train the wrong model);
     the backbone comes back without adapters: load the result with lora_io.load_adapter / a new Sampler.
     """
-    from layerloop.models.lora_io import unload_adapter
-
     _check_inputs(triplets, cfg, lora, captions, init_adapter)
     _check_per_item(len(triplets), trust=trust, tasks=tasks, labeled=labeled)
     out = Path(out_dir)
@@ -739,8 +737,6 @@ def _file_digest(adapter_dir: str | None) -> str | None:
 
 def _run(trainer: CycleTrainer, out: Path, fingerprint: str, init_adapter, progress: ProgressFn | None,
          card_extra: dict) -> TrainResult:
-    from layerloop.models.lora_io import save_adapter
-
     cfg = trainer.cfg
     start, curve = 0, []
     ckpts = _checkpoints(out)

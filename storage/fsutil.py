@@ -17,7 +17,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from layerloop.storage.errors import StoreFullError
+from .errors import StoreFullError
 
 # Temporary names start with this, so readers skip them and `gc` can find a crashed writer's debris.
 TMP_PREFIX = ".tmp-"

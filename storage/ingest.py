@@ -20,9 +20,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from layerloop.storage import schema as S
-from layerloop.storage import validate as V
-from layerloop.storage.errors import InvalidImage
+from . import schema as S
+from . import validate as V
+from .errors import InvalidImage
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
 SEED_PANELS = ("composite", "logo", "object")

@@ -27,9 +27,9 @@ import time
 import uuid
 from typing import Any
 
-from layerloop.storage.errors import CommitConflictError
-from layerloop.storage.fsutil import put_if_absent, read_json, write_bytes
-from layerloop.storage.locks import describe_holder, holder_is_dead, holder_record
+from .errors import CommitConflictError
+from .fsutil import put_if_absent, read_json, write_bytes
+from .locks import describe_holder, holder_is_dead, holder_record
 
 CLAIMS = "claims"
 DEFAULT_LEASE_S = 120.0

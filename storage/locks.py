@@ -27,8 +27,8 @@ import time
 import uuid
 from typing import Any, Callable, TypeVar
 
-from layerloop.storage.errors import StoreLockedError
-from layerloop.storage.fsutil import is_local, put_if_absent, space_for
+from .errors import StoreLockedError
+from .fsutil import is_local, put_if_absent, space_for
 
 T = TypeVar("T")
 RUN_LOCK = "_locks/run.json"

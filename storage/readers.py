@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layerloop.storage import schema as S
+from . import schema as S
 
 
 def shard_urls(store: Any, rows: Any) -> list[str]:

@@ -40,13 +40,13 @@ import socket
 import uuid
 from typing import Any, Iterable, Iterator
 
-from layerloop.storage import schema as S
-from layerloop.storage.errors import CommitConflictError, CorruptShardError, RoundExistsError, RoundNotFoundError
-from layerloop.storage.fsutil import (TMP_PREFIX, age_s, is_local, open_store_fs, put_if_absent, read_json, read_table,
+from . import schema as S
+from .errors import CommitConflictError, CorruptShardError, RoundExistsError, RoundNotFoundError
+from .fsutil import (TMP_PREFIX, age_s, is_local, open_store_fs, put_if_absent, read_json, read_table,
                                       space_for, table_bytes, write_bytes, write_json)
-from layerloop.storage.lease import CLAIMS, DEFAULT_LEASE_S, CommitClaim, is_takeable, newest_claim
-from layerloop.storage.locks import RUN_LOCK, RunLock
-from layerloop.storage.shards import ShardReader, ShardWriter, sha256_hex, verify_group
+from .lease import CLAIMS, DEFAULT_LEASE_S, CommitClaim, is_takeable, newest_claim
+from .locks import RUN_LOCK, RunLock
+from .shards import ShardReader, ShardWriter, sha256_hex, verify_group
 
 COMMITTED = "COMMITTED"
 MANIFEST = "manifest.parquet"

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from layerloop.storage.errors import SchemaError
+from .errors import SchemaError
 
 SCHEMA_VERSION = 1
 SCHEMA_METADATA_KEY = b"layerloop.schema_version"

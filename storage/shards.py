@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterator
 
-from layerloop.storage.errors import CorruptShardError, UnsafeMemberError
-from layerloop.storage.fsutil import TMP_PREFIX, is_local
+from .errors import CorruptShardError, UnsafeMemberError
+from .fsutil import TMP_PREFIX, is_local
 
 SHARD_SUFFIX = ".tar"
 MAX_MEMBER_BYTES = 512 * 2**20

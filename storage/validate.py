@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from layerloop.storage.errors import InvalidImage
+from .errors import InvalidImage
 
 # Stable reason codes (each one distinct and tested).
 EMPTY_FILE = "empty_file"

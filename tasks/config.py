@@ -15,10 +15,10 @@ from typing import Any, Callable, Iterable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from layerloop.models.config import LoraConfig, ModelConfig, SampleConfig, TrainConfig
-from layerloop.models.judges.config import JudgeConfig, ThresholdConfig
-from layerloop.models.prompts import TEMPLATE, load_prompt_set
-from layerloop.storage.config import StoreConfig
+from ..models.config import LoraConfig, ModelConfig, SampleConfig, TrainConfig
+from ..models.judges.config import JudgeConfig, ThresholdConfig
+from ..models.prompts import TEMPLATE, load_prompt_set
+from ..storage.config import StoreConfig
 
 ENV_PREFIX = "LAYERLOOP__"
 
@@ -286,7 +286,7 @@ def nest(items: Iterable[tuple[tuple[str, ...], Any]]) -> dict:
 def round_config(store_uri: str, round_: int, changes: dict | None = None) -> PipelineConfig:
     """The config committed round `round_` ran with, pointed at where its store is now (stores move between
     machines), with `changes` merged in: how a benchmark re-reads a finished run."""
-    from layerloop.storage.rounds import RoundStore
+    from ..storage.rounds import RoundStore
 
     saved = RoundStore(store_uri).round_info(round_)["config"]
     data = deep_merge(deep_merge(saved, {"store": {"uri": store_uri}}), changes or {})

@@ -14,10 +14,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.reporting import summary
-from layerloop.tasks.stages import adapter, commit, consistency, generation, ingest, judging
-from layerloop.tasks.stages.handles import Unit, open_store, stage_seconds, units
+from .config import PipelineConfig
+from .reporting import summary
+from .stages import adapter, commit, consistency, generation, ingest, judging
+from .stages.handles import Unit, open_store, stage_seconds, units
 
 # What a stage runs over, and so its arguments after the config:
 OVER_ADAPTER = "adapter"  # (adapter_round): one call on the adapter a round measures (r - 1)

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, NoReturn, Optional
 
 import typer
+from ...tasks.config import ConfigError, deep_merge, load_config
+from ...tasks.stages.handles import open_store as open_config_store
 
 if TYPE_CHECKING:
-    from layerloop.storage.rounds import RoundStore
-    from layerloop.tasks.config import PipelineConfig
+    from ...storage.rounds import RoundStore
+    from ...tasks.config import PipelineConfig
 
 DEFAULT_FILE = Path("layerloop.yaml")
 PRECEDENCE = "built-in defaults < this file < LAYERLOOP__SECTION__FIELD env < flags"
@@ -95,8 +97,6 @@ def config_file(config: Optional[Path]) -> Optional[Path]:
 def load(config: Optional[Path], *, store: Optional[str] = None, flags: Optional[dict] = None,
          defaults: Optional[dict] = None) -> "PipelineConfig":
     """The command's PipelineConfig in the one precedence; `store` is the --store flag, `flags` the others."""
-    from layerloop.tasks.config import ConfigError, deep_merge, load_config
-
     given = deep_merge(flags or {}, {"store": {"uri": store}} if store else {})
     try:
         return load_config(config_file(config), defaults=defaults, overrides=given)
@@ -106,8 +106,6 @@ def load(config: Optional[Path], *, store: Optional[str] = None, flags: Optional
 
 def open_store(cfg: "PipelineConfig") -> "RoundStore":
     """The config's store; a bad URI or a missing fsspec backend (s3fs, ...) is one error line."""
-    from layerloop.tasks.stages.handles import open_store as open_config_store
-
     try:
         return open_config_store(cfg)
     except (ValueError, ImportError) as exc:

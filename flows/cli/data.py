@@ -12,7 +12,10 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from layerloop.flows.cli.config import CONFIG_OPT, STORE_OPT, fail, load, open_store
+from .config import CONFIG_OPT, STORE_OPT, fail, load, open_store
+from ...models.synthetic import WorldSlice, write_split
+from ...storage.errors import RoundExistsError, RoundNotFoundError
+from ...tasks.config import default_yaml_text
 
 SPLITS = ("seeds", "pool", "test")
 
@@ -42,8 +45,6 @@ def init(store: Optional[str] = STORE_OPT,
          config_out: Path = typer.Option(Path("layerloop.yaml"), "--config-out", help="where to write the config"),
          force: bool = typer.Option(False, help="overwrite an existing config file")) -> None:
     """Create the store folders and write a commented default layerloop.yaml."""
-    from layerloop.tasks.config import default_yaml_text
-
     st, _ = _open(store, None)
     root = st.init()
     typer.echo(f"store ready: {root}")
@@ -68,7 +69,6 @@ def synth(split: str = typer.Argument(..., metavar="SPLIT",
     """Render synthetic items with ground truth (procedural products with warped, shaded logos)."""
     if split not in SPLITS:
         fail(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
-    from layerloop.models.synthetic import WorldSlice
 
     try:
         where = WorldSlice(kinds=tuple(kinds) if kinds else None, shapes=tuple(shapes) if shapes else None,
@@ -77,7 +77,6 @@ def synth(split: str = typer.Argument(..., metavar="SPLIT",
         fail(str(exc))
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from layerloop.models.synthetic import write_split
 
     with Progress(SpinnerColumn(), TextColumn(f"rendering {n} {split} items"), TimeElapsedColumn()) as bar:
         bar.add_task("synth", total=None)
@@ -89,8 +88,7 @@ def synth(split: str = typer.Argument(..., metavar="SPLIT",
 
 
 def _ingest(kind: str, path: str, store: Optional[str], config: Optional[Path]) -> None:
-    from layerloop.storage.errors import RoundExistsError
-    from layerloop.storage.ingest import IngestError, ingest_pool, ingest_seeds
+    from ...storage.ingest import IngestError, ingest_pool, ingest_seeds
 
     full = load(config, store=store)
     st, cfg = open_store(full), full.store
@@ -149,8 +147,6 @@ def rounds_show(round: int = typer.Argument(..., metavar="ROUND", help="round nu
                 store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT,
                 as_json: bool = typer.Option(False, "--json", help="print round.json as JSON")) -> None:
     """Describe one committed round: lineage, counts by source and reason, shards, size, conversions."""
-    from layerloop.storage.errors import RoundNotFoundError
-
     st, _ = _open(store, config)
     try:
         info = st.round_info(round)
@@ -166,7 +162,7 @@ def rounds_show(round: int = typer.Argument(..., metavar="ROUND", help="round nu
 
 def describe_round(info: dict, rows: Any) -> list[str]:
     """Human summary lines of a round (used by `rounds show`)."""
-    from layerloop.storage import schema as S
+    from ...storage import schema as S
 
     acc = rows[rows[S.ACCEPTED].astype(bool)]
     lines = [f"round {info['round']:04d} at {info['uri']}",
@@ -192,7 +188,7 @@ def describe_round(info: dict, rows: Any) -> list[str]:
 
 def _rejections(rows: Any, S: Any) -> dict[str, int]:
     """Rejections counted by cause (the reason without its measured scores), most frequent first."""
-    from layerloop.models.judges.acceptance import reason_kind
+    from ...models.judges.acceptance import reason_kind
 
     kinds = rows.loc[~rows[S.ACCEPTED].astype(bool), S.REASON].map(reason_kind).replace("", "(no reason)")
     return kinds.value_counts().to_dict()
@@ -209,7 +205,6 @@ def verify(round: Optional[int] = typer.Option(None, "--round", help="only this 
     """Re-hash every shard member against the manifests; exit 1 when anything does not match."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from layerloop.storage.errors import RoundNotFoundError
 
     st, _ = _open(store, config)
     with Progress(SpinnerColumn(), TextColumn("verifying"), TimeElapsedColumn()) as bar:

@@ -12,7 +12,15 @@ from typing import Optional
 
 import typer
 
-from layerloop.flows.cli.config import CONFIG_OPT, STORE_OPT, fail, load, open_store
+from .config import CONFIG_OPT, STORE_OPT, fail, load, open_store
+from ...models.judges.base import JudgeItem
+from ...models.judges.calibration import oracle_labels, read_labels, synthetic_calibration_set, calibration_report
+from ...models.judges.config import CRITERIA
+from ...models.judges.registry import build_judge
+from ...models.prompts import builtin_prompts, openai_prompts, write_prompt_set
+from ...tasks.stages.handles import sampler as make_sampler
+from ...tasks.stages.panels import decode
+from ...tasks.stages.review import export_review, import_review
 
 review_app = typer.Typer(help="Human spot-checks of a round's judge decisions.", no_args_is_help=True)
 
@@ -23,8 +31,6 @@ def prompts(n: int = typer.Option(..., "--n", min=1, help="how many prompts"),
             seed: int = typer.Option(0, "--seed", help="builtin generator seed"),
             config: Optional[Path] = CONFIG_OPT) -> None:
     """Write a versioned product x logo prompt set for candidate generation."""
-    from layerloop.models.prompts import builtin_prompts, openai_prompts, write_prompt_set
-
     try:
         if backend == "builtin":
             ps = builtin_prompts(n, seed=seed)
@@ -39,13 +45,9 @@ def prompts(n: int = typer.Option(..., "--n", min=1, help="how many prompts"),
 
 
 def _judge(cfg, name: str):
-    from layerloop.models.judges.registry import build_judge
-
     judge_cfg = cfg.judge.model_copy(update={"backend": name})
     sampler = None
     if name == "cycle":
-        from layerloop.tasks.stages.handles import sampler as make_sampler
-
         latest = open_store(cfg).latest_round()
         if latest is None:
             fail("--judge cycle needs a committed round with an adapter (run `layerloop seed` first)")
@@ -54,8 +56,6 @@ def _judge(cfg, name: str):
 
 
 def _round_items(store, round_: int, ids: set[str]):
-    from layerloop.models.judges.base import JudgeItem
-    from layerloop.tasks.stages.panels import decode
 
     rows = store.read(round_, "all")
     rows = rows[rows["sample_id"].isin(ids)]
@@ -65,8 +65,6 @@ def _round_items(store, round_: int, ids: set[str]):
 
 def _scores_and_labels(cfg, judge: str, labels: str, round_: Optional[int], n: int, seed: int,
                        label_threshold: float, criterion: str):
-    from layerloop.models.judges.calibration import oracle_labels, read_labels, synthetic_calibration_set
-
     column = f"score_{criterion}"
     if labels == "synthetic":
         if judge == "stored":
@@ -98,8 +96,6 @@ def calibrate(judge: str = typer.Option(..., "--judge", help="oracle | cycle | q
               json_out: Optional[Path] = typer.Option(None, "--json-out"),
               config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) -> None:
     """Precision, recall and ROC-AUC of a judge against truth, and the threshold for a target precision."""
-    from layerloop.models.judges.calibration import calibration_report
-    from layerloop.models.judges.config import CRITERIA
 
     if criterion not in ("overall", *CRITERIA):
         fail(f"--criterion must be overall or one of {list(CRITERIA)}")
@@ -127,8 +123,6 @@ def review_export(round_: int = typer.Argument(..., metavar="ROUND", help="a com
                   seed: int = typer.Option(0, "--seed"),
                   config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) -> None:
     """Write a review sheet (HTML with thumbnails + CSV to fill) of a round's borderline and random samples."""
-    from layerloop.tasks.stages.review import export_review
-
     cfg = load(config, store=store)
     try:
         result = export_review(open_store(cfg), round_, out, overall_threshold=cfg.thresholds.overall,
@@ -144,8 +138,6 @@ def review_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, 
                   reviewer: Optional[str] = typer.Option(None, "--reviewer", help="for rows without a reviewer"),
                   config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) -> None:
     """Record review decisions; they override the judge in the next commit (committed rounds stay as they are)."""
-    from layerloop.tasks.stages.review import import_review
-
     cfg = load(config, store=store)
     try:
         result = import_review(open_store(cfg), file, reviewer=reviewer)

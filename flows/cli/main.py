@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from layerloop.flows.cli.config import prefect_env, set_debug
+from .config import prefect_env, set_debug
+from . import data, judge, report, run
 
 app = typer.Typer(
     name="layerloop",
@@ -27,8 +28,6 @@ def _options(debug: bool = typer.Option(False, "--debug", envvar="LAYERLOOP_DEBU
 
 
 def _register_commands() -> None:
-    from layerloop.flows.cli import data, judge, report, run
-
     for module in (data, judge, run, report):
         module.register(app)
 

@@ -18,7 +18,10 @@ from typing import Optional
 import typer
 from PIL import Image, ImageOps
 
-from layerloop.flows.cli.config import CONFIG_OPT, STORE_OPT, fail, load, open_store, prefect_env, user_errors
+from .config import CONFIG_OPT, STORE_OPT, fail, load, open_store, prefect_env, user_errors
+from ...models.grid import make_grid, LayerSchema
+from ...models.sampler import Sampler
+from ...tasks.stages.handles import backbone
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 FIT_MODES = ("pad", "resize")
@@ -102,16 +105,14 @@ def restore_from_panel(panel: Image.Image, record: dict) -> Image.Image:
 
 
 def _sampler(cfg, adapter: str):
-    from layerloop.flows.evaluate import resolve_adapter
-    from layerloop.models.sampler import Sampler
-    from layerloop.tasks.stages.handles import backbone
+    from ..evaluate import resolve_adapter
 
     label, adapter_dir = resolve_adapter(adapter, cfg)
     return label, Sampler(backbone(cfg), adapter_dir, cfg.sample)
 
 
 def _latest_adapter(cfg) -> str:
-    from layerloop.flows.evaluate import adapter_rounds
+    from ..evaluate import adapter_rounds
 
     rounds = adapter_rounds(cfg)
     if not rounds:
@@ -135,8 +136,6 @@ def _unique_stems(paths: list[Path]) -> dict[Path, str]:
 def decompose_files(sampler, paths: list[Path], out: Path, *, panel_size: int, schema, fit: str,
                     max_pixels: int, max_bytes: int, adapter_label: str) -> dict[str, str]:
     """Decompose each readable file; returns {input: error} for the ones that failed."""
-    from layerloop.models.grid import make_grid
-
     out.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
     stems = _unique_stems(paths)
@@ -181,7 +180,7 @@ _ADAPTER = typer.Option(None, "--adapter", "-a", help="round number or adapter d
 def report_cmd(round: int = typer.Argument(..., metavar="ROUND", help="committed round to report on"),
                store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Rebuild report.html / report.json / selection_rate.png of a committed round."""
-    from layerloop.tasks.reporting.report import build_report
+    from ...tasks.reporting.report import build_report
 
     cfg = load(config, store=store)
     try:
@@ -201,7 +200,7 @@ def eval_cmd(adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a"
              prefect: bool = typer.Option(True, "--prefect/--no-prefect", help="run as a Prefect flow (artifact)"),
              store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Held-out table: identity baseline, round 0, each round, final (markdown, CSV, Prefect artifact)."""
-    from layerloop.flows import evaluate as ev
+    from .. import evaluate as ev
 
     cfg = load(config, store=store)
     prefect_env()  # offline, Prefect's telemetry service would log an ERROR on every run
@@ -230,8 +229,6 @@ def decompose_cmd(images: list[Path] = typer.Argument(..., metavar="IMAGE", help
                   fit: str = typer.Option("pad", "--fit", help="pad (letterbox, keeps aspect) or resize (stretch)"),
                   store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Split composites into <name>.logo.png, <name>.object.png, <name>.grid.png (+ <name>.json sidecar)."""
-    from layerloop.models.grid import LayerSchema
-
     cfg = _fit_and_config(fit, config, store)
     with user_errors():  # an unknown adapter, a bad model.path or base: one error line
         label, sampler = _sampler(cfg, adapter or _latest_adapter(cfg))
@@ -283,7 +280,7 @@ def ablate_cmd(seeds: list[int] = typer.Option([0, 1], "--seed", help="repeat wi
 
     Its built-in defaults are a demo-sized tiny world (flows/ablate.py ABLATION_DEFAULTS).
     """
-    from layerloop.flows.ablate import ABLATION_DEFAULTS, run_ablation
+    from ..ablate import ABLATION_DEFAULTS, run_ablation
 
     cfg = load(config, defaults=ABLATION_DEFAULTS)
     prefect_env()

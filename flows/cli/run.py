@@ -17,10 +17,22 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 
-from layerloop.flows.cli.config import CONFIG_OPT, STORE_OPT, fail, load, prefect_env, user_errors
+from .config import CONFIG_OPT, STORE_OPT, fail, load, prefect_env, user_errors
+from ...models.evaluation import identity_baseline
+from ...models.judges.base import JudgeUnavailable
+from ...models.synthetic import make_split
+from ...storage.errors import CorruptShardError, StoreFullError, StoreLockedError
+from ...storage.fsutil import is_disk_full
+from ...tasks.runtime.gpu_slot import GpuSlotBusy
+from ...tasks.runtime.run_lock import store_run_lock
+from ...tasks.runtime.secrets import apply_secret_env
+from ...tasks.stages import demo as demo_world
+from ...tasks.stages.adapter import evaluate_adapter, evaluate_control, flatten_slices, seen_slices
+from ...tasks.stages.handles import adapter_id, open_store
+from ...tasks.stages.ingest import check_inputs
 
 if TYPE_CHECKING:
-    from layerloop.tasks.config import PipelineConfig
+    from ...tasks.config import PipelineConfig
 
 
 @contextmanager
@@ -28,15 +40,9 @@ def guarded_run(cfg: "PipelineConfig") -> Iterator[None]:
     """A run of the loop from the command line: inputs checked before Prefect starts, the store held for the
     command (the flow takes the lock again, re-entrantly). Bad input is one `error:` line, exit 2; a failure
     that needs a person (judge down, disk full, corrupted shard, store or GPU taken) one line, exit 1."""
-    from layerloop.models.judges.base import JudgeUnavailable
-    from layerloop.storage.errors import CorruptShardError, StoreFullError, StoreLockedError
-    from layerloop.storage.fsutil import is_disk_full
-    from layerloop.tasks.runtime.gpu_slot import GpuSlotBusy
-    from layerloop.tasks.runtime.run_lock import store_run_lock
 
     with user_errors():
         if cfg.loop.secret_env:  # credentials from Prefect Secret blocks, before anything opens the store
-            from layerloop.tasks.runtime.secrets import apply_secret_env
 
             prefect_env()
             apply_secret_env(cfg)
@@ -101,7 +107,7 @@ def run(config: Optional[Path] = CONFIG_OPT,
     flags = {"loop": {k: v for k, v in (("rounds", rounds), ("store_lock_wait_s", wait)) if v is not None}}
     cfg = load(config, store=store, flags=flags)
     with guarded_run(cfg):
-        from layerloop.flows.self_improve import self_improve
+        from ..self_improve import self_improve
 
         rows = self_improve(cfg)
     print_table(rows)
@@ -109,8 +115,6 @@ def run(config: Optional[Path] = CONFIG_OPT,
 
 def _check_inputs(cfg: "PipelineConfig") -> None:
     """Missing seed / pool inputs are found before Prefect starts (seconds, and no flow-run logs)."""
-    from layerloop.tasks.stages.ingest import check_inputs
-
     check_inputs(cfg)
     prefect_env()
 
@@ -119,7 +123,7 @@ def seed(config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) 
     """Ingest the labeled seeds as round 0 and train the seed LoRA (adapters/round-0000)."""
     cfg = load(config, store=store)
     with guarded_run(cfg):
-        from layerloop.flows.seed import seed as seed_flow
+        from ..seed import seed as seed_flow
 
         result = seed_flow(cfg)
     typer.echo(f"seed round committed; held-out metrics of the seed LoRA: {result['heldout']}")
@@ -145,7 +149,6 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
     """
     import time
 
-    from layerloop.tasks.stages import demo as demo_world
 
     start = time.perf_counter()
     cfg = load(config, defaults=demo_world.DEMO_SIZES,
@@ -154,9 +157,7 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
     if fresh and Path(store).exists():
         shutil.rmtree(store)
     prefect_env()
-    from layerloop.flows.self_improve import self_improve
-    from layerloop.tasks.stages.adapter import evaluate_adapter
-    from layerloop.tasks.stages.handles import adapter_id, open_store
+    from ..self_improve import self_improve
 
     with guarded_run(cfg):
         rows = self_improve(cfg)
@@ -168,8 +169,6 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
         _print_heldout(f"final adapter {adapter_id(last)} (trained on rounds 0..{last})",
                        evaluate_adapter(cfg, last)["metrics"])
         if cfg.loop.control:
-            from layerloop.tasks.stages.adapter import evaluate_control
-
             _print_heldout("its control (the same steps on the labeled seeds alone)",
                            evaluate_control(cfg, last)["heldout"])
     typer.echo(f"report: {open_store(cfg).round_uri(last)}/report.html")
@@ -177,10 +176,6 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
 
 
 def _identity(cfg: "PipelineConfig") -> dict:
-    from layerloop.models.evaluation import identity_baseline
-    from layerloop.models.synthetic import make_split
-    from layerloop.tasks.stages.adapter import flatten_slices, seen_slices
-    from layerloop.tasks.stages.handles import open_store
 
     items = make_split("test", cfg.loop.eval_size, cfg.model.panel_size, cfg.loop.eval_seed)
     return flatten_slices(identity_baseline(items, slices=seen_slices(open_store(cfg))))

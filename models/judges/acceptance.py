@@ -21,7 +21,7 @@ import re
 
 import pandas as pd
 
-from layerloop.models.judges.config import CRITERIA, ThresholdConfig
+from .config import CRITERIA, ThresholdConfig
 
 SCORE_COLUMNS = {c: f"score_{c}" for c in CRITERIA}
 OVERALL_COLUMN = "score_overall"

@@ -13,7 +13,7 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any
 
-from layerloop.models.judges.config import CRITERIA, JudgeConfig
+from .config import CRITERIA, JudgeConfig
 
 PANELS = ("composite", "logo", "object")
 INVALID_ITEM = "invalid item"  # the kind of an item's own problem: not the judge's failure

@@ -12,6 +12,9 @@ import math
 from pathlib import Path
 
 import numpy as np
+from .base import JudgeItem
+from .oracle import OracleJudge
+from ..synthetic import make_split
 
 TRUE_WORDS = {"1", "true", "yes", "y", "accept", "accepted", "good", "pass"}
 FALSE_WORDS = {"0", "false", "no", "n", "reject", "rejected", "bad", "fail"}
@@ -126,8 +129,6 @@ def _spoil(triplet: dict, rng: np.random.Generator) -> dict:
 
 def synthetic_calibration_set(n: int, *, size: int = 32, seed: int = 0, spoil_fraction: float = 0.5):
     """`n` JudgeItems from the held-out synthetic split, a share of them spoiled; truth = the clean triplet."""
-    from layerloop.models.judges.base import JudgeItem
-    from layerloop.models.synthetic import make_split
 
     rng = np.random.default_rng(seed)
     items = []
@@ -139,7 +140,5 @@ def synthetic_calibration_set(n: int, *, size: int = 32, seed: int = 0, spoil_fr
 
 def oracle_labels(items, cfg, label_threshold: float) -> dict[str, bool]:
     """Ground-truth labels: the oracle judge's overall score >= label_threshold."""
-    from layerloop.models.judges.oracle import OracleJudge
-
     return {r.sample_id: bool(r.overall is not None and r.overall >= label_threshold)
             for r in OracleJudge(cfg).score(items)}

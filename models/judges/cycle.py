@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import time
 
-from layerloop.models.judges import imagestats as st
-from layerloop.models.judges.base import Judge, JudgeItem, JudgeResult
+from . import imagestats as st
+from .base import Judge, JudgeItem, JudgeResult
 
 
 class CycleJudge(Judge):

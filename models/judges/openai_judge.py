@@ -28,8 +28,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from layerloop.models.judges.base import PANELS, Judge, JudgeItem, JudgeResult, JudgeUnavailable
-from layerloop.models.judges.config import CRITERIA, JudgeConfig, OpenAIJudgeConfig
+from .base import PANELS, Judge, JudgeItem, JudgeResult, JudgeUnavailable
+from .config import CRITERIA, JudgeConfig, OpenAIJudgeConfig
 
 log = logging.getLogger("layerloop.judges.openai")
 

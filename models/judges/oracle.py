@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 
-from layerloop.models.judges.base import PANELS, Judge, JudgeItem, JudgeResult, item_problem
-from layerloop.models.judges.imagestats import linear_score, psnr
+from .base import PANELS, Judge, JudgeItem, JudgeResult, item_problem
+from .imagestats import linear_score, psnr
 
 _PANEL_CRITERION = {"logo": "logo_clean", "object": "object_clean", "composite": "composite_consistent"}
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 
-from layerloop.models.judges.base import PANELS, Judge, JudgeItem, JudgeResult
-from layerloop.models.judges.config import CRITERIA, JudgeConfig
+from .base import PANELS, Judge, JudgeItem, JudgeResult
+from .config import CRITERIA, JudgeConfig
+from .qwen_runtime import QwenVL
 
 LAYOUT = ("The image has three panels side by side: left, a product with a printed logo; middle, the logo "
           "alone; right, the same product without the logo. ")
@@ -44,8 +45,6 @@ class QwenJudge(Judge):
         super().__init__(cfg)
         q = cfg.qwen
         if runtime is None:
-            from layerloop.models.judges.qwen_runtime import QwenVL
-
             runtime = QwenVL(q.path, device=q.device, dtype=q.dtype, min_pixels=q.min_pixels,
                              max_pixels=q.max_pixels, batch_size=q.batch_size)
         self.runtime = runtime

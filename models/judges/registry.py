@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib
 
-from layerloop.models.judges.base import Judge
-from layerloop.models.judges.config import JudgeConfig
+from .base import Judge
+from .config import JudgeConfig
 
 BACKENDS = {
     "cycle": "layerloop.models.judges.cycle:CycleJudge",

@@ -4,6 +4,7 @@ The probability is read at the first generated position over the whole vocabular
 no generation), as in the VQAScore paper; used by the evaluation on logo and object panels.
 """
 from __future__ import annotations
+from .qwen_runtime import QwenVL
 
 QUESTION = 'Does this figure show "{text}"? Please answer Yes or No.'
 
@@ -22,7 +23,6 @@ class VQAScorer:
         if runtime is None:
             if path is None:
                 raise ValueError("VQAScorer needs a local Qwen2.5-VL model directory (path)")
-            from layerloop.models.judges.qwen_runtime import QwenVL
 
             runtime = QwenVL(path, device=device, dtype=dtype, batch_size=batch_size, min_pixels=min_pixels,
                              max_pixels=max_pixels)

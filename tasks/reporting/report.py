@@ -22,6 +22,8 @@ import math
 from typing import Any
 
 import pandas as pd
+from ..stages import adapter_files
+from ..stages.panels import for_display
 
 THUMBS_PER_GROUP = 8
 THUMB_PANEL_PX = 128  # per panel: 32 px panels shown 4x, nearest-neighbour, large enough to judge
@@ -33,7 +35,7 @@ REPORT_JSON, REPORT_HTML, SELECTION_PNG = "report.json", "report.html", "selecti
 
 
 def _schema():
-    from layerloop.storage import schema
+    from ...storage import schema
 
     return schema
 
@@ -140,7 +142,7 @@ def decisions(rows: pd.DataFrame) -> dict[str, dict[str, int]]:
     The rule is the one the stored reason names (models/judges/acceptance.py: thresholds, cycle, review);
     an accepted row that no rule spoke about counts under "passed".
     """
-    from layerloop.models.judges.acceptance import rule_of
+    from ...models.judges.acceptance import rule_of
 
     s = _schema()
     out: dict[str, dict[str, int]] = {}
@@ -197,8 +199,6 @@ def stage_timings(info: dict) -> dict[str, float]:
 
 def load_loss_curve(store, r: int) -> list[dict]:
     """The adapter's training loss curve (metrics.json `loss_curve`), [] when that round trained nothing."""
-    from layerloop.tasks.stages import adapter_files
-
     uri = adapter_files.join(store.adapter_uri(r), "metrics.json")
     metrics = adapter_files.read_json(uri)  # with the store's fsspec options (an S3 endpoint)
     if metrics is None:
@@ -319,7 +319,6 @@ def sample_thumbnails(store, rows: pd.DataFrame, limit: int = THUMBS_PER_GROUP) 
 def _strip(panels: dict[str, bytes]) -> bytes:
     from PIL import Image
 
-    from layerloop.tasks.stages.panels import for_display
 
     # load_panels has already checked each panel's sha256 against the manifest.
     images = [for_display(data, THUMB_PANEL_PX) for data in panels.values()]

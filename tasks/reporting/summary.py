@@ -1,13 +1,14 @@
 """What a committed round reports: its HTML/JSON report (tasks/reporting/report.py) and its row of the selection-rate table."""
 from __future__ import annotations
 
-from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.stages.handles import open_store, timed
+from ..config import PipelineConfig
+from ..stages.handles import open_store, timed
+from ...models.judges.config import CRITERIA
 
 
 def report(cfg: PipelineConfig, round_: int) -> dict:
     """HTML/JSON report of a committed round; returns the written paths."""
-    from layerloop.tasks.reporting.report import build_report
+    from .report import build_report
 
     with timed({"round": round_}) as out:
         out["paths"] = dict(build_report(open_store(cfg), round_))
@@ -16,8 +17,7 @@ def report(cfg: PipelineConfig, round_: int) -> dict:
 
 def round_summary(store, round_: int) -> dict:
     """One row of the `selection-rate` table for a committed round."""
-    from layerloop.models.judges.config import CRITERIA
-    from layerloop.storage import schema as S
+    from ...storage import schema as S
 
     rows = store.read(round_, "all")
     cand = rows[rows[S.SOURCE] != "seed"]

@@ -11,10 +11,10 @@ import time
 from contextlib import nullcontext
 from typing import Callable
 
-from layerloop.tasks import recipe
-from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.reporting import summary
-from layerloop.tasks.stages.handles import Unit, is_committed, next_round
+from .. import recipe
+from ..config import PipelineConfig
+from ..reporting import summary
+from ..stages.handles import Unit, is_committed, next_round
 
 
 class PlainRunner:

@@ -22,8 +22,9 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, ContextManager, Iterator
 
-from layerloop.tasks.config import ConfigError, PipelineConfig
-from layerloop.tasks.runtime.placement import NOSET_CUDA
+from ..config import ConfigError, PipelineConfig
+from .placement import NOSET_CUDA
+from .gpu_slot import ensure_gpu_slot, gpu_slot
 
 
 def uses_ray(cfg: PipelineConfig) -> bool:
@@ -33,8 +34,6 @@ def uses_ray(cfg: PipelineConfig) -> bool:
 def ensure_guard(cfg: PipelineConfig) -> None:
     """The local executor's strict gpu slot must exist; under Ray there is none to make."""
     if not uses_ray(cfg):
-        from layerloop.tasks.runtime.gpu_slot import ensure_gpu_slot
-
         ensure_gpu_slot(cfg)
 
 
@@ -42,7 +41,6 @@ def gpu_guard(cfg: PipelineConfig) -> ContextManager:
     """Around a flow's GPU stages: the strict gpu slot (local), or nothing (Ray schedules the GPUs)."""
     if uses_ray(cfg):
         return nullcontext()
-    from layerloop.tasks.runtime.gpu_slot import gpu_slot
 
     return gpu_slot(cfg)
 

@@ -30,9 +30,9 @@ from contextlib import contextmanager
 from typing import Iterator
 from uuid import UUID
 
-from layerloop.storage.locks import HostLock, describe_holder, wait_for
-from layerloop.tasks.runtime import publish
-from layerloop.tasks.config import ConfigError, PipelineConfig
+from ...storage.locks import HostLock, describe_holder, wait_for
+from . import publish
+from ..config import ConfigError, PipelineConfig
 
 _RENEW_FRACTION = 0.5  # renew the lease when half of it has passed: one failed renewal still leaves time
 

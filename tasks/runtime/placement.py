@@ -14,7 +14,8 @@ import socket
 import sys
 from typing import Any, Callable
 
-from layerloop.tasks.config import PipelineConfig
+from ..config import PipelineConfig
+from ..stages.handles import builds
 
 NOSET_CUDA = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
 
@@ -61,8 +62,6 @@ def placed(cfg: PipelineConfig) -> tuple[PipelineConfig, dict]:
 def on_worker(stage: Callable[..., dict], cfg: PipelineConfig, *args: Any) -> dict:
     """Run a stage function in this task's process, placed on its GPU; its result says which process ran it
     and how many models that process has built so far (a scale-out run checks: once per worker)."""
-    from layerloop.tasks.stages.handles import builds
-
     cfg, where = placed(cfg)
     out = stage(cfg, *args)
     return {**out, "worker": {**where, **builds()}}

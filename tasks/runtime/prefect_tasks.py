@@ -18,14 +18,14 @@ from typing import Callable
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-from layerloop.storage.fsutil import is_disk_full
-from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks import recipe
-from layerloop.tasks.recipe import Stage
-from layerloop.tasks.reporting import summary
-from layerloop.tasks.runtime import executor
-from layerloop.tasks.runtime.placement import on_worker
-from layerloop.tasks.stages.handles import Unit
+from ...storage.fsutil import is_disk_full
+from ..config import PipelineConfig
+from .. import recipe
+from ..recipe import Stage
+from ..reporting import summary
+from . import executor
+from .placement import on_worker
+from ..stages.handles import Unit
 
 # Errors that a second try can fix: I/O hiccups, timeouts, a server or object store briefly away.
 # Bad input (ValueError and its subclasses), missing files and a full disk are never retried: they need a

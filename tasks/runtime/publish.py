@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from layerloop.tasks.stages.handles import Unit, adapter_id
-from layerloop.tasks.config import PipelineConfig
+from ..stages.handles import Unit, adapter_id
+from ..config import PipelineConfig
 
 TABLE_KEY = "selection-rate"
 
@@ -86,7 +86,7 @@ def publish_table(cfg: PipelineConfig) -> list[dict]:
     """The `selection-rate` table artifact over every committed round; returns its rows."""
     from prefect.artifacts import create_table_artifact
 
-    from layerloop.tasks.runtime.prefect_tasks import selection_table_task, with_retries
+    from .prefect_tasks import selection_table_task, with_retries
 
     rows = with_retries(selection_table_task, cfg)(cfg)
     create_table_artifact(table=rows, key=TABLE_KEY, description="selection rate and held-out PSNR per round")

@@ -12,9 +12,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-from layerloop.tasks.runtime import publish
-from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.stages.handles import open_store
+from . import publish
+from ..config import PipelineConfig
+from ..stages.handles import open_store
 
 
 @contextmanager

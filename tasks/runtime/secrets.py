@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from layerloop.tasks.config import ConfigError, PipelineConfig
+from ..config import ConfigError, PipelineConfig
 
 
 def apply_secret_env(cfg: PipelineConfig) -> list[str]:

@@ -12,11 +12,14 @@ that already exists is never retrained; measurements are cached next to it, keye
 """
 from __future__ import annotations
 
-from layerloop.tasks.stages import adapter_files
-from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.stages.handles import (PROMOTION_FILE, adapter_id, backbone, generator_round, open_store,
+from . import adapter_files
+from ..config import PipelineConfig
+from .handles import (PROMOTION_FILE, adapter_id, backbone, generator_round, open_store,
                                             sampler_at, timed)
-from layerloop.tasks.stages.panels import decode, decode_trust
+from .panels import decode, decode_trust
+from ...models.evaluation import evaluate_decomposition
+from ...models.lora_io import unload_adapter
+from ...models.synthetic import make_split, KINDS, SHAPES, WORDS, WorldSlice
 
 METRICS_FILE = "metrics.json"
 EVAL_FILE = "heldout.json"
@@ -33,7 +36,7 @@ def training_set(store, rows) -> dict:
     A pseudo-label (a sample with trust panels) is trained on decomposition only: its layers are partly the
     model's own, not good enough to condition synthesis on. Only the human-labeled seeds are `labeled`.
     """
-    from layerloop.storage import schema as S
+    from ...storage import schema as S
 
     out: dict = {"triplets": [], "captions": [], "trust": [], "tasks": [], "labeled": []}
     for row, panels in store.load_panels(rows):
@@ -100,8 +103,7 @@ def train_work_dir(adapter_uri: str, key: str) -> str:
 def _train(cfg: PipelineConfig, uri: str, *, work_key: str, data: dict, init: str | None) -> dict:
     import shutil
 
-    from layerloop.models.lora_io import unload_adapter
-    from layerloop.models.trainer import train_lora
+    from ...models.trainer import train_lora
 
     work = train_work_dir(uri, work_key)
     bb = backbone(cfg)
@@ -150,8 +152,6 @@ def _heldout(cfg: PipelineConfig, store, smp) -> dict:
     """Synthetic test split means (0 items: {}), per slice when the seeds come from a slice of the world."""
     if cfg.loop.eval_size == 0:
         return {}
-    from layerloop.models.evaluation import evaluate_decomposition
-    from layerloop.models.synthetic import make_split
 
     items = list(make_split("test", cfg.loop.eval_size, cfg.model.panel_size, cfg.loop.eval_seed))
     return flatten_slices(evaluate_decomposition(smp, items, slices=seen_slices(store)))
@@ -161,7 +161,6 @@ def _validation(store, smp, rows) -> dict:
     """Means over the labeled validation split's `rows` ({} when the store has none)."""
     if not len(rows):
         return {}
-    from layerloop.models.evaluation import evaluate_decomposition
 
     items = [(row["sample_id"], decode(panels)) for row, panels in store.load_panels(rows)]
     return _summary(evaluate_decomposition(smp, items))
@@ -173,8 +172,7 @@ def seen_slices(store) -> dict | None:
     show. None for seeds without such meta (real data) or seeds from the whole world (nothing is unseen)."""
     import json
 
-    from layerloop.models.synthetic import KINDS, SHAPES, WORDS, WorldSlice
-    from layerloop.storage import schema as S
+    from ...storage import schema as S
 
     if 0 not in store.committed_rounds():
         return None

@@ -13,8 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from layerloop.models.lora_io import WEIGHTS_NAME as WEIGHTS  # written last: its presence = complete
-from layerloop.storage import fsutil
+from ...models.lora_io import WEIGHTS_NAME as WEIGHTS  # written last: its presence = complete
+from ...storage import fsutil
 
 _STORE_OPTIONS: dict[str, dict] = {}  # store root URL -> store.storage_options, per process
 

@@ -5,18 +5,20 @@ The decision is models/judges/acceptance.py's (thresholds, then the cycle rule, 
 """
 from __future__ import annotations
 
-from layerloop.models.prompts import prompt_hash
-from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.stages import consistency, judging
-from layerloop.tasks.stages.handles import RoundWork, counts, timed
+from ...models.prompts import prompt_hash
+from ..config import PipelineConfig
+from . import consistency, judging
+from .handles import RoundWork, counts, timed, adapter_id, generator_round, open_store
+from .health import loop_health
+from .review import load_overrides
 
 
 def merge_parts(writer, rows):
     """Round rows with judge scores and generated candidates' cycle errors joined in by sample id."""
     import pandas as pd
 
-    from layerloop.models.judges.acceptance import ERROR_COLUMN
-    from layerloop.storage import schema as S
+    from ...models.judges.acceptance import ERROR_COLUMN
+    from ...storage import schema as S
 
     rows = rows.copy()
     for stage, keep in ((judging.PART, [*S.SCORE_COLUMNS, S.JUDGE_BACKEND, ERROR_COLUMN]),
@@ -37,8 +39,6 @@ def round_info(cfg: PipelineConfig, round_: int, *, trained: dict, measured: dic
                pool_used: int, timings: dict) -> dict:
     """What round.json records beside lineage and counts: how adapter r-1 measured, whether it was promoted
     (and so which adapter made the round), the control's measurements, the stage timings."""
-    from layerloop.tasks.stages.handles import adapter_id, generator_round, open_store
-
     return {"timings": timings, "train": trained.get("metrics", {}), "heldout": measured["heldout"],
             "validation": measured["validation"], "promotion": measured["promotion"],
             "heldout_adapter": adapter_id(round_ - 1),
@@ -49,8 +49,7 @@ def round_info(cfg: PipelineConfig, round_: int, *, trained: dict, measured: dic
 
 def commit_round(cfg: PipelineConfig, round_: int, info: dict) -> dict:
     """Decide and commit round r; a committed round is returned unchanged."""
-    from layerloop.models.judges.acceptance import ERROR_COLUMN, decide_rows
-    from layerloop.tasks.stages.review import load_overrides
+    from ...models.judges.acceptance import ERROR_COLUMN, decide_rows
 
     with timed({"round": round_}) as out:
         work = RoundWork(cfg, round_)
@@ -60,7 +59,6 @@ def commit_round(cfg: PipelineConfig, round_: int, info: dict) -> dict:
         rows = merge_parts(work.writer, work.writer.rows())
         judging.check_unscored(cfg, round_, rows)  # a judge outage fails the round instead of rejecting its data
         rows = decide_rows(rows, cfg.thresholds, load_overrides(work.store))
-        from layerloop.tasks.stages.health import loop_health
 
         health = loop_health(cfg, work.store, work.writer, rows)
         info = {**info, "prompt_set_sha256": prompt_hash(cfg.loop.prompt_set()), **({"health": health} if health else {})}

@@ -10,16 +10,19 @@ and its logo is trusted `loop.consensus_trust`.
 """
 from __future__ import annotations
 
-from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.stages.handles import RoundWork, Unit, timed
-from layerloop.tasks.stages.panels import decode, encode, encode_trust
+from ..config import PipelineConfig
+from .handles import RoundWork, Unit, timed
+from .panels import decode, encode, encode_trust
+from .judging import PART as JUDGE_PART
+from ...models.anchoring import consensus, anchor
+from ...models.metrics import cycle_error
 
 PART = "cycle"
 
 
 def round_pool(store, cfg: PipelineConfig, round_: int):
     """This round's slice of the store's pool: the next pool_per_round rows by sample id, wrapping around."""
-    from layerloop.storage import schema as S
+    from ...storage import schema as S
 
     rows = store.read_pool().sort_values(S.SAMPLE_ID, kind="stable").reset_index(drop=True)
     if not len(rows) or cfg.loop.pool_per_round == 0:
@@ -30,8 +33,6 @@ def round_pool(store, cfg: PipelineConfig, round_: int):
 
 def _cycle_errors(smp, composites: list, layers: list[dict] | None = None) -> tuple[list[dict], list, list[float]]:
     """(layers, re-synthesized composites, cycle errors); the layers are decomposed here unless given."""
-    from layerloop.models.metrics import cycle_error
-
     layers = smp.decompose(composites) if layers is None else layers
     again = smp.synthesize(layers)
     return layers, again, [float(cycle_error(a, b)) for a, b in zip(composites, again)]
@@ -43,7 +44,6 @@ def decompose_pool(cfg: PipelineConfig, smp, composites: list) -> list[dict]:
     k = cfg.loop.consensus_draws
     if k == 1:
         return smp.decompose(composites)
-    from layerloop.models.anchoring import consensus
 
     draws = [smp.decompose(composites, draw=d) for d in range(k)]
     return [consensus([draw[i] for draw in draws]) for i in range(len(composites))]
@@ -51,7 +51,7 @@ def decompose_pool(cfg: PipelineConfig, smp, composites: list) -> list[dict]:
 
 def cycle_pool(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
     """Decompose + re-synthesize one batch of pool composites; write them as candidate triplets."""
-    from layerloop.storage import schema as S
+    from ...storage import schema as S
 
     with timed({"unit": unit.name}) as out:
         work = RoundWork(cfg, round_)
@@ -87,7 +87,6 @@ def pool_panels(cfg: PipelineConfig, composite, layers: dict) -> dict[str, bytes
         return encode({"composite": composite, **layers})
     import numpy as np
 
-    from layerloop.models.anchoring import anchor
 
     # the last layer of the schema is the background the others are printed on ("object" by default)
     background = cfg.model.layers[-1]
@@ -104,8 +103,7 @@ def cycle_generated(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
     """Cycle error of generated candidates (composite -> layers -> composite), stored as a stage part."""
     import pandas as pd
 
-    from layerloop.storage import schema as S
-    from layerloop.tasks.stages.judging import PART as JUDGE_PART
+    from ...storage import schema as S
 
     with timed({"unit": unit.name}) as out:
         work = RoundWork(cfg, round_)

@@ -11,6 +11,7 @@ rate cost more than the steps gave (docs/flows.md has the numbers).
 from __future__ import annotations
 
 from pathlib import Path
+from ...models.synthetic import WorldSlice, write_split
 
 DEMO_SEEDS = 100  # the paper's seed set size
 DEMO_POOL = 192  # 2 rounds x 96
@@ -39,7 +40,6 @@ def make_inputs(root: str, *, n_seeds: int = DEMO_SEEDS, n_pool: int = DEMO_POOL
     world) under root; idempotent: the same files every time, re-rendered when the request changes."""
     import shutil
 
-    from layerloop.models.synthetic import WorldSlice, write_split
 
     paths = input_paths(root)
     for split, n, where in (("seeds", n_seeds, WorldSlice(**(seed_slice or {}))), ("pool", n_pool, WorldSlice())):

@@ -1,9 +1,9 @@
 """Candidate making (tau_G): adapter r-1 generates whole triplets from the round's prompts, one unit at a time."""
 from __future__ import annotations
 
-from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.stages.handles import RoundWork, Unit, timed
-from layerloop.tasks.stages.panels import encode
+from ..config import PipelineConfig
+from .handles import RoundWork, Unit, timed
+from .panels import encode
 
 
 def round_prompts(cfg: PipelineConfig, round_: int) -> list[str]:
@@ -17,7 +17,7 @@ def round_prompts(cfg: PipelineConfig, round_: int) -> list[str]:
 
 def generate(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
     """tau_G on one batch of prompts with adapter r-1; writes the unit's shard (skipped when done)."""
-    from layerloop.storage import schema as S
+    from ...storage import schema as S
 
     with timed({"unit": unit.name}) as out:
         work = RoundWork(cfg, round_)

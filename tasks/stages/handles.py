@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterator
 
-from layerloop.tasks.stages import adapter_files
-from layerloop.tasks.config import PipelineConfig
+from . import adapter_files
+from ..config import PipelineConfig
+from ...models.factory import build_backbone
+from ...models.sampler import Sampler
 
 _BACKBONES: dict[str, Any] = {}
 _BUILDS: dict[str, int] = {}  # models this process built, by kind: scale-out checks "once per worker"
@@ -68,7 +70,7 @@ def stage_seconds(**stages_: list[dict]) -> dict[str, float]:
 
 def open_store(cfg: PipelineConfig):
     """The config's store; its fsspec options also reach the adapter files kept in it."""
-    from layerloop.storage.rounds import RoundStore
+    from ...storage.rounds import RoundStore
 
     store = RoundStore(cfg.store.uri, cfg.store.storage_options)
     adapter_files.use_store_options(store.url(""), cfg.store.storage_options)
@@ -119,8 +121,6 @@ def builds() -> dict[str, int]:
 def backbone(cfg: PipelineConfig):
     """One backbone per process and model config (the device included: a Ray worker moved to another GPU
     builds it there)."""
-    from layerloop.models.factory import build_backbone
-
     key = cfg.model.model_dump_json()
     if key not in _BACKBONES:
         _BACKBONES.clear()
@@ -136,8 +136,6 @@ def sampler(cfg: PipelineConfig, adapter_round: int, store=None):
 
 def sampler_at(cfg: PipelineConfig, adapter_uri: str):
     """The shared backbone with the adapter at `adapter_uri` loaded (e.g. a control adapter)."""
-    from layerloop.models.sampler import Sampler
-
     return Sampler(backbone(cfg), adapter_files.local_dir(adapter_uri), cfg.sample)
 
 
@@ -184,7 +182,7 @@ class RoundWork:
 
     def row(self, sample_id: str, source: str, **fields: Any) -> dict:
         """A manifest row of this round with its lineage filled in."""
-        from layerloop.storage import schema as S
+        from ...storage import schema as S
 
         return S.empty_row(**{S.SAMPLE_ID: sample_id, S.ROUND: self.round, S.SOURCE: source,
                               S.PARENT_ROUND: self.round - 1, S.ADAPTER_ID: adapter_id(self.generator)}, **fields)

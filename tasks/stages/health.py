@@ -9,12 +9,16 @@ no health block and the validation split (tasks/stages/adapter.py) is what tells
 from __future__ import annotations
 
 import json
+from .panels import decode
+from ...models.evaluation import score_layers
+from ...models.judges.base import JudgeItem, results_to_frame
+from ...models.judges.registry import build_judge
+from ...models.synthetic import render_triplet
 
 
 def pool_truths(pool_rows) -> dict:
     """{pool sample id: true triplet} for pool items whose meta says how they were rendered."""
-    from layerloop.models.synthetic import render_triplet
-    from layerloop.storage import schema as S
+    from ...storage import schema as S
 
     out = {}
     for row in pool_rows.to_dict("records"):
@@ -26,7 +30,7 @@ def pool_truths(pool_rows) -> dict:
 
 def candidate_truths(store, rows) -> dict:
     """{candidate sample id: true triplet of the pool item it was decomposed from} for cycle candidates."""
-    from layerloop.storage import schema as S
+    from ...storage import schema as S
 
     pool_id = {r[S.SAMPLE_ID]: json.loads(r[S.EXTRA_JSON] or "{}").get("pool_id") for r in rows.to_dict("records")}
     pool = store.read_pool()
@@ -36,16 +40,13 @@ def candidate_truths(store, rows) -> dict:
 
 def candidate_quality(candidate: dict, truth: dict) -> dict:
     """True PSNR of every layer and the shape IoU of every layer but the background."""
-    from layerloop.models.evaluation import score_layers
-
     layers = {k: v for k, v in truth.items() if k != "composite"}
     return {k: v for k, v in score_layers(layers, candidate).items() if not k.startswith("ssim_")}
 
 
 def loop_health(cfg, store, writer, rows) -> dict | None:
     """Accepted-vs-rejected true quality and judge precision/recall of a round's decided pool candidates."""
-    from layerloop.storage import schema as S
-    from layerloop.tasks.stages.panels import decode
+    from ...storage import schema as S
 
     cand = rows[rows[S.SOURCE] == "cycle"]
     truths = candidate_truths(store, cand)
@@ -65,9 +66,7 @@ def loop_health(cfg, store, writer, rows) -> dict | None:
 
 def oracle_accepts(cfg, items: list[tuple]) -> list[bool]:
     """What the oracle judge (scores from the truth), under the run's thresholds, would have accepted."""
-    from layerloop.models.judges.acceptance import decide_rows
-    from layerloop.models.judges.base import JudgeItem, results_to_frame
-    from layerloop.models.judges.registry import build_judge
+    from ...models.judges.acceptance import decide_rows
 
     oracle = build_judge(cfg.judge.model_copy(update={"backend": "oracle"}))
     frame = results_to_frame(oracle.score([JudgeItem(sid, c, truth=t) for sid, c, t in items]))

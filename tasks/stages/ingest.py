@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.stages.handles import counts, open_store, timed
+from ..config import PipelineConfig
+from .handles import counts, open_store, timed
 
 
 SEEDS_UNSET = ("loop.seeds_path is not set and round 0 is not committed: point it at the labeled seed "
@@ -45,7 +45,7 @@ def ingest_seeds(cfg: PipelineConfig) -> dict:
             return out
         if not cfg.loop.seeds_path:
             raise ValueError(SEEDS_UNSET)
-        from layerloop.storage.ingest import ingest_seeds as ingest
+        from ...storage.ingest import ingest_seeds as ingest
 
         report = ingest(cfg.loop.seeds_path, store, cfg.store, validation_size=cfg.loop.validation_size)
         out.update(skipped=False, report=_jsonable(report), pool=ingest_pool(cfg, store))
@@ -59,7 +59,7 @@ def ingest_pool(cfg: PipelineConfig, store) -> dict:
         if not cfg.loop.pool_path or size:
             out.update(skipped=True, pool_size=int(size))
             return out
-        from layerloop.storage.ingest import ingest_pool as ingest
+        from ...storage.ingest import ingest_pool as ingest
 
         out.update(skipped=False, report=_jsonable(ingest(cfg.loop.pool_path, store, cfg.store)))
         out["pool_size"] = int(len(store.read_pool()))

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from layerloop.tasks.config import PipelineConfig
-from layerloop.tasks.stages.handles import RoundWork, Unit, count_build, timed
-from layerloop.tasks.stages.panels import decode
+from ..config import PipelineConfig
+from .handles import RoundWork, Unit, count_build, timed
+from .panels import decode
+from ...models.judges.base import JudgeItem, results_to_frame, INVALID_ITEM, JudgeUnavailable, error_kind
+from ...models.judges.registry import NEEDS_SAMPLER, build_judge
 
 PART = "judge"
 _JUDGES: dict[tuple, Any] = {}
@@ -21,8 +23,6 @@ _JUDGES: dict[tuple, Any] = {}
 def judge_for(cfg: PipelineConfig, work: RoundWork):
     """One judge per process and judge config (and adapter, for the judges that decompose with it): a VLM
     judge loads its weights once, not per unit nor per round."""
-    from layerloop.models.judges.registry import NEEDS_SAMPLER, build_judge
-
     # the sampler (re)loads adapter r-1 into the shared backbone that a cached cycle judge uses
     smp = work.sampler() if cfg.judge.backend in NEEDS_SAMPLER else None
     key = (cfg.judge.model_dump_json(), cfg.sample.model_dump_json(), smp and smp.adapter_dir,
@@ -39,8 +39,7 @@ def judge(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
 
     A unit judged before keeps its scored rows; only its unscored ones are judged again.
     """
-    from layerloop.models.judges.base import JudgeItem, results_to_frame
-    from layerloop.storage import schema as S
+    from ...storage import schema as S
 
     with timed({"unit": unit.name}) as out:
         work = RoundWork(cfg, round_)
@@ -66,8 +65,6 @@ def judge(cfg: PipelineConfig, round_: int, unit: Unit) -> dict:
 
 def _unscored(frame):
     """Rows the judge failed to score; an item's own problem ("invalid item: ...") is not the judge's."""
-    from layerloop.models.judges.base import INVALID_ITEM
-
     scoreless = frame["score_overall"].isna()
     if "judge_error" not in frame:
         return scoreless
@@ -109,7 +106,6 @@ def check_share(cfg: PipelineConfig, round_: int, errors: list, total: int, *, s
     """JudgeUnavailable naming the endpoint and the errors by kind when len(errors) / total passes the limit."""
     from collections import Counter
 
-    from layerloop.models.judges.base import JudgeUnavailable, error_kind
 
     limit = cfg.judge.max_unscored_fraction
     if not total or len(errors) <= limit * total:

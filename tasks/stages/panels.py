@@ -6,6 +6,7 @@ A pseudo-label sample carries, besides its image panels, one greyscale `trust_<l
 from __future__ import annotations
 
 import io
+from ...models.anchoring import trust_from_image, trust_to_image
 
 TRUST_PREFIX = "trust_"
 
@@ -22,7 +23,6 @@ def decode_trust(panels: dict[str, bytes]) -> dict | None:
     """{layer: (H, W) float trust} of a pseudo-label sample; None for a sample without trust panels."""
     from PIL import Image
 
-    from layerloop.models.anchoring import trust_from_image
 
     maps = {name[len(TRUST_PREFIX):]: trust_from_image(Image.open(io.BytesIO(data)))
             for name, data in panels.items() if name.startswith(TRUST_PREFIX)}
@@ -31,8 +31,6 @@ def decode_trust(panels: dict[str, bytes]) -> dict | None:
 
 def encode_trust(trust: dict) -> dict[str, bytes]:
     """Trust maps as `trust_<layer>` PNG panels."""
-    from layerloop.models.anchoring import trust_to_image
-
     return {f"{TRUST_PREFIX}{layer}": _png(trust_to_image(m)) for layer, m in trust.items()}
 
 

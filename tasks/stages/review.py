@@ -16,6 +16,8 @@ import datetime as _dt
 import html
 import uuid
 from pathlib import Path
+from .panels import for_display
+from ...storage.fsutil import table_bytes, write_bytes, read_table
 
 OVERRIDE_COLUMNS = ["sample_id", "content_hash", "accepted", "reviewer", "reviewed_at", "note", "source_round"]
 REVIEW_CSV_COLUMNS = ["sample_id", "content_hash", "round", "selection", "judge_accepted", "score_overall",
@@ -43,7 +45,6 @@ def select_for_review(rows, *, overall_threshold: float, n_borderline: int = 20,
 def _thumb(data: bytes, side: int) -> str:
     import io
 
-    from layerloop.tasks.stages.panels import for_display
 
     buf = io.BytesIO()
     for_display(data, side).save(buf, format="PNG")  # 32 px panels enlarged, nearest-neighbour
@@ -142,7 +143,6 @@ def import_review(store, path: str | Path, *, reviewer: str | None = None) -> di
     """Record a filled review CSV under <store>/reviews/ (a new file per import); returns path and count."""
     import pyarrow as pa
 
-    from layerloop.storage.fsutil import table_bytes, write_bytes
 
     overrides = read_review_csv(path, reviewer=reviewer)
     if overrides.empty:
@@ -157,7 +157,6 @@ def load_overrides(store):
     """Every recorded decision, the latest per sample_id: DataFrame(sample_id, accepted, reviewer, ...)."""
     import pandas as pd
 
-    from layerloop.storage.fsutil import read_table
 
     directory = f"{store.root}/{REVIEWS_DIR}"
     files = sorted(store.fs.glob(f"{directory}/review-*.parquet")) if store.fs.exists(directory) else []
