@@ -18,7 +18,7 @@ from ..tasks import recipe
 from ..tasks.config import PipelineConfig
 from ..tasks.runtime import publish
 from ..tasks.runtime import executor
-from ..tasks.runtime.prefect_tasks import PrefectRunner
+from ..tasks.runtime.runner import PrefectRunner
 from ..tasks.runtime.run_lock import store_run_lock
 from ..tasks.runtime.secrets import apply_secret_env
 from ..tasks.stages.handles import is_committed, next_round

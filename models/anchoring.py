@@ -13,7 +13,7 @@ its own smoothness. So a pool pseudo-label is rebuilt from the real composite:
 
 A single decomposition of the logo is no target: it is the model's own output, no better than the model
 that made it. The per-pixel mean of k independent decompositions is better than any one of them
-(`bench/consensus.py`: the seed adapter, 6 draws, logo 13.0 dB and shape IoU 0.69 against 11.4 dB and
+(`research/consensus.py`: the seed adapter, 6 draws, logo 13.0 dB and shape IoU 0.69 against 11.4 dB and
 0.59-0.60 for one draw), because it keeps what the draws agree on. `consensus` builds that mean; the pool
 stage trusts its logo uniformly (`loop.consensus_trust`). Weighting that trust by the draws' agreement
 was measured and lost: the draws disagree exactly at the logo's edges, which carry its shape (docs/loop.md).

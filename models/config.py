@@ -35,6 +35,15 @@ DEFAULT_LORA_TARGETS = [
 ]
 
 
+LAB_LEVER = "lab_lever"
+
+
+def lab(default, **kwargs):
+    """A research lever: validated and honoured like any field, but its verdict lives in research/README.md and
+    `layerloop init` does not write it out (the product's defaults are the measured choice)."""
+    return Field(default, json_schema_extra={LAB_LEVER: True}, **kwargs)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
@@ -99,21 +108,21 @@ class TrainConfig(_Section):
     cycle_weight: float = Field(
         0.0, ge=0, description="weight of the cycle-consistency term; 0 = off (the default: no variant measured "
                                 "so far improved decomposition, docs/training.md)")
-    cycle_warmup_steps: int = Field(50, ge=0)
-    cycle_intermediate: Literal["one_step", "sampler"] = "one_step"
-    cycle_sampler_steps: int = Field(4, ge=1)
-    cycle_max_t: float = Field(
+    cycle_warmup_steps: int = lab(50, ge=0)
+    cycle_intermediate: Literal["one_step", "sampler"] = lab("one_step")
+    cycle_sampler_steps: int = lab(4, ge=1)
+    cycle_max_t: float = lab(
         1.0, gt=0, le=1, description="apply the cycle term only to samples noised to t <= this (ControlNet++ "
                                      "uses its one-step consistency loss at low noise only; 1.0 = every t)")
-    generate_fraction: float = Field(0.0, ge=0, le=1, description="share of tau_G samples (text -> triplet)")
+    generate_fraction: float = lab(0.0, ge=0, le=1, description="share of tau_G samples (text -> triplet)")
     guidance: float = Field(1.0, ge=0, description="FLUX guidance embedding while training (ICEdit: 1.0)")
     text_dropout: float = Field(0.1, ge=0, lt=1)
-    logit_mean: float = 0.0
-    logit_std: float = Field(1.0, gt=0)
+    logit_mean: float = lab(0.0)
+    logit_std: float = lab(1.0, gt=0)
     grad_clip: float = Field(1.0, gt=0)
-    loss_region: Literal["all", "generated"] = Field(
+    loss_region: Literal["all", "generated"] = lab(
         "generated", description="all: every grid token (ICEdit); generated: only the panels the task generates")
-    anchor_fraction: float = Field(
+    anchor_fraction: float = lab(
         0.75, ge=0, le=1, description="share of every batch drawn from human-labeled triplets when pseudo-labels "
                                      "are in the training set too (self-training drifts unless real data stays in); "
                                      "honoured over the run when it is not a whole number of samples (at batch 4, "

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..models.config import LoraConfig, ModelConfig, SampleConfig, TrainConfig
+from ..models.config import LAB_LEVER, LoraConfig, ModelConfig, SampleConfig, TrainConfig, lab
 from ..models.judges.config import JudgeConfig, ThresholdConfig
 from ..models.prompts import TEMPLATE, load_prompt_set
 from ..storage.config import StoreConfig
@@ -108,25 +108,25 @@ class LoopConfig(BaseModel):
                           "null = use whatever pool the store already holds (layerloop ingest-pool)")
     pool_per_round: int = Field(16, ge=0, description="pool composites decomposed + re-synthesized per round")
     batch_size: int = Field(8, ge=1, description="images per task (one Prefect task per batch, never per image)")
-    pool_targets: Literal["anchored", "decomposed"] = Field(
+    pool_targets: Literal["anchored", "decomposed"] = lab(
         "anchored", description="what a kept pool sample trains on: anchored = the real composite wherever the "
                                 "model left it unchanged (trusted), the model's layers elsewhere (untrusted, "
                                 "decomposition only); decomposed = the model's own layers as plain targets "
                                 "(measured to make the decomposer worse)")
-    anchor_threshold: float = Field(
+    anchor_threshold: float = lab(
         64.0, ge=0, le=255, description="anchored targets: a pixel the model's object departs from the composite "
                                         "by more than this (0-255, max over channels) is the logo's footprint")
-    anchor_grow: int = Field(1, ge=0, le=8, description="anchored targets: pixels the footprint is grown by")
-    anchor_drawn_threshold: float | None = Field(
+    anchor_grow: int = lab(1, ge=0, le=8, description="anchored targets: pixels the footprint is grown by")
+    anchor_drawn_threshold: float | None = lab(
         None, ge=0, le=255, description="anchored targets: pixels where the decomposed logo departs from white by "
                                         "more than this join the footprint too (the object's difference from the "
                                         "composite misses faint logo pixels, which would be trusted as object); "
                                         "null = the difference alone")
-    consensus_draws: int = Field(
+    consensus_draws: int = lab(
         6, ge=1, le=32, description="decompositions of every pool composite, each from its own noise; with more "
                                     "than 1 the candidate's layers are their per-pixel mean (the consensus), which "
                                     "beats any single draw against the truth")
-    consensus_trust: float = Field(
+    consensus_trust: float = lab(
         0.5, ge=0, le=1, description="anchored targets: trust of every pixel of the consensus logo (the mean of "
                                      "the draws); 0 = the logo of a pool sample is never a target. A single "
                                      "draw's logo (consensus_draws 1) is never trusted")
@@ -139,7 +139,7 @@ class LoopConfig(BaseModel):
     control: bool = Field(
         False, description="also train a matched-compute control beside every round (same steps, labeled seeds "
                            "only) and report the loop against it")
-    cycle_keep_composite: Literal["original", "resynthesized"] = Field(
+    cycle_keep_composite: Literal["original", "resynthesized"] = lab(
         "original", description="composite stored with a kept pool sample's decomposed layers: the real pool "
                                 "image or its re-synthesis from those layers")
     eval_size: int = Field(16, ge=0, description="held-out synthetic test triplets for per-layer PSNR; 0 = off")
@@ -404,9 +404,28 @@ def _yaml_value(value: Any) -> str:
     return text[:-4].strip() if text.endswith("\n...") else text.removesuffix("...").strip()
 
 
+def is_lab_lever(info: Any) -> bool:
+    """A field marked with models.config.lab: a research lever (research/README.md has its verdict)."""
+    return bool((info.json_schema_extra or {}).get(LAB_LEVER)) if isinstance(info.json_schema_extra, dict) else False
+
+
+def lab_levers(model: type[BaseModel] = None, prefix: tuple = ()) -> list[str]:
+    """Dotted paths of every research lever of the config (`train.anchor_fraction`, ...)."""
+    out: list[str] = []
+    for name, info in (model or PipelineConfig).model_fields.items():
+        sub = info.annotation if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel) else None
+        if sub is not None:
+            out += lab_levers(sub, (*prefix, name))
+        elif is_lab_lever(info):
+            out.append(".".join((*prefix, name)))
+    return out
+
+
 def _field_lines(model: BaseModel, indent: str) -> list[str]:
     lines: list[str] = []
     for name, info in type(model).model_fields.items():
+        if is_lab_lever(info):
+            continue  # accepted when set, never written out: the product's default is the measured choice
         value = getattr(model, name)
         if isinstance(value, BaseModel):
             lines += _section_lines(name, value, indent)
@@ -426,14 +445,17 @@ def _type_name(annotation: Any) -> str:
 def _section_lines(name: str, section: BaseModel, indent: str) -> list[str]:
     doc = (type(section).__doc__ or "").strip().splitlines()
     head = [f"{indent}# {doc[0]}"] if doc else []
-    return head + [f"{indent}{name}:"] + _field_lines(section, indent + "  ")
+    body = _field_lines(section, indent + "  ")
+    return head + [f"{indent}{name}:"] + body if body else []  # a section of research levers only stays out
 
 
 def default_yaml_text(values: dict | None = None) -> str:
     """A commented default layerloop.yaml: every section and field with its description; `values` (e.g.
     {"store": {"uri": DIR}} from `layerloop init --store DIR`) replace the defaults they name."""
     lines = ["# layerloop configuration. Every field has a default (the tiny CPU world).",
-             "# Env overrides: LAYERLOOP__SECTION__FIELD=value (e.g. LAYERLOOP__LOOP__ROUNDS=5).", ""]
+             "# Env overrides: LAYERLOOP__SECTION__FIELD=value (e.g. LAYERLOOP__LOOP__ROUNDS=5).",
+             "# Research levers (anchoring, consensus, cycle-term variants, the CPU judge's internals) are accepted",
+             "# too but not listed here: research/README.md says what each measured.", ""]
     cfg = validate_config(values or {}, "layerloop init")
     for name in PipelineConfig.model_fields:
         lines += _section_lines(name, getattr(cfg, name), "") + [""]

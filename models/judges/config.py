@@ -11,6 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..config import lab
+
 CRITERIA = ("logo_clean", "object_clean", "composite_consistent", "realism")
 
 
@@ -42,13 +44,13 @@ class OracleJudgeConfig(_Section):
 class CycleJudgeConfig(_Section):
     """CPU judge: decompose -> re-synthesize cycle error blended with simple image statistics."""
 
-    cycle_weight: float = Field(0.5, ge=0.0, le=1.0, description="share of the cycle term in each criterion")
-    error_scale: float = Field(0.25, gt=0.0, description="mean abs error (0-1 units) that maps to score 0")
-    white_level: int = Field(230, ge=0, le=255, description="min channel value counted as white background")
-    border_frac: float = Field(0.125, gt=0.0, le=0.5, description="width of the logo panel's border ring")
-    colour_tol: float = Field(40.0, gt=0.0, description="RGB distance to a logo colour counted as residue")
-    palette_size: int = Field(6, ge=1, le=32)
-    contrast_target: float = Field(0.08, gt=0.0, description="grey std (0-1) of a composite that scores 1")
+    cycle_weight: float = lab(0.5, ge=0.0, le=1.0, description="share of the cycle term in each criterion")
+    error_scale: float = lab(0.25, gt=0.0, description="mean abs error (0-1 units) that maps to score 0")
+    white_level: int = lab(230, ge=0, le=255, description="min channel value counted as white background")
+    border_frac: float = lab(0.125, gt=0.0, le=0.5, description="width of the logo panel's border ring")
+    colour_tol: float = lab(40.0, gt=0.0, description="RGB distance to a logo colour counted as residue")
+    palette_size: int = lab(6, ge=1, le=32)
+    contrast_target: float = lab(0.08, gt=0.0, description="grey std (0-1) of a composite that scores 1")
 
 
 class QwenJudgeConfig(_Section):

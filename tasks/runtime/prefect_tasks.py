@@ -1,31 +1,26 @@
-"""Prefect tasks made from tasks/recipe.py's stages, and the Runner that executes a round's stages as them.
+"""Prefect tasks made from tasks/recipe.py's stages: one task per stage, made on first use.
 
-One task per stage (retries for transient failures, nothing else); each run covers one unit (a batch),
-never one image. The strict `gpu` slot is held by
-the flow around its GPU stages (tasks/runtime/gpu_slot.py). No tags: Prefect 3.9 asks the server for a tag
-concurrency slot on every tagged task run (~80 ms each here, half of a small round's overhead). Results
-are small JSON-able dicts (ids, URIs, counts, seconds); nothing is persisted by Prefect because the round
-store is the source of truth for resume (a rerun skips units whose output is already there).
-Flows execute the stage lists through `PrefectRunner(cfg)`, which gives every task the run's retry
-policy once. The GPU stages run through `placement.on_worker`: on a Ray worker the unit's model goes to the GPU Ray assigned it,
-and every result says which process ran it (tasks/runtime/placement.py).
+Retries for transient failures, nothing else; each run covers one unit (a batch), never one image. The
+strict `gpu` slot is held by the flow around its GPU stages (tasks/runtime/gpu_slot.py). No tags: Prefect
+3.9 asks the server for a tag concurrency slot on every tagged task run (~80 ms each here, half of a small
+round's overhead). Results are small JSON-able dicts (ids, URIs, counts, seconds); nothing is persisted by
+Prefect because the round store is the source of truth for resume (a rerun skips units whose output is
+already there). Flows execute the stage lists through `runner.PrefectRunner(cfg)`, which applies the run's
+retry policy once. The GPU stages run through `placement.on_worker`: on a Ray worker the unit's model goes
+to the GPU Ray assigned it, and every result says which process ran it.
 """
 from __future__ import annotations
-
-from contextlib import AbstractContextManager
-from typing import Callable
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from ...storage.fsutil import is_disk_full
-from ..config import PipelineConfig
 from .. import recipe
+from ..config import PipelineConfig
 from ..recipe import Stage
 from ..reporting import summary
-from . import executor
-from .placement import on_worker
 from ..stages.handles import Unit
+from .placement import on_worker
 
 # Errors that a second try can fix: I/O hiccups, timeouts, a server or object store briefly away.
 # Bad input (ValueError and its subclasses), missing files and a full disk are never retried: they need a
@@ -95,28 +90,3 @@ def selection_table_task(cfg: PipelineConfig) -> list[dict]:
 def with_retries(task_: Task, cfg: PipelineConfig) -> Task:
     """`task_` with the run's retry policy (loop.task_retries, loop.task_retry_delay_s)."""
     return task_.with_options(retries=cfg.loop.task_retries, retry_delay_seconds=cfg.loop.task_retry_delay_s)
-
-
-class PrefectRunner:
-    """Executes stages as Prefect task runs with one run's retry policy: GPU stages through the executor
-    (here in order, or on a Ray worker), unit stages through `run_units` (a progress bar's, when given)."""
-
-    def __init__(self, cfg: PipelineConfig, run_units: Callable | None = None):
-        self.cfg, self.tasks = cfg, {}
-        self.run_units_fn = run_units or executor.run_units
-
-    def task(self, stage: Stage) -> Task:
-        if stage not in self.tasks:
-            self.tasks[stage] = with_retries(task_of(stage), self.cfg)
-        return self.tasks[stage]
-
-    def run(self, stage: Stage, cfg: PipelineConfig, *args) -> dict:
-        if stage.gpu:
-            return executor.call(self.task(stage), cfg, cfg, *args)
-        return self.task(stage)(cfg, *args)
-
-    def run_units(self, stage: Stage, cfg: PipelineConfig, round_: int, units: list[Unit]) -> list[dict]:
-        return self.run_units_fn(self.task(stage), cfg, round_, units)
-
-    def gpu(self, cfg: PipelineConfig) -> AbstractContextManager:
-        return executor.gpu_guard(cfg)

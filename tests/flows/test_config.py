@@ -119,3 +119,24 @@ def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
     path.write_text("loop:\n  rounds: 2\n  prompts: [a, b\ntrain:\n  steps: 3\n")
     msg = _error(path)
     assert msg.startswith(f"config file {path}:4:") and "not valid YAML" in msg and "<unicode string>" not in msg
+
+
+def test_init_leaves_the_research_levers_out_and_each_still_loads(tmp_path):
+    import yaml
+
+    from layerloop.tasks.config import lab_levers
+
+    levers = lab_levers()
+    assert {"train.anchor_fraction", "loop.consensus_draws", "judge.cycle.error_scale"} <= set(levers)
+    written = yaml.safe_load(default_yaml_text())
+
+    def has(data, path):
+        head, _, rest = path.partition(".")
+        return head in data and (not rest or (isinstance(data[head], dict) and has(data[head], rest)))
+
+    assert [p for p in levers if has(written, p)] == []
+    assert has(written, "train.cycle_weight") and has(written, "loop.rounds")  # product fields stay
+    path = tmp_path / "layerloop.yaml"
+    path.write_text("train:\n  anchor_fraction: 0.875\nloop:\n  consensus_draws: 3\n")
+    cfg = load_config(path, environ={})
+    assert (cfg.train.anchor_fraction, cfg.loop.consensus_draws) == (0.875, 3)  # set, a lever is honoured

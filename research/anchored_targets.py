@@ -12,7 +12,7 @@ every pool item has a hidden truth, so this measures, for one round's accepted p
 
 It reads the training pool's truth, never the held-out test set.
 
-    python bench/anchored_targets.py bench-loop-work/store-seed0 --round 3
+    python research/anchored_targets.py bench-loop-work/store-seed0 --round 3
 """
 from __future__ import annotations
 

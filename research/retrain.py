@@ -6,8 +6,8 @@ what the lever does to training, in a fraction of the time (one adapter's steps 
 round). A lever that wins here still needs the full `bench/loop.py` against the control before it becomes a
 default. The store is copied (rounds, seed adapter, controls); the original is never touched.
 
-    python bench/retrain.py bench-loop-work-c/store-seed0 --set train.anchor_fraction=0.875 --out /tmp/af875
-    python bench/retrain.py STORE --out DIR --report-only      # reprint a finished retrain
+    python research/retrain.py bench-loop-work-c/store-seed0 --set train.anchor_fraction=0.875 --out /tmp/af875
+    python research/retrain.py STORE --out DIR --report-only      # reprint a finished retrain
 """
 from __future__ import annotations
 

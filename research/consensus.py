@@ -9,7 +9,7 @@ the draw whose re-synthesis is closest to the real composite (best-of-k by cycle
 choosing among the model's hypotheses), and the oracle's best draw (an upper bound no pipeline has).
 
     python bench/loop.py                                         # writes bench-loop-work/store-seed0
-    python bench/consensus.py bench-loop-work/store-seed0 --n 64 --draws 6
+    python research/consensus.py bench-loop-work/store-seed0 --n 64 --draws 6
 """
 from __future__ import annotations
 

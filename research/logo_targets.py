@@ -8,7 +8,7 @@ at the anchored footprint's bounding box and scaled into the logo panel's centra
 layout) -- and prints their mean PSNR, shape IoU, the crop's margins over the other two and its error ratio to the model's.
 
     python bench/loop.py                                          # writes bench-loop-work/store-seed0
-    python bench/logo_targets.py bench-loop-work/store-seed0 --rounds 1
+    python research/logo_targets.py bench-loop-work/store-seed0 --rounds 1
 """
 from __future__ import annotations
 
