@@ -142,3 +142,12 @@ class SampleConfig(_Section):
     batch_size: int = Field(8, ge=1)
     compile_blocks: bool = Field(
         False, description="regional torch.compile of the transformer blocks while sampling (GPU speed-up)")
+    draws: int = Field(
+        1, ge=1, le=32, description="decompositions per image at inference (decompose, eval, held-out measurements), "
+                                    "each from its own noise; more than 1 returns their per-pixel mean, the "
+                                    "consensus (seed adapter, test split: 6 draws lift logo 11.54 -> 13.21 dB), at "
+                                    "`draws` times the cost")
+    anchor: bool = Field(
+        False, description="at inference the background layer (the schema's last) is the input composite wherever "
+                           "the decomposition leaves it unchanged, the model's inpainting only inside the footprint "
+                           "(models/anchoring.py; seed adapter, test split: object 22.77 -> 24.76 dB unseen)")

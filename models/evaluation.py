@@ -86,12 +86,13 @@ def _finite(value: float) -> float:
 
 
 def predict_layers(sampler, composites: list[Image.Image], batch_size: int = 16) -> list[dict[str, Image.Image]]:
-    """Decompose composites in bounded batches (memory stays flat however big the test set is)."""
+    """Decompose composites in the sampler's inference mode (draws, anchor), in bounded batches (memory stays
+    flat however big the test set is)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     out: list[dict[str, Image.Image]] = []
     for start in range(0, len(composites), batch_size):
-        out.extend(sampler.decompose(composites[start:start + batch_size]))
+        out.extend(sampler.infer(composites[start:start + batch_size]))
     if len(out) != len(composites):
         raise RuntimeError(f"sampler returned {len(out)} decompositions for {len(composites)} composites")
     return out

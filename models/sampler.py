@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from PIL import Image
 
 from .acceleration import compiled_blocks
+from .anchoring import anchor, consensus
 from .config import SampleConfig
 from .grid import (
     COMPOSITE, GridError, fill_missing, generated_panels, given_panels, make_grid, split_grid, task_mask,
@@ -45,6 +46,17 @@ class Sampler:
         """
         triplets = self.run("decompose", [{COMPOSITE: c} for c in composites], draw=draw)
         return [{k: t[k] for k in self.backbone.schema.layers} for t in triplets]
+
+    def infer(self, composites: Sequence[Image.Image]) -> list[dict[str, Image.Image]]:
+        """Composite -> its layers in the configured inference mode: `draws` decompositions from independent
+        noise averaged per pixel (1 = the plain decomposition), then with `anchor` the background layer (the
+        schema's last) kept equal to the composite outside the footprint the model changed."""
+        draws = [self.decompose(composites, draw=k) for k in range(self.cfg.draws)]
+        out = [draws[0][i] if len(draws) == 1 else consensus([d[i] for d in draws]) for i in range(len(composites))]
+        if not self.cfg.anchor:
+            return out
+        background = self.backbone.schema.layers[-1]
+        return [anchor(c, layers, background=background)[0] for c, layers in zip(composites, out)]
 
     def synthesize(self, layers: Sequence[Mapping[str, Image.Image]]) -> list[Image.Image]:
         """Layers -> composite (tau_C)."""

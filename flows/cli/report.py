@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -138,6 +139,7 @@ def decompose_files(sampler, paths: list[Path], out: Path, *, panel_size: int, s
     """Decompose each readable file; returns {input: error} for the ones that failed."""
     out.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
+    seconds: list[float] = []
     stems = _unique_stems(paths)
     for path in paths:
         try:
@@ -147,7 +149,9 @@ def decompose_files(sampler, paths: list[Path], out: Path, *, panel_size: int, s
             typer.secho(f"skipped: {exc}", fg=typer.colors.YELLOW, err=True)
             continue
         panel, record = fit_to_panel(img, panel_size, fit)
-        layers = sampler.decompose([panel])[0]
+        start = time.perf_counter()
+        layers = sampler.infer([panel])[0]
+        seconds.append(time.perf_counter() - start)
         stem = stems[path]
         written = {}
         for layer in schema.layers:
@@ -157,11 +161,15 @@ def decompose_files(sampler, paths: list[Path], out: Path, *, panel_size: int, s
         grid_path = out / f"{stem}.grid.png"
         make_grid({"composite": panel, **layers}, schema).save(grid_path)
         sidecar = {"input": str(path), "conversions": conversions, **record, "adapter": adapter_label,
+                   "inference": {"draws": sampler.cfg.draws, "anchor": sampler.cfg.anchor},
                    "outputs": {**written, "grid": grid_path.name},
                    "note": "layers were generated at panel size and mapped back to original_size; "
                            "the grid is at panel size"}
         (out / f"{stem}.json").write_text(json.dumps(sidecar, indent=2))
         typer.echo(f"{path} -> {', '.join(sorted(sidecar['outputs'].values()))}")
+    if seconds:
+        typer.echo(f"{len(seconds)} image(s), {sum(seconds) / len(seconds):.2f} s per image "
+                   f"({sampler.cfg.draws} draw(s){', anchored' if sampler.cfg.anchor else ''})")
     return failed
 
 
@@ -175,6 +183,10 @@ def register(app: typer.Typer) -> None:
 
 
 _ADAPTER = typer.Option(None, "--adapter", "-a", help="round number or adapter directory (default: latest round)")
+_DRAWS = typer.Option(None, "--draws", help="decompositions per image, averaged per pixel (sample.draws; "
+                                            "N draws cost N times one)")
+_ANCHOR = typer.Option(None, "--anchor/--no-anchor", help="keep the object equal to the input outside the "
+                                                          "logo's footprint (sample.anchor)")
 
 
 def report_cmd(round: int = typer.Argument(..., metavar="ROUND", help="committed round to report on"),
@@ -198,11 +210,12 @@ def eval_cmd(adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a"
              n: Optional[int] = typer.Option(None, "--n", help="held-out items (default loop.eval_size)"),
              seed: Optional[int] = typer.Option(None, "--seed", help="held-out split seed (default loop.eval_seed)"),
              prefect: bool = typer.Option(True, "--prefect/--no-prefect", help="run as a Prefect flow (artifact)"),
+             draws: Optional[int] = _DRAWS, anchor: Optional[bool] = _ANCHOR,
              store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Held-out table: identity baseline, round 0, each round, final (markdown, CSV, Prefect artifact)."""
     from .. import evaluate as ev
 
-    cfg = load(config, store=store)
+    cfg = load(config, store=store, flags=_inference_flags(draws, anchor))
     prefect_env()  # offline, Prefect's telemetry service would log an ERROR on every run
     with user_errors():  # an unknown adapter (AdapterNotFound) included
         if prefect:
@@ -216,20 +229,27 @@ def eval_cmd(adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a"
     typer.echo(f"written: {', '.join(paths.values())}")
 
 
-def _fit_and_config(fit: str, config: Optional[Path], store: Optional[str]):
+def _fit_and_config(fit: str, config: Optional[Path], store: Optional[str], flags: Optional[dict] = None):
     """The --fit mode checked before anything is loaded, then the pipeline config."""
     if fit not in FIT_MODES:
         fail(f"--fit must be one of {FIT_MODES}; got {fit!r}")
-    return load(config, store=store)
+    return load(config, store=store, flags=flags)
+
+
+def _inference_flags(draws: Optional[int], anchor: Optional[bool]) -> dict:
+    """--draws / --anchor as config flags (sample.draws, sample.anchor); unset ones leave the config's."""
+    sample = {k: v for k, v in (("draws", draws), ("anchor", anchor)) if v is not None}
+    return {"sample": sample} if sample else {}
 
 
 def decompose_cmd(images: list[Path] = typer.Argument(..., metavar="IMAGE", help="composite images (any size)"),
                   out: Path = typer.Option(..., "--out", "-o", help="output directory"),
                   adapter: Optional[str] = _ADAPTER,
                   fit: str = typer.Option("pad", "--fit", help="pad (letterbox, keeps aspect) or resize (stretch)"),
+                  draws: Optional[int] = _DRAWS, anchor: Optional[bool] = _ANCHOR,
                   store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Split composites into <name>.logo.png, <name>.object.png, <name>.grid.png (+ <name>.json sidecar)."""
-    cfg = _fit_and_config(fit, config, store)
+    cfg = _fit_and_config(fit, config, store, _inference_flags(draws, anchor))
     with user_errors():  # an unknown adapter, a bad model.path or base: one error line
         label, sampler = _sampler(cfg, adapter or _latest_adapter(cfg))
     failed = decompose_files(sampler, list(images), out, panel_size=cfg.model.panel_size,

@@ -133,12 +133,22 @@ def evaluate_adapter(cfg: PipelineConfig, round_: int) -> dict:
     return out
 
 
+def _sample_key(cfg: PipelineConfig) -> dict:
+    """What of the sampling config a measurement depends on; the inference mode only when it is not the plain
+    one draw, so measurements cached before it existed stay valid."""
+    key = cfg.sample.model_dump(mode="json")
+    for name, plain in (("draws", 1), ("anchor", False)):
+        if key[name] == plain:
+            del key[name]
+    return key
+
+
 def measure(cfg: PipelineConfig, store, adapter_uri: str) -> dict:
     """{"heldout": overall + per-slice means, "validation": means} of one adapter, cached as heldout.json."""
     uri = adapter_files.join(adapter_uri, EVAL_FILE)
     validation = store.validation_view()
     key = {"eval_size": cfg.loop.eval_size, "eval_seed": cfg.loop.eval_seed, "v": 2,
-           "validation": sorted(validation["sample_id"]), "sample": cfg.sample.model_dump(mode="json")}
+           "validation": sorted(validation["sample_id"]), "sample": _sample_key(cfg)}
     cached = adapter_files.read_json(uri)
     if cached and cached.get("key") == key:
         return {"cached": True, "heldout": cached["heldout"], "validation": cached["validation"]}

@@ -152,3 +152,46 @@ def test_threads_sharing_a_backbone_get_the_sequential_results(sampler):
         threaded = [r[0] for r in pool.map(sampler.decompose, comps)]
     for a, b in zip(sequential, threaded):
         assert np.abs(_arr(a["object"]) - _arr(b["object"])).max() <= 2.0
+
+
+def test_inference_mode_is_the_consensus_of_its_draws_then_anchored(sampler, tiny_backbone):
+    from layerloop.models.anchoring import anchor, consensus
+    from layerloop.models.synthetic import render_triplet
+
+    comps = [render_triplet(s, 32)[0]["composite"] for s in (50, 51)]
+    plain = sampler.infer(comps)
+    single = sampler.decompose(comps)
+    assert all(np.abs(_arr(p[k]) - _arr(s[k])).max() <= 2.0 for p, s in zip(plain, single) for k in p)  # draws 1
+
+    three = Sampler(tiny_backbone, None, CFG.model_copy(update={"draws": 3})).infer(comps)
+    draws = [sampler.decompose(comps, draw=k) for k in range(3)]
+    assert np.abs(_arr(draws[0][0]["logo"]) - _arr(draws[1][0]["logo"])).mean() > 1.0  # the draws differ
+    for i, item in enumerate(three):
+        mean = consensus([d[i] for d in draws])
+        assert all(np.abs(_arr(item[k]) - _arr(mean[k])).max() <= 2.0 for k in item)
+
+    anchored = Sampler(tiny_backbone, None, CFG.model_copy(update={"draws": 3, "anchor": True})).infer(comps)
+    for c, item, free in zip(comps, anchored, three):
+        expected, trust = anchor(c, free)
+        assert np.abs(_arr(item["object"]) - _arr(expected["object"])).max() <= 2.0
+        real = trust["object"] == 1.0  # outside the footprint the object is the input itself
+        assert np.array_equal(_arr(item["object"])[real], _arr(c)[real])
+        assert np.abs(_arr(item["logo"]) - _arr(free["logo"])).max() <= 2.0  # foreground layers as drawn
+
+
+def test_inference_mode_anchors_the_last_layer_of_any_schema():
+    from layerloop.models import tiny
+    from layerloop.models.anchoring import anchor, consensus
+    from layerloop.models.config import ModelConfig
+    from layerloop.models.factory import build_backbone
+
+    backbone = build_backbone(ModelConfig(layers=["logo", "text", "object"]),
+                              allow_random_init=not tiny.assets_present(tiny.ASSET_DIR))
+    comp = _img(60)
+    cfg = CFG.model_copy(update={"draws": 2, "anchor": True})
+    layers = Sampler(backbone, None, cfg).infer([comp])[0]
+    assert list(layers) == ["logo", "text", "object"]
+    plain = Sampler(backbone, None, CFG)
+    mean = consensus([plain.decompose([comp], draw=k)[0] for k in range(2)])
+    expected = anchor(comp, mean, background="object")[0]
+    assert all(np.abs(_arr(layers[k]) - _arr(expected[k])).max() <= 2.0 for k in layers)

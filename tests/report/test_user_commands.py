@@ -49,6 +49,24 @@ def test_decompose_any_size_and_bad_files(tmp_path, tiny_adapter, config_file):
     assert not (out / "broken.logo.png").exists()
 
 
+def test_decompose_in_the_inference_mode_on_a_photo(tmp_path, tiny_adapter, config_file):
+    from layerloop.models.synthetic import render_triplet
+
+    photo = render_triplet(7, 64)[0]["composite"].resize((80, 60))
+    photo.save(tmp_path / "photo.jpg", quality=90)
+    out = tmp_path / "out"
+    args = ["decompose", str(tmp_path / "photo.jpg"), "--out", str(out), "--adapter", tiny_adapter["adapter_dir"],
+            "--config", str(config_file), "--draws", "3", "--anchor"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "1 image(s)" in result.output and "s per image (3 draw(s), anchored)" in result.output
+    side = json.loads((out / "photo.json").read_text())
+    assert side["inference"] == {"draws": 3, "anchor": True}
+    assert Image.open(out / "photo.object.png").size == (80, 60)
+    bad = CliRunner().invoke(app, args[:-3] + ["--draws", "0"])
+    assert bad.exit_code == 2 and "sample.draws" in bad.output  # a bad value names the field
+
+
 def test_synthesize_maps_back_to_the_object_size(tmp_path, tiny_adapter, config_file):
     from layerloop.models.synthetic import render_triplet
 
