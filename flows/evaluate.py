@@ -19,16 +19,16 @@ from typing import Any
 
 from prefect import flow, task
 
-from ..tasks.config import PipelineConfig
-from ..models.evaluation import identity_baseline, evaluate_decomposition
+from ..models.evaluation import evaluate_decomposition, identity_baseline
 from ..models.judges.qwen import QwenJudge
 from ..models.judges.qwen_runtime import QwenVL
 from ..models.judges.registry import build_judge
 from ..models.judges.vqascore import VQAScorer
 from ..models.sampler import Sampler
 from ..models.synthetic import make_split
+from ..tasks.config import PipelineConfig
 from ..tasks.stages import adapter_files
-from ..tasks.stages.handles import open_store, backbone
+from ..tasks.stages.handles import backbone, open_store
 
 METRIC_ORDER = ("psnr_logo", "psnr_object", "ssim_logo", "ssim_object", "vqa_logo", "vqa_object", "vlm_score")
 VLM_BACKENDS = ("qwen", "openai")

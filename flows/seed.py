@@ -5,10 +5,9 @@ from prefect import flow
 
 from ..tasks import recipe
 from ..tasks.config import PipelineConfig
-from ..tasks.runtime import publish
-from ..tasks.runtime import executor
-from ..tasks.runtime.runner import PrefectRunner
+from ..tasks.runtime import executor, publish
 from ..tasks.runtime.run_lock import store_run_lock
+from ..tasks.runtime.runner import PrefectRunner
 from ..tasks.runtime.secrets import apply_secret_env
 
 

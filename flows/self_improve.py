@@ -13,15 +13,14 @@ import time
 
 from prefect import flow, get_run_logger
 
-from .seed import seed
 from ..tasks import recipe
 from ..tasks.config import PipelineConfig
-from ..tasks.runtime import publish
-from ..tasks.runtime import executor
-from ..tasks.runtime.runner import PrefectRunner
+from ..tasks.runtime import executor, publish
 from ..tasks.runtime.run_lock import store_run_lock
+from ..tasks.runtime.runner import PrefectRunner
 from ..tasks.runtime.secrets import apply_secret_env
 from ..tasks.stages.handles import is_committed, next_round
+from .seed import seed
 
 
 @flow(name="self-improve", log_prints=True)

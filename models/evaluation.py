@@ -13,6 +13,7 @@ import math
 from typing import Any, Callable, Iterable, Sequence
 
 from PIL import Image
+
 from .judges.base import JudgeItem
 from .metrics import psnr, shape_iou, ssim
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from . import tiny
 from .config import ModelConfig
 from .grid import LayerSchema, task_prompt, validate_templates
-from . import tiny
 
 if TYPE_CHECKING:  # heavy imports stay lazy; these are for readers and type checkers only
     import torch

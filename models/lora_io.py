@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
 from .grid import task_prompt
 from .tiny import ASSET_DIR
 

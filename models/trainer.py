@@ -33,7 +33,7 @@ from . import losses
 from .acceleration import compiled_blocks
 from .config import LoraConfig, TrainConfig
 from .grid import generated_panels, make_grid, panel_size_of, task_mask
-from .lora_io import read_adapter_metadata, read_adapter_state, unload_adapter, save_adapter
+from .lora_io import read_adapter_metadata, read_adapter_state, save_adapter, unload_adapter
 
 if TYPE_CHECKING:
     import torch

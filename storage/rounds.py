@@ -43,7 +43,7 @@ from typing import Any, Iterable, Iterator
 from . import schema as S
 from .errors import CommitConflictError, CorruptShardError, RoundExistsError, RoundNotFoundError
 from .fsutil import (TMP_PREFIX, age_s, is_local, open_store_fs, put_if_absent, read_json, read_table,
-                                      space_for, table_bytes, write_bytes, write_json)
+                     space_for, table_bytes, write_bytes, write_json)
 from .lease import CLAIMS, DEFAULT_LEASE_S, CommitClaim, is_takeable, newest_claim
 from .locks import RUN_LOCK, RunLock
 from .shards import ShardReader, ShardWriter, sha256_hex, verify_group

@@ -122,8 +122,8 @@ def test_every_project_import_resolves_to_a_file(folder):
 def test_the_packages_import_each_other_relatively(package):
     # `layerloop.tasks.x` inside the packages would lead a reader (and pyright, without the link tree) nowhere
     offending = [f"{_where(path, node)} imports {node.module}" for path in _files(package)
-                 for node, _ in _imports(path)
-                 if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("layerloop")]
+                 for node, _ in _imports(path) if isinstance(node, ast.ImportFrom) and node.level == 0
+                 and (node.module or "").startswith("layerloop")]
     offending += [f"{_where(path, node)} imports {a.name}" for path in _files(package) for node, _ in _imports(path)
                   if isinstance(node, ast.Import) for a in node.names if a.name.startswith("layerloop")]
     assert not offending, "use a relative import (from ..models.trainer import X):\n" + "\n".join(offending)

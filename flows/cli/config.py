@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, NoReturn, Optional
 
 import typer
+
 from ...tasks.config import ConfigError, deep_merge, load_config
 from ...tasks.stages.handles import open_store as open_config_store
 

@@ -12,10 +12,10 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from .config import CONFIG_OPT, STORE_OPT, fail, load, open_store
 from ...models.synthetic import WorldSlice, write_split
 from ...storage.errors import RoundExistsError, RoundNotFoundError
 from ...tasks.config import default_yaml_text
+from .config import CONFIG_OPT, STORE_OPT, fail, load, open_store
 
 SPLITS = ("seeds", "pool", "test")
 

@@ -12,15 +12,15 @@ from typing import Optional
 
 import typer
 
-from .config import CONFIG_OPT, STORE_OPT, fail, load, open_store
 from ...models.judges.base import JudgeItem
-from ...models.judges.calibration import oracle_labels, read_labels, synthetic_calibration_set, calibration_report
+from ...models.judges.calibration import calibration_report, oracle_labels, read_labels, synthetic_calibration_set
 from ...models.judges.config import CRITERIA
 from ...models.judges.registry import build_judge
 from ...models.prompts import builtin_prompts, openai_prompts, write_prompt_set
 from ...tasks.stages.handles import sampler as make_sampler
 from ...tasks.stages.panels import decode
 from ...tasks.stages.review import export_review, import_review
+from .config import CONFIG_OPT, STORE_OPT, fail, load, open_store
 
 review_app = typer.Typer(help="Human spot-checks of a round's judge decisions.", no_args_is_help=True)
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from .config import prefect_env, set_debug
 from . import data, judge, report, run
+from .config import prefect_env, set_debug
 
 app = typer.Typer(
     name="layerloop",

@@ -19,10 +19,10 @@ from typing import Optional
 import typer
 from PIL import Image, ImageOps
 
-from .config import CONFIG_OPT, STORE_OPT, fail, load, open_store, prefect_env, user_errors
-from ...models.grid import make_grid, LayerSchema
+from ...models.grid import LayerSchema, make_grid
 from ...models.sampler import Sampler
 from ...tasks.stages.handles import backbone
+from .config import CONFIG_OPT, STORE_OPT, fail, load, open_store, prefect_env, user_errors
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 FIT_MODES = ("pad", "resize")

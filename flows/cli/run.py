@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 
-from .config import CONFIG_OPT, STORE_OPT, fail, load, prefect_env, user_errors
 from ...models.evaluation import identity_baseline
 from ...models.judges.base import JudgeUnavailable
 from ...models.synthetic import make_split
@@ -30,6 +29,7 @@ from ...tasks.stages import demo as demo_world
 from ...tasks.stages.adapter import evaluate_adapter, evaluate_control, flatten_slices, seen_slices
 from ...tasks.stages.handles import adapter_id, open_store
 from ...tasks.stages.ingest import check_inputs
+from .config import CONFIG_OPT, STORE_OPT, fail, load, prefect_env, user_errors
 
 if TYPE_CHECKING:
     from ...tasks.config import PipelineConfig

@@ -12,9 +12,10 @@ import math
 from pathlib import Path
 
 import numpy as np
+
+from ..synthetic import make_split
 from .base import JudgeItem
 from .oracle import OracleJudge
-from ..synthetic import make_split
 
 TRUE_WORDS = {"1", "true", "yes", "y", "accept", "accepted", "good", "pass"}
 FALSE_WORDS = {"0", "false", "no", "n", "reject", "rejected", "bad", "fail"}

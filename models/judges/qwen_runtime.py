@@ -3,8 +3,9 @@
 Shared by the `qwen` judge and VQAScore. The prompt is built here, not by the Qwen processor: the
 processor (and `qwen_vl_utils`) import torchvision, which does not load beside the CPU torch build
 (checked on the CPU machines: PyPI's torchvision fails beside torch 2.13 CPU). So: images are resized with
-`qwen_vl_utils.process_vision_info` when it imports (GPU machines), else with the same smart-resize rule by the torchvision-free `Qwen2VLImageProcessorPil`;
-the Qwen2.5-VL chat format is written out and `<|image_pad|>` is expanded to one token per merged
+`qwen_vl_utils.process_vision_info` when it imports (GPU machines), else with the same smart-resize rule
+by the torchvision-free `Qwen2VLImageProcessorPil`; the Qwen2.5-VL chat format is written out and
+`<|image_pad|>` is expanded to one token per merged
 28x28 patch (grid_t * grid_h * grid_w / merge_size**2). Sequences are right-padded and read at their
 own last position, so a batch gives the same numbers as one-by-one runs.
 """

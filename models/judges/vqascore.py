@@ -4,6 +4,7 @@ The probability is read at the first generated position over the whole vocabular
 no generation), as in the VQAScore paper; used by the evaluation on logo and object panels.
 """
 from __future__ import annotations
+
 from .qwen_runtime import QwenVL
 
 QUESTION = 'Does this figure show "{text}"? Please answer Yes or No.'

@@ -22,6 +22,7 @@ import math
 from typing import Any
 
 import pandas as pd
+
 from ..stages import adapter_files
 from ..stages.panels import for_display
 

@@ -1,9 +1,10 @@
-"""What a committed round reports: its HTML/JSON report (tasks/reporting/report.py) and its row of the selection-rate table."""
+"""What a committed round reports: its HTML/JSON report (tasks/reporting/report.py) and its row of the
+selection-rate table."""
 from __future__ import annotations
 
+from ...models.judges.config import CRITERIA
 from ..config import PipelineConfig
 from ..stages.handles import open_store, timed
-from ...models.judges.config import CRITERIA
 
 
 def report(cfg: PipelineConfig, round_: int) -> dict:

@@ -13,8 +13,8 @@ starts a new process, so a new model, per GPU task). A reused worker may be hand
 last one (measured: it happens between stages), so GPU workers run with Ray's
 RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES and each unit puts its model on the GPU Ray assigned it
 (tasks/runtime/placement.py, the worker's side); the per-process model cache is keyed by the device, so a
-worker moved to another GPU rebuilds there instead of computing on a GPU it does not hold. Training and evaluation are submitted
-the same way (one GPU task each). Commit, report and artifacts stay in the flow's process: the commit
+worker moved to another GPU rebuilds there instead of computing on a GPU it does not hold. Training and
+evaluation are submitted the same way (one GPU task each). Commit, report and artifacts stay in the flow's process: the commit
 stays single and last. Ray and prefect-ray are imported only here, and only under loop.executor: ray.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, ContextManager, Iterator
 
 from ..config import ConfigError, PipelineConfig
-from .placement import NOSET_CUDA
 from .gpu_slot import ensure_gpu_slot, gpu_slot
+from .placement import NOSET_CUDA
 
 
 def uses_ray(cfg: PipelineConfig) -> bool:

@@ -31,8 +31,8 @@ from typing import Iterator
 from uuid import UUID
 
 from ...storage.locks import HostLock, describe_holder, wait_for
-from . import publish
 from ..config import ConfigError, PipelineConfig
+from . import publish
 
 _RENEW_FRACTION = 0.5  # renew the lease when half of it has passed: one failed renewal still leaves time
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from ..stages.handles import Unit, adapter_id
 from ..config import PipelineConfig
+from ..stages.handles import Unit, adapter_id
 
 TABLE_KEY = "selection-rate"
 

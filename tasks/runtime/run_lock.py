@@ -12,9 +12,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-from . import publish
 from ..config import PipelineConfig
 from ..stages.handles import open_store
+from . import publish
 
 
 @contextmanager

@@ -12,14 +12,13 @@ that already exists is never retrained; measurements are cached next to it, keye
 """
 from __future__ import annotations
 
-from . import adapter_files
-from ..config import PipelineConfig
-from .handles import (PROMOTION_FILE, adapter_id, backbone, generator_round, open_store,
-                                            sampler_at, timed)
-from .panels import decode, decode_trust
 from ...models.evaluation import evaluate_decomposition
 from ...models.lora_io import unload_adapter
-from ...models.synthetic import make_split, KINDS, SHAPES, WORDS, WorldSlice
+from ...models.synthetic import KINDS, SHAPES, WORDS, WorldSlice, make_split
+from ..config import PipelineConfig
+from . import adapter_files
+from .handles import PROMOTION_FILE, adapter_id, backbone, generator_round, open_store, sampler_at, timed
+from .panels import decode, decode_trust
 
 METRICS_FILE = "metrics.json"
 EVAL_FILE = "heldout.json"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ...models.prompts import prompt_hash
 from ..config import PipelineConfig
 from . import consistency, judging
-from .handles import RoundWork, counts, timed, adapter_id, generator_round, open_store
+from .handles import RoundWork, adapter_id, counts, generator_round, open_store, timed
 from .health import loop_health
 from .review import load_overrides
 

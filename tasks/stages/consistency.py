@@ -10,12 +10,12 @@ and its logo is trusted `loop.consensus_trust`.
 """
 from __future__ import annotations
 
+from ...models.anchoring import anchor, consensus
+from ...models.metrics import cycle_error
 from ..config import PipelineConfig
 from .handles import RoundWork, Unit, timed
-from .panels import decode, encode, encode_trust
 from .judging import PART as JUDGE_PART
-from ...models.anchoring import consensus, anchor
-from ...models.metrics import cycle_error
+from .panels import decode, encode, encode_trust
 
 PART = "cycle"
 

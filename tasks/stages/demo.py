@@ -11,6 +11,7 @@ rate cost more than the steps gave (docs/flows.md has the numbers).
 from __future__ import annotations
 
 from pathlib import Path
+
 from ...models.synthetic import WorldSlice, write_split
 
 DEMO_SEEDS = 100  # the paper's seed set size

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterator
 
-from . import adapter_files
-from ..config import PipelineConfig
 from ...models.factory import build_backbone
 from ...models.sampler import Sampler
+from ..config import PipelineConfig
+from . import adapter_files
 
 _BACKBONES: dict[str, Any] = {}
 _BUILDS: dict[str, int] = {}  # models this process built, by kind: scale-out checks "once per worker"

@@ -9,11 +9,12 @@ no health block and the validation split (tasks/stages/adapter.py) is what tells
 from __future__ import annotations
 
 import json
-from .panels import decode
+
 from ...models.evaluation import score_layers
 from ...models.judges.base import JudgeItem, results_to_frame
 from ...models.judges.registry import build_judge
 from ...models.synthetic import render_triplet
+from .panels import decode
 
 
 def pool_truths(pool_rows) -> dict:

@@ -7,7 +7,6 @@ from typing import Any
 from ..config import PipelineConfig
 from .handles import counts, open_store, timed
 
-
 SEEDS_UNSET = ("loop.seeds_path is not set and round 0 is not committed: point it at the labeled seed "
                "triplets (folder of <id>/{composite,logo,object}.png or a CSV)")
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...models.judges.base import INVALID_ITEM, JudgeItem, JudgeUnavailable, error_kind, results_to_frame
+from ...models.judges.registry import NEEDS_SAMPLER, build_judge
 from ..config import PipelineConfig
 from .handles import RoundWork, Unit, count_build, timed
 from .panels import decode
-from ...models.judges.base import JudgeItem, results_to_frame, INVALID_ITEM, JudgeUnavailable, error_kind
-from ...models.judges.registry import NEEDS_SAMPLER, build_judge
 
 PART = "judge"
 _JUDGES: dict[tuple, Any] = {}

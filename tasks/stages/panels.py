@@ -6,6 +6,7 @@ A pseudo-label sample carries, besides its image panels, one greyscale `trust_<l
 from __future__ import annotations
 
 import io
+
 from ...models.anchoring import trust_from_image, trust_to_image
 
 TRUST_PREFIX = "trust_"

@@ -16,8 +16,9 @@ import datetime as _dt
 import html
 import uuid
 from pathlib import Path
+
+from ...storage.fsutil import read_table, table_bytes, write_bytes
 from .panels import for_display
-from ...storage.fsutil import table_bytes, write_bytes, read_table
 
 OVERRIDE_COLUMNS = ["sample_id", "content_hash", "accepted", "reviewer", "reviewed_at", "note", "source_round"]
 REVIEW_CSV_COLUMNS = ["sample_id", "content_hash", "round", "selection", "judge_accepted", "score_overall",
