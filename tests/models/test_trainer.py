@@ -402,3 +402,24 @@ def test_labeled_triplets_keep_their_decomposition_slots_beside_pseudo_labels(tr
         labeled = [t for i, t in zip(b.idx, b.tasks) if i != 3]
         # as many labeled decompositions as a batch of labeled triplets alone would have
         assert labeled.count("decompose") == 2 and labeled.count("synthesize") == 1
+
+
+def test_training_says_where_it_is_every_30_s_when_stderr_is_no_terminal(capsys):
+    from layerloop.models.trainer import _ProgressSink, progress_line
+
+    now = [0.0]
+    with _ProgressSink(None, total=10, start=2, clock=lambda: now[0]) as sink:
+        for step, t in zip(range(3, 11), (5, 20, 31, 40, 50, 62, 70, 80)):
+            now[0] = t
+            sink.update(step, {"loss": 0.5 / step})
+    lines = capsys.readouterr().err.splitlines()
+    # at 31 s (step 5), at 62 s (step 8), and the last step (10): never 30 s without a line
+    assert [line.split()[1] for line in lines] == ["5/10", "8/10", "10/10"]
+    assert lines[0] == "train 5/10 (50 %) loss 0.1000, 0.1 steps/s, ETA 0m51s"  # 3 steps in 31 s, 5 to go
+    now[0] = 0.0
+    with _ProgressSink(None, total=3, start=0, clock=lambda: now[0]) as sink:
+        for step in (1, 2, 3):
+            now[0] = step  # 3 s in all: nothing to say
+            sink.update(step, {"loss": 0.1})
+    assert capsys.readouterr().err == ""
+    assert progress_line(340, 1500, 0.1234, 340, 100.0) == "train 340/1500 (22 %) loss 0.1234, 3.4 steps/s, ETA 5m41s\n"
