@@ -236,8 +236,14 @@ def table_bytes(table: Any) -> bytes:
 
 
 def read_table(fs: Any, path: str, columns: list[str] | None = None) -> Any:
+    """A Parquet table as one version of its file. On an object store the object is fetched in one GET: read
+    in ranges, a table that another writer PUTs anew meanwhile (two processes finishing one unit) fails with
+    s3fs's FileExpired; a whole object is always one complete version. Locally a rename never changes an
+    open file."""
     import pyarrow.parquet as pq
 
+    if not is_local(fs):
+        return pq.read_table(io.BytesIO(fs.cat_file(path)), columns=columns)
     with fs.open(path, "rb") as f:
         return pq.read_table(f, columns=columns)
 
