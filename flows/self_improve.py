@@ -51,10 +51,10 @@ def improve_round(cfg: PipelineConfig, round_: int) -> dict:
     if is_committed(cfg, round_):
         return {"round": round_, "skipped": True}
     start = time.perf_counter()
-    _, work = recipe.round_units(cfg, round_)
-    progress = publish.Progress(round_, recipe.unit_count(work), executor.run_units)
+    planned = recipe.round_units(cfg, round_)
+    progress = publish.Progress(round_, recipe.unit_count(planned[1]), executor.run_units)
     done = recipe.run_round(cfg, round_, PrefectRunner(cfg, progress.run),
-                            execution=lambda results: executor.summary(cfg, results))
+                            execution=lambda results: executor.summary(cfg, results), planned=planned)
     measured = done.of("evaluate-adapter")[0]
     publish.publish_round(cfg, round_, done.reported, measured["metrics"])
     wall = time.perf_counter() - start

@@ -133,10 +133,11 @@ def measure(cfg: PipelineConfig, adapter_round: int, runner: Runner, stages: tup
     return [(s, [runner.run(s, cfg, adapter_round)]) for s in stages if s.when(cfg, adapter_round)]
 
 
-def run_round(cfg: PipelineConfig, round_: int, runner: Runner, execution: Callable[[list[dict]], dict] | None = None
-              ) -> RoundRun:
-    """ROUND on round r, stage by stage; `execution` summarises which processes ran the units (round.json)."""
-    n_pool, work = round_units(cfg, round_)
+def run_round(cfg: PipelineConfig, round_: int, runner: Runner, execution: Callable[[list[dict]], dict] | None = None,
+              planned: tuple[int, dict[str, list[Unit]]] | None = None) -> RoundRun:
+    """ROUND on round r, stage by stage; `execution` summarises which processes ran the units (round.json);
+    `planned` is `round_units`' answer when the caller already asked (the pool is read once)."""
+    n_pool, work = planned or round_units(cfg, round_)
     done = RoundRun(round_, n_pool)
     with runner.gpu(cfg):
         done.results += measure(cfg, round_ - 1, runner)

@@ -95,12 +95,18 @@ def config_file(config: Optional[Path]) -> Optional[Path]:
     return DEFAULT_FILE if DEFAULT_FILE.is_file() else None
 
 
+def given(section: str, **values) -> dict:
+    """The flags a user passed, as config overrides of one section ({} when none): unset flags are None."""
+    passed = {k: v for k, v in values.items() if v is not None}
+    return {section: passed} if passed else {}
+
+
 def load(config: Optional[Path], *, store: Optional[str] = None, flags: Optional[dict] = None,
          defaults: Optional[dict] = None) -> "PipelineConfig":
     """The command's PipelineConfig in the one precedence; `store` is the --store flag, `flags` the others."""
-    given = deep_merge(flags or {}, {"store": {"uri": store}} if store else {})
+    passed = deep_merge(flags or {}, {"store": {"uri": store}} if store else {})
     try:
-        return load_config(config_file(config), defaults=defaults, overrides=given)
+        return load_config(config_file(config), defaults=defaults, overrides=passed)
     except ConfigError as exc:
         fail(str(exc))
 

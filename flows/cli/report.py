@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from ...models.grid import LayerSchema, make_grid
 from ...models.sampler import Sampler
 from ...tasks.stages.handles import backbone
-from .config import CONFIG_OPT, STORE_OPT, fail, load, open_store, prefect_env, user_errors
+from .config import CONFIG_OPT, STORE_OPT, fail, given, load, open_store, prefect_env, user_errors
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 FIT_MODES = ("pad", "resize")
@@ -215,7 +215,7 @@ def eval_cmd(adapter: Optional[list[str]] = typer.Option(None, "--adapter", "-a"
     """Held-out table: identity baseline, round 0, each round, final (markdown, CSV, Prefect artifact)."""
     from .. import evaluate as ev
 
-    cfg = load(config, store=store, flags=_inference_flags(draws, anchor))
+    cfg = load(config, store=store, flags=given("sample", draws=draws, anchor=anchor))
     prefect_env()  # offline, Prefect's telemetry service would log an ERROR on every run
     with user_errors():  # an unknown adapter (AdapterNotFound) included
         if prefect:
@@ -236,12 +236,6 @@ def _fit_and_config(fit: str, config: Optional[Path], store: Optional[str], flag
     return load(config, store=store, flags=flags)
 
 
-def _inference_flags(draws: Optional[int], anchor: Optional[bool]) -> dict:
-    """--draws / --anchor as config flags (sample.draws, sample.anchor); unset ones leave the config's."""
-    sample = {k: v for k, v in (("draws", draws), ("anchor", anchor)) if v is not None}
-    return {"sample": sample} if sample else {}
-
-
 def decompose_cmd(images: list[Path] = typer.Argument(..., metavar="IMAGE", help="composite images (any size)"),
                   out: Path = typer.Option(..., "--out", "-o", help="output directory"),
                   adapter: Optional[str] = _ADAPTER,
@@ -249,7 +243,7 @@ def decompose_cmd(images: list[Path] = typer.Argument(..., metavar="IMAGE", help
                   draws: Optional[int] = _DRAWS, anchor: Optional[bool] = _ANCHOR,
                   store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Split composites into <name>.logo.png, <name>.object.png, <name>.grid.png (+ <name>.json sidecar)."""
-    cfg = _fit_and_config(fit, config, store, _inference_flags(draws, anchor))
+    cfg = _fit_and_config(fit, config, store, given("sample", draws=draws, anchor=anchor))
     with user_errors():  # an unknown adapter, a bad model.path or base: one error line
         label, sampler = _sampler(cfg, adapter or _latest_adapter(cfg))
     failed = decompose_files(sampler, list(images), out, panel_size=cfg.model.panel_size,

@@ -29,7 +29,7 @@ from ...tasks.stages import demo as demo_world
 from ...tasks.stages.adapter import evaluate_adapter, evaluate_control, flatten_slices, seen_slices
 from ...tasks.stages.handles import adapter_id, open_store
 from ...tasks.stages.ingest import check_inputs
-from .config import CONFIG_OPT, STORE_OPT, fail, load, prefect_env, user_errors
+from .config import CONFIG_OPT, STORE_OPT, fail, given, load, prefect_env, user_errors
 
 if TYPE_CHECKING:
     from ...tasks.config import PipelineConfig
@@ -104,7 +104,7 @@ def run(config: Optional[Path] = CONFIG_OPT,
                                              "up to this many seconds for it (a flag: beats loop.store_lock_wait_s; "
                                              "default: fail at once naming it)")) -> None:
     """Run the self-improving loop: seed round if missing, then rounds up to loop.rounds."""
-    flags = {"loop": {k: v for k, v in (("rounds", rounds), ("store_lock_wait_s", wait)) if v is not None}}
+    flags = given("loop", rounds=rounds, store_lock_wait_s=wait)
     cfg = load(config, store=store, flags=flags)
     with guarded_run(cfg):
         from ..self_improve import self_improve
