@@ -30,7 +30,8 @@ from ..tasks.config import PipelineConfig
 from ..tasks.stages import adapter_files
 from ..tasks.stages.handles import backbone, open_store
 
-METRIC_ORDER = ("psnr_logo", "psnr_object", "ssim_logo", "ssim_object", "vqa_logo", "vqa_object", "vlm_score")
+METRIC_ORDER = ("psnr_logo", "psnr_object", "ssim_logo", "ssim_object", "iou_logo", "alpha_iou_logo", "l1_logo",
+                "l1_object", "layer_edit", "vqa_logo", "vqa_object", "vlm_score")
 VLM_BACKENDS = ("qwen", "openai")
 ARTIFACT_KEY = "heldout-eval"
 _SCORERS: dict[str, tuple[Any, Any]] = {}  # one loaded VLM per process and judge config

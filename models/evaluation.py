@@ -15,7 +15,9 @@ from typing import Any, Callable, Iterable, Sequence
 from PIL import Image
 
 from .judges.base import JudgeItem
-from .metrics import psnr, shape_iou, ssim
+from .matting import matte
+from .metrics import alpha_iou, layer_edit_distance, psnr, rgb_l1, shape_iou, ssim
+from .synthetic import render_logo_rgba
 
 # Texts VQAScore asks about when an item's meta has no caption for the layer.
 DEFAULT_VQA_TEXTS = {
@@ -55,6 +57,36 @@ def score_layers(truth: dict[str, Image.Image], predicted: dict[str, Image.Image
         if layer != BACKGROUND_LAYER:
             scores[f"iou_{layer}"] = float(shape_iou(pred, truth[layer]))
     return scores
+
+
+def score_rgba_layers(meta: dict, truth: dict[str, Image.Image], predicted: dict[str, Image.Image]) -> dict:
+    """The field's layer metrics (LayerD, Qwen-Image-Layered) on RGBA layers, where the truth has alpha.
+
+    Predicted layers are what `decompose` writes: the logo matted off its white panel (models.matting),
+    the background layer opaque. The true logo's alpha comes from the renderer (items with a render seed);
+    other items get None (shown as n/a), never a number made up from the panel. Keys: l1_<layer>
+    (premultiplied RGB L1), alpha_iou_<layer> (not for the opaque background), layer_edit (bottom-to-top).
+    """
+    layers = _layers_of(truth)
+    true_rgba = _true_rgba(meta, truth, layers)
+    if true_rgba is None:
+        return {**{f"l1_{k}": None for k in layers}, "layer_edit": None,
+                **{f"alpha_iou_{k}": None for k in layers if k != BACKGROUND_LAYER}}
+    pred_rgba = {k: (_match_size(predicted[k], truth[k]) if k == BACKGROUND_LAYER
+                     else matte(_match_size(predicted[k], truth[k]))) for k in layers}
+    scores: dict[str, float | None] = {f"l1_{k}": rgb_l1(pred_rgba[k], true_rgba[k]) for k in layers}
+    scores.update({f"alpha_iou_{k}": alpha_iou(pred_rgba[k], true_rgba[k]) for k in layers if k != BACKGROUND_LAYER})
+    order = list(reversed(layers))  # bottom to top: the background first
+    scores["layer_edit"] = layer_edit_distance([pred_rgba[k] for k in order], [true_rgba[k] for k in order])
+    return scores
+
+
+def _true_rgba(meta: dict, truth: dict[str, Image.Image], layers: list[str]) -> dict[str, Image.Image] | None:
+    """The renderer's RGBA truth of a (logo, object) item, or None when the item has no render seed."""
+    if layers != ["logo", BACKGROUND_LAYER] or "seed" not in meta:
+        return None
+    logo = render_logo_rgba(meta["seed"], truth["logo"].size[0])
+    return {"logo": logo, BACKGROUND_LAYER: truth[BACKGROUND_LAYER].convert("RGB")}
 
 
 def _match_size(pred: Image.Image, truth: Image.Image) -> Image.Image:
@@ -106,7 +138,8 @@ def per_item_scores(items: Iterable[Sequence], predict: Callable[[list[Image.Ima
     if not unpacked:
         raise ValueError("the evaluation set is empty")
     predictions = predict([t["composite"] for _, t, _ in unpacked])
-    rows = [{"sample_id": sid, **score_layers(t, p)} for (sid, t, _), p in zip(unpacked, predictions)]
+    rows = [{"sample_id": sid, **score_layers(t, p), **score_rgba_layers(meta, t, p)}
+            for (sid, t, meta), p in zip(unpacked, predictions)]
     if vqa is not None:
         _add_vqa(rows, unpacked, predictions, vqa)
     if judge is not None:

@@ -104,3 +104,61 @@ def ssim(a, b) -> float:
     if x.ndim == 2:
         return _ssim_plane(x, y, k)
     return float(np.mean([_ssim_plane(x[..., c], y[..., c], k) for c in range(x.shape[2])]))
+
+
+# ----------------------------------------------------------------- RGBA layers (the field's metrics)
+
+
+def _layer(img, name: str) -> np.ndarray:
+    """(H, W, 4) float in [0, 1]: RGBA as given, RGB / L as opaque."""
+    if hasattr(img, "mode") and hasattr(img, "convert"):
+        img = np.asarray(img if img.mode == "RGBA" else img.convert("RGB"))
+    x = _as_array(img, name).astype(np.float64) / _PEAK
+    if x.ndim == 2:
+        x = np.repeat(x[..., None], 3, axis=-1)
+    if x.shape[-1] == 3:
+        x = np.concatenate([x, np.ones(x.shape[:2] + (1,))], axis=-1)
+    if x.shape[-1] != 4:
+        raise ValueError(f"{name}: expected RGB or RGBA channels, got {x.shape[-1]}")
+    return x
+
+
+def _layer_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _layer(a, "first layer"), _layer(b, "second layer")
+    if x.shape != y.shape:
+        raise ValueError(f"layers differ in shape: {x.shape} vs {y.shape}")
+    return x, y
+
+
+def alpha_iou(a, b) -> float:
+    """Soft IoU of two layers' alpha: sum(min) / sum(max); 1.0 when both are fully transparent."""
+    x, y = _layer_pair(a, b)
+    union = float(np.maximum(x[..., 3], y[..., 3]).sum())
+    return 1.0 if union == 0 else float(np.minimum(x[..., 3], y[..., 3]).sum()) / union
+
+
+def rgb_l1(a, b) -> float:
+    """Mean absolute difference of two layers' premultiplied colour (alpha * RGB) in [0, 1].
+
+    Premultiplied, so the colour of a transparent pixel, which no viewer shows, counts for nothing;
+    for opaque layers it is the plain RGB L1.
+    """
+    x, y = _layer_pair(a, b)
+    return float(np.mean(np.abs(x[..., :3] * x[..., 3:] - y[..., :3] * y[..., 3:])))
+
+
+def layer_edit_distance(predicted: list, truth: list) -> float:
+    """Order-aware edit distance between two bottom-to-top layer stacks, in the style of LayerD's.
+
+    Levenshtein over the stacks: inserting or deleting a layer costs 1, matching layer p to layer t
+    costs rgb_l1(p, t) + (1 - alpha_iou(p, t)) (0 for identical layers, at most 2). 0 = the same stack.
+    """
+    n, m = len(predicted), len(truth)
+    cost = np.zeros((n + 1, m + 1))
+    cost[:, 0], cost[0, :] = np.arange(n + 1), np.arange(m + 1)
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            p, t = predicted[i - 1], truth[j - 1]
+            modify = rgb_l1(p, t) + 1.0 - alpha_iou(p, t)
+            cost[i, j] = min(cost[i - 1, j] + 1, cost[i, j - 1] + 1, cost[i - 1, j - 1] + modify)
+    return float(cost[n, m])

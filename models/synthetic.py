@@ -31,11 +31,12 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "brown": (120, 75, 40), "black": (30, 30, 30), "white": (240, 240, 240),
     "grey": (130, 130, 130),
 }
-SPLITS = ("seeds", "pool", "test")
-ID_PREFIX = {"seeds": "seed", "pool": "pool", "test": "test"}
+# dev: labeled items for recipe decisions and defaults, so the test split only ever reports
+SPLITS = ("seeds", "pool", "test", "dev")
+ID_PREFIX = {"seeds": "seed", "pool": "pool", "test": "test", "dev": "dev"}
 # Independent RNG streams per split: spawn keys differ, so a test item's seed never equals a
 # training item's seed whatever base seed either was made with.
-_SPLIT_STREAM = {"seeds": 1, "pool": 2, "test": 3}
+_SPLIT_STREAM = {"seeds": 1, "pool": 2, "test": 3, "dev": 4}
 MIN_SIZE, MAX_SIZE = 16, 2048
 _MIN_RENDER = 128  # supersampling floor: small panels are rendered large and box-filtered down
 _MIN_CONTRAST = 150.0  # RGB distance that keeps a logo readable on its object
@@ -367,6 +368,37 @@ def _logo_panel(logo: np.ndarray, size: int, render: int) -> Image.Image:
     return _to_image(canvas, size)
 
 
+def _logo_layer(logo: np.ndarray, size: int, render: int) -> Image.Image:
+    """The logo panel's truth as a straight-alpha RGBA layer: what `_logo_panel` draws over white."""
+    inner = int(round(render * 0.8))
+    art = Image.fromarray(np.uint8(np.clip(logo * 255, 0, 255).round()), "RGBA").resize((inner, inner), Image.Resampling.BOX)
+    canvas = np.zeros((render, render, 4), np.float32)
+    o = (render - inner) // 2
+    canvas[o:o + inner, o:o + inner] = np.asarray(art, np.float32) / 255  # premultiplied, as _logo_panel reads it
+    # _logo_panel clips rgb + (1 - alpha) at 1 where PIL's RGBA resize left rgb above alpha (edges):
+    # the same clip keeps this layer's composite over white equal to the panel
+    canvas[..., :3] = np.minimum(canvas[..., :3], canvas[..., 3:])
+    k = render // size  # render is a multiple of size: a block mean is the BOX filter, without PIL's RGBA handling
+    small = canvas.reshape(size, k, size, k, 4).mean(axis=(1, 3))
+    alpha = small[..., 3:4]
+    straight = np.where(alpha > 0, small[..., :3] / np.maximum(alpha, 1e-6), 1.0)
+    out = np.concatenate([np.clip(straight, 0, 1), alpha], axis=-1)
+    return Image.fromarray(np.uint8((out * 255).round()), "RGBA")
+
+
+def render_logo_rgba(seed: int | str, size: int = 32) -> Image.Image:
+    """The true logo layer of `render_triplet(seed, size)` as RGBA (straight alpha): the matting truth.
+
+    The logo panel is this layer over white; its alpha is what a matte of that panel should recover
+    (white text on a shape is opaque here, a ring's centre transparent). Cheap: no scene is rendered.
+    """
+    _check_size(size)
+    rng = np.random.default_rng(seed_value(seed))
+    _, (_, logo_c, text_c), shape, text = _draw_identity(rng)
+    res = size * max(1, -(-_MIN_RENDER // size))
+    return _logo_layer(_logo_rgba(max(256, 2 * size), shape, COLOURS[logo_c], text, COLOURS[text_c]), size, res)
+
+
 # ---------------------------------------------------------------- scene
 
 def _style(rng, kind: str, colour: str) -> _Style:
@@ -596,7 +628,7 @@ def item_seed(split: str, index: int, seed: int) -> int:
 
 def make_split(split: str, n: int, size: int, seed: int,
                where: WorldSlice = EVERYTHING) -> Iterator[tuple[str, dict, dict]]:
-    """Yield (id, triplet, meta) for `n` items of `split` ("seeds", "pool" or "test") inside `where`.
+    """Yield (id, triplet, meta) for `n` items of `split` ("seeds", "pool", "test" or "dev") inside `where`.
 
     Ids are `<seed|pool|test>-<base seed>-<index>`; every split draws from its own RNG stream, so
     held-out test items never coincide with training items. Pool items carry their ground truth

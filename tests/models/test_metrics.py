@@ -116,3 +116,45 @@ def test_shape_iou_scores_the_drawn_shape_not_its_colour():
     assert shape_iou(square, recoloured) == 1.0  # same shape, another colour
     assert shape_iou(square, shifted) == pytest.approx(16 / (64 + 64 - 16))
     assert shape_iou(blank, blank) == 1.0 and shape_iou(square, blank) == 0.0
+
+
+# ----------------------------------------------------------------- RGBA layers
+
+
+def _rgba(alpha_box, colour=(200, 30, 30), size=16):
+    a = np.zeros((size, size, 4), np.uint8)
+    y0, x0, y1, x1 = alpha_box
+    a[y0:y1, x0:x1] = (*colour, 255)
+    return a
+
+
+def test_alpha_iou_and_rgb_l1_of_rgba_layers():
+    from layerloop.models.metrics import alpha_iou, rgb_l1
+
+    a, b = _rgba((0, 0, 8, 8)), _rgba((0, 4, 8, 12))
+    assert alpha_iou(a, a) == 1.0 and rgb_l1(a, a) == 0.0
+    assert alpha_iou(a, b) == pytest.approx(32 / 96)
+    assert alpha_iou(np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8)) == 1.0
+    # transparent pixels' colour is invisible and does not count; premultiplied colour does
+    hidden = a.copy()
+    hidden[8:, 8:, :3] = 17
+    assert rgb_l1(a, hidden) == 0.0
+    assert rgb_l1(a, _rgba((0, 0, 8, 8), colour=(0, 30, 30))) == pytest.approx(200 / 255 * 64 / 256 / 3)
+    # RGB images are opaque layers
+    assert alpha_iou(Image.new("RGB", (4, 4)), _rgba((0, 0, 2, 4), size=4)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="differ in shape"):
+        alpha_iou(a, _rgba((0, 0, 1, 1), size=8))
+
+
+def test_layer_edit_distance_counts_edits_in_order():
+    from layerloop.models.metrics import layer_edit_distance
+
+    bg = np.full((8, 8, 3), 90, np.uint8)
+    logo, other = _rgba((0, 0, 4, 4), size=8), _rgba((4, 4, 8, 8), colour=(0, 0, 250), size=8)
+    assert layer_edit_distance([bg, logo], [bg, logo]) == 0.0
+    assert layer_edit_distance([bg], [bg, logo]) == 1.0          # a missing layer: one insertion
+    assert layer_edit_distance([bg, logo, other], [bg, logo]) == 1.0
+    swapped = layer_edit_distance([bg, other], [bg, logo])
+    assert 1.0 < swapped <= 2.0                                  # a wrong layer: a modification (IoU 0 + colour)
+    assert layer_edit_distance([logo, bg], [bg, logo]) > 0        # order matters
+    assert layer_edit_distance([], []) == 0.0
