@@ -34,6 +34,11 @@ STORE_OPT = typer.Option(None, "--store", envvar="LAYERLOOP_STORE",
                          help="store root: local path or fsspec URL (s3://bucket/prefix); a flag, so it beats "
                               "store.uri from the file and LAYERLOOP__STORE__URI")
 
+DRAWS_OPT = typer.Option(None, "--draws", help="decompositions per image, averaged per pixel (sample.draws; "
+                                               "N draws cost N times one)")
+ANCHOR_OPT = typer.Option(None, "--anchor/--no-anchor", help="keep the object equal to the input outside the "
+                                                             "logo's footprint (sample.anchor)")
+
 
 # Bad input: what the project raises for it (ValueError subclasses, docs/INTERFACES.md) and paths that are not there.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)

@@ -12,12 +12,12 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from ...models.synthetic import WorldSlice, write_split
+from ...models.synthetic import SPLITS, WorldSlice, write_split
 from ...storage.errors import RoundExistsError, RoundNotFoundError
 from ...tasks.config import default_yaml_text
+from ...tasks.stages.panels import rgba_members
 from .config import CONFIG_OPT, STORE_OPT, fail, load, open_store
 
-SPLITS = ("seeds", "pool", "test")
 
 rounds_app = typer.Typer(help="List committed rounds or describe one.", no_args_is_help=True)
 
@@ -57,7 +57,8 @@ def init(store: Optional[str] = STORE_OPT,
 
 
 def synth(split: str = typer.Argument(..., metavar="SPLIT",
-                                     help="seeds (labeled triplets), pool (composites only) or test (held out)"),
+                                     help="seeds (labeled triplets), pool (composites only), test (held out, reports only) "
+                                          "or dev (held out, for choosing recipes and defaults)"),
           n: int = typer.Option(100, "--n", min=1, help="number of items"),
           size: int = typer.Option(32, "--size", min=16, help="panel size in pixels (32 tiny world, 512 FLUX)"),
           seed: int = typer.Option(0, "--seed", help="base seed; each split has its own RNG stream"),
@@ -93,7 +94,8 @@ def _ingest(kind: str, path: str, store: Optional[str], config: Optional[Path]) 
     full = load(config, store=store)
     st, cfg = open_store(full), full.store
     # seeds: loop.validation_size of them become the held-out validation split, fixed from then on
-    extra = {"validation_size": full.loop.validation_size} if kind == "seeds" else {}
+    # and each carries its logo's RGBA matte, as the pipeline's own ingestion stores it
+    extra = {"validation_size": full.loop.validation_size, "derive": rgba_members} if kind == "seeds" else {}
     fn = ingest_seeds if kind == "seeds" else ingest_pool
     bar, update = _progress(f"ingesting {kind}")
     try:

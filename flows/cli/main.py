@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from . import data, judge, report, run
+from . import data, judge, layers, report, run
 from .config import prefect_env, set_debug
 
 app = typer.Typer(
@@ -28,7 +28,7 @@ def _options(debug: bool = typer.Option(False, "--debug", envvar="LAYERLOOP_DEBU
 
 
 def _register_commands() -> None:
-    for module in (data, judge, run, report):
+    for module in (data, judge, run, report, layers):
         module.register(app)
 
 

@@ -33,6 +33,7 @@ CONFIG_COMMANDS = {
     "review import": ["review", "import", "review.csv"],
     "report": ["report", "0"], "eval": ["eval"], "ablate": ["ablate"],
     "decompose": ["decompose", "x.png", "--out", "out"], "synthesize": ["synthesize", "a.png", "b.png", "--out", "c.png"],
+    "rebrand": ["rebrand", "a.png", "b.png", "--out", "c.png"],
 }
 
 

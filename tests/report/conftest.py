@@ -107,3 +107,12 @@ def tiny_adapter(tmp_path_factory):
     result = train_lora(backbone, triplets, TrainConfig(steps=3, batch_size=2, cycle_warmup_steps=0),
                         LoraConfig(rank=4), str(root / "adapter"))
     return {"model_path": str(root / "base"), "adapter_dir": result.adapter_dir}
+
+
+@pytest.fixture
+def config_file(tmp_path, tiny_adapter):
+    """layerloop.yaml for the CLI tests: the tiny base, 2 sampler steps, the store at tmp_path/store."""
+    path = tmp_path / "layerloop.yaml"
+    path.write_text(f"store:\n  uri: {tmp_path / 'store'}\nmodel:\n  path: {tiny_adapter['model_path']}\n"
+                    "sample:\n  steps: 2\nloop:\n  eval_size: 3\n")
+    return path

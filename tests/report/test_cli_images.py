@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layerloop.flows.cli.report import InputImageError, fit_to_panel, load_input, restore_from_panel
+from layerloop.flows.cli.images import InputImageError, fit_to_panel, load_input, restore_from_panel
 
 LIMITS = {"max_pixels": 4096 * 4096, "max_bytes": 10 * 2**20}
 

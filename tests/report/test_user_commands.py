@@ -12,14 +12,6 @@ from typer.testing import CliRunner
 from layerloop.flows.cli.main import app
 
 
-@pytest.fixture
-def config_file(tmp_path, tiny_adapter):
-    path = tmp_path / "layerloop.yaml"
-    path.write_text(f"store:\n  uri: {tmp_path / 'store'}\nmodel:\n  path: {tiny_adapter['model_path']}\n"
-                    "sample:\n  steps: 2\nloop:\n  eval_size: 3\n")
-    return path
-
-
 def test_decompose_any_size_and_bad_files(tmp_path, tiny_adapter, config_file):
     from layerloop.models.synthetic import render_triplet
 
@@ -34,7 +26,7 @@ def test_decompose_any_size_and_bad_files(tmp_path, tiny_adapter, config_file):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
     assert "broken.png: not a readable image" in result.output and "missing.png: no such file" in result.output
-    assert "2 of 4 file(s) failed" in result.output
+    assert "2 of 4 input(s) failed" in result.output
     assert Image.open(out / "wide.logo.png").size == (90, 40)
     assert Image.open(out / "wide.object.png").size == (90, 40)
     assert Image.open(out / "wide.grid.png").size == (96, 32)
@@ -59,7 +51,7 @@ def test_decompose_in_the_inference_mode_on_a_photo(tmp_path, tiny_adapter, conf
             "--config", str(config_file), "--draws", "3", "--anchor"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "1 image(s)" in result.output and "s per image (3 draw(s), anchored)" in result.output
+    assert "1 image(s)" in result.output and "s per image (3 draw(s), anchored, + 1 re-synthesis" in result.output
     side = json.loads((out / "photo.json").read_text())
     assert side["inference"] == {"draws": 3, "anchor": True}
     assert Image.open(out / "photo.object.png").size == (80, 60)
@@ -100,6 +92,10 @@ def test_eval_without_prefect_writes_the_table(tmp_path, tiny_adapter, config_fi
     assert all(r["n"] == 3 for r in rows)
     assert "| identity baseline |" in (out / "eval.md").read_text()
     assert (out / "eval.csv").read_text().splitlines()[0].startswith("method,psnr_logo,psnr_object")
+    # the field's RGBA metrics (models.metrics) beside PSNR: the identity's blank logo has no alpha at all
+    assert rows[0]["alpha_iou_logo"] == 0.0 and 0 < rows[1]["alpha_iou_logo"] <= 1
+    assert all(r["l1_logo"] > 0 and r["l1_object"] > 0 and r["layer_edit"] > 0 for r in rows)
+    assert "layer_edit" in (out / "eval.md").read_text()
 
 
 def test_evaluate_flow_publishes_a_table_artifact(tmp_path, tiny_adapter, config_file, prefect_harness):
