@@ -29,6 +29,7 @@ SEED_PANELS = ("composite", "logo", "object")
 POOL_PANELS = ("composite",)
 UNIT_SIZE = 32
 Progress = Callable[[int, int], None]
+Derive = Callable[[dict[str, bytes]], dict[str, bytes]]
 
 
 class IngestError(ValueError):
@@ -242,7 +243,7 @@ def validation_ids(items: list[InputItem], n: int) -> set[str]:
 
 
 def _unit(store: Any, writer: Any, unit: str, items: list[InputItem], panels: tuple[str, ...], limits: Any,
-          base: dict, held_out: set[str] = frozenset()) -> tuple[Any, list[dict]]:
+          base: dict, held_out: set[str] = frozenset(), derive: Derive | None = None) -> tuple[Any, list[dict]]:
     import pandas as pd
 
     if writer.unit_done(unit):
@@ -253,6 +254,8 @@ def _unit(store: Any, writer: Any, unit: str, items: list[InputItem], panels: tu
         raw: dict[str, bytes] = {}
         try:
             fields, pngs = _prepare(item, panels, limits, raw)
+            if derive is not None:  # derived members (e.g. RGBA mattes) from the validated panels
+                pngs.update(derive(pngs))
             split = {S.SPLIT: "validation"} if item.item_id in held_out else {}
             good.append(({**base, **fields, **split}, pngs))
         except InvalidImage as exc:
@@ -263,7 +266,7 @@ def _unit(store: Any, writer: Any, unit: str, items: list[InputItem], panels: tu
 
 
 def _ingest(path: str, store: Any, cfg: Any, *, kind: str, progress: Progress | None,
-            validation_size: int = 0) -> IngestReport:
+            validation_size: int = 0, derive: Derive | None = None) -> IngestReport:
     import pandas as pd
 
     panels = SEED_PANELS if kind == "seeds" else POOL_PANELS
@@ -281,7 +284,7 @@ def _ingest(path: str, store: Any, cfg: Any, *, kind: str, progress: Progress | 
     frames, quarantined = [], []
     for start in range(0, len(items), UNIT_SIZE):
         df, bad = _unit(store, writer, f"{kind}-{start // UNIT_SIZE:04d}", items[start:start + UNIT_SIZE],
-                        panels, cfg, base, held_out)
+                        panels, cfg, base, held_out, derive)
         frames.append(df)
         quarantined += bad
         if progress is not None:
@@ -302,14 +305,17 @@ def _ingest(path: str, store: Any, cfg: Any, *, kind: str, progress: Progress | 
 
 
 def ingest_seeds(path: str, store: Any, cfg: Any, *, progress: Progress | None = None,
-                 validation_size: int = 0) -> IngestReport:
+                 validation_size: int = 0, derive: Derive | None = None) -> IngestReport:
     """Validate labeled triplets at `path` and commit the good ones as round 0000 (source=seed).
+
+    `derive`, when given, maps an item's validated PNG panels to extra members stored beside them
+    (the pipeline's RGBA mattes); an exception from it is a bug, not a bad item.
 
     `validation_size` of them (chosen by id hash, at most a fifth of them) get split "validation": the
     store's training view never returns them, so every adapter can be measured on labeled data it was not
     trained on.
     """
-    return _ingest(path, store, cfg, kind="seeds", progress=progress, validation_size=validation_size)
+    return _ingest(path, store, cfg, kind="seeds", progress=progress, validation_size=validation_size, derive=derive)
 
 
 def ingest_pool(path: str, store: Any, cfg: Any, *, progress: Progress | None = None) -> IngestReport:

@@ -221,7 +221,7 @@ class RoundStore:
         if which not in _WHICH:
             raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
         names = {"accepted": [MANIFEST], "rejected": [REJECTED], "all": [MANIFEST, REJECTED]}[which]
-        frames = [_to_frame(read_table(self.fs, f"{d}/{n}")) for n in names]
+        frames = [_to_frame(S.check_version(read_table(self.fs, f"{d}/{n}"), self._url(f"{d}/{n}"))) for n in names]
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
     def read_table(self, round: int, which: str = "accepted", columns: list[str] | None = None):
@@ -232,7 +232,8 @@ class RoundStore:
             raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
         d = self._committed_dir(round)
         names = {"accepted": [MANIFEST], "rejected": [REJECTED], "all": [MANIFEST, REJECTED]}[which]
-        tables = [read_table(self.fs, f"{d}/{n}", columns=columns) for n in names]
+        tables = [S.check_version(read_table(self.fs, f"{d}/{n}", columns=columns), self._url(f"{d}/{n}"))
+                  for n in names]
         return pa.concat_tables(tables)
 
     def read(self, round: int, which: str = "accepted"):

@@ -25,7 +25,10 @@ import pyarrow.compute as pc
 
 from .errors import SchemaError
 
-SCHEMA_VERSION = 1
+# 1: panels are the composite and the layers (pseudo-labels add trust_<layer> masks).
+# 2: samples also carry rgba_<layer>, each non-background layer with its alpha matte. Same columns: a
+#    reader of version 2 reads version 1 rounds as they are; a manifest newer than this code is refused.
+SCHEMA_VERSION = 2
 SCHEMA_METADATA_KEY = b"layerloop.schema_version"
 
 SAMPLE_ID = "sample_id"
@@ -263,6 +266,16 @@ def validate_table(df_or_table: Any) -> pa.Table:
     dup = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
     if len(dup):
         raise SchemaError(f"column '{SAMPLE_ID}' has duplicate ids, e.g. {dup[:5].to_pylist()}")
+    return table
+
+
+def check_version(table: pa.Table, where: str) -> pa.Table:
+    """The table as read, or SchemaError when a newer layerloop wrote it (older versions read as they are)."""
+    raw = (table.schema.metadata or {}).get(SCHEMA_METADATA_KEY)
+    version = int(raw) if raw is not None and raw.isdigit() else 1
+    if version > SCHEMA_VERSION:
+        raise SchemaError(f"{where} has manifest schema version {version}; this layerloop reads up to "
+                          f"{SCHEMA_VERSION}: upgrade layerloop to read it")
     return table
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..config import PipelineConfig
 from .handles import counts, open_store, timed
+from .panels import rgba_members
 
 SEEDS_UNSET = ("loop.seeds_path is not set and round 0 is not committed: point it at the labeled seed "
                "triplets (folder of <id>/{composite,logo,object}.png or a CSV)")
@@ -46,7 +47,8 @@ def ingest_seeds(cfg: PipelineConfig) -> dict:
             raise ValueError(SEEDS_UNSET)
         from ...storage.ingest import ingest_seeds as ingest
 
-        report = ingest(cfg.loop.seeds_path, store, cfg.store, validation_size=cfg.loop.validation_size)
+        report = ingest(cfg.loop.seeds_path, store, cfg.store, validation_size=cfg.loop.validation_size,
+                        derive=rgba_members)
         out.update(skipped=False, report=_jsonable(report), pool=ingest_pool(cfg, store))
     return out
 

@@ -1,23 +1,31 @@
 """Panels between the store (PNG bytes) and the models (PIL RGB images, trust maps as float arrays).
 
-A pseudo-label sample carries, besides its image panels, one greyscale `trust_<layer>` panel per layer
-(models/anchoring.py): which of that layer's pixels the trainer may believe.
+Besides its image panels (composite, then the layers; the last layer is the background) a sample carries
+derived panels that `decode` leaves out:
+- `rgba_<layer>`: each non-background layer as RGBA with its alpha matte off the white panel
+  (models/matting.py, the default method), for users who take the layers into a design tool; since
+  manifest schema version 2, older rounds have none.
+- `trust_<layer>` (pseudo-label samples only): a greyscale map per layer (models/anchoring.py) of which
+  of that layer's pixels the trainer may believe.
 """
 from __future__ import annotations
 
 import io
 
 from ...models.anchoring import trust_from_image, trust_to_image
+from ...models.matting import matte
 
 TRUST_PREFIX = "trust_"
+RGBA_PREFIX = "rgba_"
+DERIVED_PREFIXES = (TRUST_PREFIX, RGBA_PREFIX)
 
 
 def decode(panels: dict[str, bytes]) -> dict:
-    """The image panels as RGB images (trust panels left out)."""
+    """The image panels as RGB images (derived panels left out: trust maps, RGBA mattes)."""
     from PIL import Image
 
     return {name: Image.open(io.BytesIO(data)).convert("RGB") for name, data in panels.items()
-            if not name.startswith(TRUST_PREFIX)}
+            if not name.startswith(DERIVED_PREFIXES)}
 
 
 def decode_trust(panels: dict[str, bytes]) -> dict | None:
@@ -42,7 +50,26 @@ def _png(img) -> bytes:
 
 
 def encode(triplet: dict) -> dict[str, bytes]:
-    return {name: _png(img) for name, img in triplet.items()}
+    """PNG members of a sample: its panels in order (composite, *layers), then each non-background
+    layer's `rgba_<layer>` matte."""
+    layers = [name for name in triplet if name != "composite"]
+    return {**{name: _png(img) for name, img in triplet.items()},
+            **{f"{RGBA_PREFIX}{name}": _png(matte(triplet[name])) for name in layers[:-1]}}
+
+
+def rgba_members(panels: dict[str, bytes]) -> dict[str, bytes]:
+    """The `rgba_<layer>` members of a sample given as PNG bytes (composite, *layers), e.g. an ingested seed."""
+    images = decode(panels)
+    layers = [name for name in images if name != "composite"]
+    return {f"{RGBA_PREFIX}{name}": _png(matte(images[name])) for name in layers[:-1]}
+
+
+def decode_rgba(panels: dict[str, bytes]) -> dict:
+    """{layer: RGBA image} of the sample's matted layers ({} for a sample of a round before schema version 2)."""
+    from PIL import Image
+
+    return {name[len(RGBA_PREFIX):]: Image.open(io.BytesIO(data)).convert("RGBA")
+            for name, data in panels.items() if name.startswith(RGBA_PREFIX)}
 
 
 def for_display(data: bytes, side: int):

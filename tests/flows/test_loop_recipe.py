@@ -36,7 +36,7 @@ def test_one_round_of_the_recipe_records_what_it_measured(recipe_cfg):
     cand = store.read(1, "all")
     assert set(cand[S.SOURCE]) == {"cycle"} and len(cand) == 2
     for row, panels in store.load_panels(cand):
-        assert set(panels) == {"composite", "logo", "object", "trust_logo", "trust_object"}
+        assert set(panels) == {"composite", "logo", "object", "rgba_logo", "trust_logo", "trust_object"}
     info = store.round_info(1)["info"]
     assert set(info["validation"]) >= {"psnr_logo", "psnr_object", "iou_logo"}
     assert info["promotion"]["promoted"] and info["generator"] == "round-0000"

@@ -35,6 +35,16 @@ def test_one_round_by_hand_has_exact_lineage(tiny_cfg):
     assert (rows[~rows[S.ACCEPTED]][S.REASON].str.len() > 0).all()  # every rejection says why
     summary = round_summary(open_store(tiny_cfg), 1)
     assert summary["candidates"] == 6 and summary["accepted"] == int(rows[S.ACCEPTED].sum())
+    # every sample carries its logo's RGBA matte (manifest schema version 2): seeds, candidates, pool samples
+    import numpy as np
+
+    from layerloop.models.matting import matte
+    from layerloop.tasks.stages.panels import decode, decode_rgba
+
+    for r in (0, 1):
+        assert all("rgba_logo" in list(p) for p in store.read(r, "all")[S.PANELS])
+    _, panels = next(store.load_panels(store.read(0).iloc[:1]))
+    assert np.array_equal(np.asarray(decode_rgba(panels)["logo"]), np.asarray(matte(decode(panels)["logo"])))
 
 
 def test_rerun_of_committed_round_changes_nothing(tiny_cfg):

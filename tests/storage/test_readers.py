@@ -168,3 +168,45 @@ def test_commit_checks_unit_members_and_a_retry_clears_the_failed_attempts_shard
     assert sorted(p.name for p in shards.iterdir()) == sorted(committed[S.SHARD].str.rsplit("/", n=1).str[1])
     assert store.verify() == [] and len(list(store.load_panels(committed))) == 4
     assert not (tmp_path / "store/rounds/round-0000/_work/shards").exists()
+
+
+def test_rgba_mattes_are_shard_members_datasets_reads_and_older_rounds_still_read(tmp_path):
+    """Schema version 2: samples carry rgba_<layer> (tasks/stages/panels.encode); version-1 rounds lack them."""
+    from layerloop.models.synthetic import make_split
+    from layerloop.tasks.stages.panels import decode, decode_rgba, encode
+
+    st = RoundStore(str(tmp_path / "store"))
+    _seed_round(st)  # written without mattes, as every round before version 2
+    w = st.begin(1, parent_round=0, adapter_id="a0", config={}, shard_max_samples=3)
+    w.write_unit("gen-0000", [({S.SAMPLE_ID: sid, S.SOURCE: "generated", S.ACCEPTED: True}, encode(t))
+                              for sid, t, _ in make_split("pool", 4, 32, 0)])
+    w.commit(w.rows())
+    rows = st.read(1)
+    assert all(list(p) == ["composite", "logo", "object", "rgba_logo"] for p in rows[S.PANELS])
+    for _, panels in st.load_panels(rows):  # verified against the manifest's sha256 like every panel
+        assert set(decode(panels)) == {"composite", "logo", "object"} and decode_rgba(panels)["logo"].mode == "RGBA"
+    ds = _load(shard_urls(st, rows), tmp_path)
+    assert ds[0]["rgba_logo.png"].mode == "RGBA" and ds[0]["logo.png"].size == (32, 32)
+    old = _load(shard_urls(st, st.read(0)), tmp_path)  # the version-1 round loads as it did
+    assert "rgba_logo.png" not in old.column_names and len(old) == 5
+    assert all(decode_rgba(p) == {} for _, p in st.load_panels(st.read(0)))
+
+
+def test_a_manifest_from_a_newer_layerloop_is_refused_and_an_older_one_read(tmp_path):
+    import pyarrow.parquet as pq
+
+    from layerloop.storage.errors import SchemaError
+
+    st = RoundStore(str(tmp_path / "store"))
+    _seed_round(st)
+    path = f"{st.round_dir(0)}/manifest.parquet"
+    table = pq.read_table(path)
+    assert table.schema.metadata[S.SCHEMA_METADATA_KEY] == str(S.SCHEMA_VERSION).encode()
+    for version, readable in ((b"1", True), (b"99", False)):
+        meta = {**table.schema.metadata, S.SCHEMA_METADATA_KEY: version}
+        pq.write_table(table.replace_schema_metadata(meta), path)
+        if readable:
+            assert len(st.read(0)) == 5 and st.read_table(0).num_rows == 5
+        else:
+            with pytest.raises(SchemaError, match="schema version 99; this layerloop reads up to 2"):
+                st.read(0)
