@@ -35,6 +35,7 @@ from ..config import ConfigError, PipelineConfig
 from . import publish
 
 _RENEW_FRACTION = 0.5  # renew the lease when half of it has passed: one failed renewal still leaves time
+_UNREACHABLE_RETRY_S = 3.0  # while the server is away: a restart is noticed within seconds of its return
 
 
 class GpuSlotBusy(RuntimeError):
@@ -71,17 +72,39 @@ def gpu_slot(cfg: PipelineConfig) -> Iterator[None]:
     deadline = None if cfg.loop.gpu_wait_s is None else time.monotonic() + cfg.loop.gpu_wait_s
     lock = HostLock(host_lock_path(cfg))
     _take_host_lock(cfg, lock, deadline)
-    lease = None
+    held = None
     try:
         _reclaim(cfg, lock)
-        lease = _take_slot(cfg, deadline)
-        lock.update(lease_id=str(lease))
-        with _renewing(lease, cfg.loop.gpu_lease_s):
+        held = _Held(_take_slot(cfg, deadline), lock)
+        with _renewing(held, cfg):
             yield
     finally:
-        if lease is not None and _release(lease):
+        if held is not None and held.lease is not None and _release(held.lease):
             lock.record["lease_id"] = None
         lock.release(keep_record=bool(lock.record.get("lease_id")))  # an unreleased lease stays for the next holder
+
+
+class _Held:
+    """The lease this run holds, and when the server last confirmed it (recorded in the host lock file).
+
+    The lease can change while the run holds the GPU: a Prefect server that keeps leases in memory (its
+    default) forgets them when it restarts, while the slot they took stays counted in its database.
+    """
+
+    def __init__(self, lease: UUID, lock: HostLock):
+        self.lock, self.lease = lock, lease
+        self.confirmed = time.monotonic()
+        self.unreachable_since: float | None = None
+        lock.update(lease_id=str(lease), confirmed_at=time.time())
+
+    def renewed(self) -> None:
+        self.confirmed, self.unreachable_since = time.monotonic(), None
+        self.lock.update(confirmed_at=time.time())
+
+    def replace(self, lease: UUID | None) -> None:
+        self.lease, self.unreachable_since = lease, None
+        self.confirmed = time.monotonic()
+        self.lock.update(lease_id=str(lease) if lease else None, confirmed_at=time.time())
 
 
 def _left(deadline: float | None) -> float | None:
@@ -120,6 +143,8 @@ def _reclaim(cfg: PipelineConfig, lock: HostLock) -> None:
     with get_client(sync_client=True) as client:
         if dead:
             lock.update(lease_id=dead)  # on record until released: dying here must not lose it
+            if not _lease_known(client, UUID(dead)) and _unexpired(lock.previous, cfg):
+                _give_back_count(client, name)  # a restarted server forgot it; its count is still the dead run's
             client.release_concurrency_slots_with_lease(UUID(dead))  # idempotent
             lock.update(lease_id=None)
             publish.notice(f"reclaimed the {name!r} slot lease {dead} of a run that died holding the GPU: "
@@ -131,6 +156,33 @@ def _reclaim(cfg: PipelineConfig, lock: HostLock) -> None:
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
             publish.notice(f"reset {limit.active_slots} taken {name!r} slot(s) that no live run on this host "
                            "holds (left by a killed run)")
+
+
+def _lease_known(client, lease: UUID) -> bool:
+    """Whether the server still holds `lease` (renewing an unknown lease answers 410 Gone)."""
+    import httpx
+
+    try:
+        client.renew_concurrency_lease(lease, lease_duration=60)
+        return True
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 410:
+            return False
+        raise
+
+
+def _unexpired(record: dict, cfg: PipelineConfig) -> bool:
+    """A recorded lease the server confirmed less than a lease ago cannot have expired: if the server does not
+    know it, it forgot it (a restart), and no reaper gave its slot back."""
+    confirmed = record.get("confirmed_at")
+    return isinstance(confirmed, (int, float)) and time.time() - confirmed < cfg.loop.gpu_lease_s
+
+
+def _give_back_count(client, name: str) -> None:
+    """Decrement the slot count a forgotten lease still holds (clamped at 0 by the server)."""
+    client.release_concurrency_slots(names=[name], slots=1, occupancy_seconds=1.0)  # > 0 required; only stats
+    publish.notice(f"the Prefect server no longer knows this host's lease on the {name!r} slot (restarted with "
+                   "in-memory lease storage?): gave back the slot it still counted")
 
 
 def _take_slot(cfg: PipelineConfig, deadline: float | None) -> UUID:
@@ -176,20 +228,22 @@ def _try_slot(client, cfg: PipelineConfig) -> tuple[bool, object]:
 
 
 @contextmanager
-def _renewing(lease: UUID, lease_s: float) -> Iterator[None]:
-    """Renew the lease in a thread while the body runs (a dead process renews nothing: the lease lapses)."""
+def _renewing(held: _Held, cfg: PipelineConfig) -> Iterator[None]:
+    """Renew the lease in a thread while the body runs (a dead process renews nothing: the lease lapses).
+
+    While the server is unreachable it retries every few seconds; when it answers that it does not know
+    the lease (a restart of a server that keeps leases in memory), the run re-leases its slot (`_relet`).
+    """
     from prefect.client.orchestration import get_client
     from prefect.logging import get_logger
 
     stop = threading.Event()
+    lease_s, log = cfg.loop.gpu_lease_s, get_logger("layerloop.gpu")
 
     def renew() -> None:
         with get_client(sync_client=True) as client:
-            while not stop.wait(lease_s * _RENEW_FRACTION):
-                try:
-                    client.renew_concurrency_lease(lease, lease_duration=lease_s)
-                except Exception as exc:  # noqa: BLE001 - a failed renewal is retried at the next tick
-                    get_logger("layerloop.gpu").warning("renewing gpu slot lease %s failed: %s", lease, exc)
+            while not stop.wait(_UNREACHABLE_RETRY_S if held.unreachable_since else lease_s * _RENEW_FRACTION):
+                _renew_once(client, held, cfg, log)
 
     thread = threading.Thread(target=renew, name="gpu-lease-renewal", daemon=True)
     thread.start()
@@ -198,6 +252,46 @@ def _renewing(lease: UUID, lease_s: float) -> Iterator[None]:
     finally:
         stop.set()
         thread.join(timeout=10)
+
+
+def _renew_once(client, held: _Held, cfg: PipelineConfig, log) -> None:
+    import httpx
+
+    if held.lease is None:  # lost to another run (see _relet): nothing of ours to renew
+        return
+    try:
+        client.renew_concurrency_lease(held.lease, lease_duration=cfg.loop.gpu_lease_s)
+        held.renewed()
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code != 410:
+            log.warning("renewing gpu slot lease %s failed: %s", held.lease, exc)
+            return
+        try:
+            _relet(client, held, cfg)
+        except Exception as again:  # noqa: BLE001 - the next renewal tick tries once more
+            log.warning("re-leasing the gpu slot failed (%s): retrying", again)
+    except Exception as exc:  # noqa: BLE001 - the server is away: retried every few seconds
+        held.unreachable_since = held.unreachable_since or time.monotonic()
+        log.warning("renewing gpu slot lease %s failed (%s): retrying", held.lease, exc)
+
+
+def _relet(client, held: _Held, cfg: PipelineConfig) -> None:
+    """The server forgot the lease of a run that still holds the GPU. If it was confirmed less than a lease
+    before the server went away, it cannot have expired, so its slot is still counted: give that back and
+    take a new lease. Otherwise take a new lease if the slot is free, and say so if another run got it."""
+    name = cfg.loop.gpu_slot
+    lost_at = held.unreachable_since or time.monotonic()
+    if lost_at - held.confirmed < cfg.loop.gpu_lease_s:
+        _give_back_count(client, name)
+    granted, value = _try_slot(client, cfg)
+    if granted:
+        held.replace(value)
+        publish.notice(f"re-leased the {name!r} slot (lease {value}) for the GPU work in progress")
+        return
+    held.replace(None)
+    publish.notice(f"this run's lease on the {name!r} slot expired while the Prefect server was away and another "
+                   f"run took the slot: the GPU may be shared until this stage ends; inspect `prefect gcl inspect "
+                   f"{name}`")
 
 
 def _release(lease: UUID) -> bool:

@@ -176,3 +176,12 @@ def test_ray_profile_is_opt_in_and_authenticated(services):
     assert ray["parameters"]["config"]["loop"]["executor"] == "ray"
     assert ray["parameters"]["config"]["store"]["uri"].startswith("s3://")
     assert worker["LAYERLOOP_RAY_ADDRESS"] == "ray-head:6379"  # what the deployment's address resolves to
+
+
+def test_concurrency_leases_survive_a_server_restart_and_reach_the_reaper(services):
+    """The gpu slot's leases: on disk (not the API's memory) and on one volume the API and services share."""
+    for name in ("prefect-server", "prefect-services"):
+        env = _env(services[name])
+        assert env["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] == "prefect.server.concurrency.lease_storage.filesystem"
+        mounts = dict(v.split(":", 1) for v in services[name].get("volumes", []))
+        assert mounts.get("prefectleases") == f"{env['PREFECT_HOME']}/concurrency_leases", name
