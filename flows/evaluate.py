@@ -25,7 +25,7 @@ from ..models.judges.qwen_runtime import QwenVL
 from ..models.judges.registry import build_judge
 from ..models.judges.vqascore import VQAScorer
 from ..models.sampler import Sampler
-from ..models.synthetic import make_split
+from ..models.synthetic import make_split, world_logos
 from ..tasks.config import PipelineConfig
 from ..tasks.stages import adapter_files
 from ..tasks.stages.handles import backbone, open_store
@@ -89,7 +89,7 @@ def heldout_items(cfg: PipelineConfig, n: int | None = None, seed: int | None = 
     if n < 1:
         raise ValueError("the held-out set is empty: set loop.eval_size (or --n) to at least 1")
     seed = cfg.loop.eval_seed if seed is None else seed
-    return list(make_split("test", n, cfg.model.panel_size, seed))
+    return list(make_split("test", n, cfg.model.panel_size, seed, logos=world_logos(cfg.model.layers)))
 
 
 def vlm_scorers(cfg: PipelineConfig) -> tuple[Any, Any]:

@@ -27,6 +27,23 @@ DEFAULT_PROMPT_TEMPLATES = {
     ),
 }
 
+# The two-logo schema (models.synthetic.render_triplet(logos=2)): a four-panel grid, model.layers TWO_LOGO_LAYERS.
+TWO_LOGO_LAYERS = ["logo_1", "logo_2", "object"]
+TWO_LOGO_PROMPT_TEMPLATES = {
+    "decompose": (
+        "A four-panel image. First: a product photo with two printed logos. Second: the first logo alone on a plain "
+        "white background. Third: the second logo alone on white. Fourth: the same product without logos.{caption}"
+    ),
+    "synthesize": (
+        "A four-panel image. Second and third: two logos on plain white backgrounds. Fourth: a product without "
+        "logos. First: the product with both logos printed on it, following its shape and lighting.{caption}"
+    ),
+    "generate": (
+        "A four-panel image of a branded product: the product with its two logos, each logo alone on white, "
+        "and the product without logos.{caption}"
+    ),
+}
+
 # ICEdit-style targets: attention projections and MLP of both block kinds (peft matches by suffix).
 DEFAULT_LORA_TARGETS = [
     "to_q", "to_k", "to_v", "to_out.0",

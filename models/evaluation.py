@@ -81,12 +81,18 @@ def score_rgba_layers(meta: dict, truth: dict[str, Image.Image], predicted: dict
     return scores
 
 
+_RENDERED_LOGOS = {("logo", BACKGROUND_LAYER): ("logo",), ("logo_1", "logo_2", BACKGROUND_LAYER): ("logo_1", "logo_2")}
+
+
 def _true_rgba(meta: dict, truth: dict[str, Image.Image], layers: list[str]) -> dict[str, Image.Image] | None:
-    """The renderer's RGBA truth of a (logo, object) item, or None when the item has no render seed."""
-    if layers != ["logo", BACKGROUND_LAYER] or "seed" not in meta:
+    """The renderer's RGBA truth of an item of the synthetic world (one logo or two), or None when the item
+    has no render seed or another layer schema."""
+    logos = _RENDERED_LOGOS.get(tuple(layers))
+    if logos is None or "seed" not in meta:
         return None
-    logo = render_logo_rgba(meta["seed"], truth["logo"].size[0])
-    return {"logo": logo, BACKGROUND_LAYER: truth[BACKGROUND_LAYER].convert("RGB")}
+    side = truth[logos[0]].size[0]
+    out = {name: render_logo_rgba(meta["seed"], side, index=i) for i, name in enumerate(logos, start=1)}
+    return {**out, BACKGROUND_LAYER: truth[BACKGROUND_LAYER].convert("RGB")}
 
 
 def _match_size(pred: Image.Image, truth: Image.Image) -> Image.Image:

@@ -386,15 +386,20 @@ def _logo_layer(logo: np.ndarray, size: int, render: int) -> Image.Image:
     return Image.fromarray(np.uint8((out * 255).round()), "RGBA")
 
 
-def render_logo_rgba(seed: int | str, size: int = 32) -> Image.Image:
+def render_logo_rgba(seed: int | str, size: int = 32, index: int = 1) -> Image.Image:
     """The true logo layer of `render_triplet(seed, size)` as RGBA (straight alpha): the matting truth.
 
     The logo panel is this layer over white; its alpha is what a matte of that panel should recover
     (white text on a shape is opaque here, a ring's centre transparent). Cheap: no scene is rendered.
+    `index=2`: the second logo of `render_triplet(seed, size, logos=2)` (its panel `logo_2`).
     """
     _check_size(size)
-    rng = np.random.default_rng(seed_value(seed))
-    _, (_, logo_c, text_c), shape, text = _draw_identity(rng)
+    if index not in (1, 2):
+        raise ValueError(f"index must be 1 or 2, got {index!r}")
+    seed = seed_value(seed)
+    _, (obj_c, logo_c, text_c), shape, text = _draw_identity(np.random.default_rng(seed))
+    if index == 2:
+        (logo_c, text_c), shape, text = _second_identity(seed, obj_c, logo_c)
     res = size * max(1, -(-_MIN_RENDER // size))
     return _logo_layer(_logo_rgba(max(256, 2 * size), shape, COLOURS[logo_c], text, COLOURS[text_c]), size, res)
 
@@ -512,22 +517,45 @@ def seed_value(seed: int | str) -> int:
     return value
 
 
-def render_triplet(seed: int | str, size: int = 32) -> tuple[dict[str, Image.Image], dict]:
+def world_logos(layers) -> int:
+    """How many logos the renderer draws for a layer schema: 1 for logo | object, 2 for logo_1 | logo_2 | object."""
+    layers = list(layers)
+    if layers == ["logo", "object"]:
+        return 1
+    if layers == ["logo_1", "logo_2", "object"]:
+        return 2
+    raise ValueError(f"the synthetic world renders layers [logo, object] or [logo_1, logo_2, object]; "
+                     f"model.layers is {layers}")
+
+
+def render_triplet(seed: int | str, size: int = 32, logos: int = 1) -> tuple[dict[str, Image.Image], dict]:
     """One (composite, logo, object) triplet and its meta (kind, colours, logo text, caption).
 
     Same seed and size -> identical pixels. Everything is drawn at >= 128 px and box-filtered down,
     so a 32 px panel still shows a bold, anti-aliased logo. `seed` may be meta["seed"] as stored (a
     string) or an int: `render_triplet(meta["seed"], meta["size"])` re-renders an item's truth.
+
+    `logos=2` prints a second logo beside the first (the K=3 schema): panels composite, logo_1, logo_2,
+    object. The scene, the object and the first logo's identity are those of the same seed with one logo
+    (the second logo's draws come from their own stream); the two logos share the first one's label area.
     """
     _check_size(size)
+    if logos not in (1, 2):
+        raise ValueError(f"logos must be 1 or 2, got {logos!r}")
     seed = seed_value(seed)
     rng = np.random.default_rng(seed)
     res = size * max(1, -(-_MIN_RENDER // size))
     kind, (obj_c, logo_c, text_c), shape, text = _draw_identity(rng)
     style = _style(rng, kind, obj_c)
     canvas, shininess = _PRODUCTS[kind](rng, res, style)
-    logo = _logo_rgba(max(256, 2 * size), shape, COLOURS[logo_c], text, COLOURS[text_c])
-    ink, cover = _print_logo(canvas, logo, _logo_rect(rng, kind, canvas))
+    arts = [_logo_rgba(max(256, 2 * size), shape, COLOURS[logo_c], text, COLOURS[text_c])]
+    rects = [_logo_rect(rng, kind, canvas)]
+    if logos == 2:
+        second = _second_identity(seed, obj_c, logo_c)
+        arts.append(_logo_rgba(max(256, 2 * size), second[1], COLOURS[second[0][0]], second[2], COLOURS[second[0][1]]))
+        rects = _side_by_side(rects[0])
+    prints = [_print_logo(canvas, art, rect) for art, rect in zip(arts, rects)]
+    ink, cover = sum(p[0] for p in prints), sum(p[1] for p in prints)
     shade, spec = _shade(canvas, style, shininess)
     bg = _background(rng, canvas)
     m = canvas.mask[..., None]
@@ -535,10 +563,45 @@ def render_triplet(seed: int | str, size: int = 32) -> tuple[dict[str, Image.Ima
     printed = canvas.albedo * (1 - cover[..., None]) + ink  # ink replaces paint, THEN light acts on it
     comp = np.where(m, printed * shade[..., None] + spec[..., None], bg)
     composite, blur, sigma = _photo(_to_image(comp, size), rng, size)
-    triplet = {"composite": composite, "logo": _logo_panel(logo, size, res), "object": _to_image(obj, size)}
+    names = ["logo"] if logos == 1 else ["logo_1", "logo_2"]
+    triplet = {"composite": composite, **{n: _logo_panel(a, size, res) for n, a in zip(names, arts)},
+               "object": _to_image(obj, size)}
     meta = _meta(seed, size, kind, (obj_c, logo_c, text_c), shape, text, style)
-    meta.update(blur_px=round(blur, 4), noise_sigma=round(sigma, 4), logo_box=_logo_box(cover, size))
+    meta.update(blur_px=round(blur, 4), noise_sigma=round(sigma, 4), logo_box=_logo_box(prints[0][1], size))
+    if logos == 2:
+        meta.update(_second_meta(second, _logo_box(prints[1][1], size)))
+        meta["caption"] += f" and {_article(second[0][0])} {second[0][0]} {second[1]} logo reading '{second[2]}'"
     return triplet, meta
+
+
+def _second_identity(seed: int, obj_c: str, logo_c: str) -> tuple[tuple[str, str], str, str]:
+    """((logo colour, text colour), shape, word) of the second logo: its own stream of the item's seed,
+    a colour readable on the object and apart from the first logo's."""
+    rng = np.random.default_rng([seed, 2])
+    names = list(COLOURS)
+    ok = [n for n in names if n not in ("white", logo_c) and _dist(n, obj_c) > _MIN_CONTRAST] or \
+        [n for n in names if n != "white" and _dist(n, obj_c) > _MIN_CONTRAST]
+    colour = str(rng.choice(ok))
+    text_c = str(rng.choice([n for n in names if _dist(n, colour) > _MIN_CONTRAST]))
+    return (colour, text_c), str(rng.choice(SHAPES)), str(rng.choice(WORDS))
+
+
+def _side_by_side(rect) -> list[tuple[float, float, float, float]]:
+    """Two square logos in one label area: its left and right halves, a small gap between them."""
+    u0, u1, v0, v1 = rect
+    half, gap = (u1 - u0) / 2, (u1 - u0) * 0.04
+    vmid, vhalf = (v0 + v1) / 2, (v1 - v0) / 4
+    return [(u0, u0 + half - gap, vmid - vhalf, vmid + vhalf), (u0 + half + gap, u1, vmid - vhalf, vmid + vhalf)]
+
+
+def _second_meta(second, box: list[int]) -> dict:
+    (colour, text_c), shape, word = second
+    return {"logos": 2, "logo_2_colour": colour, "logo_2_rgb": list(COLOURS[colour]), "logo_2_shape": shape,
+            "text_2": word, "text_2_colour": text_c, "logo_2_box": box}
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def _meta(seed, size, kind, colours, shape, text, style: _Style) -> dict:
@@ -627,7 +690,7 @@ def item_seed(split: str, index: int, seed: int) -> int:
 
 
 def make_split(split: str, n: int, size: int, seed: int,
-               where: WorldSlice = EVERYTHING) -> Iterator[tuple[str, dict, dict]]:
+               where: WorldSlice = EVERYTHING, logos: int = 1) -> Iterator[tuple[str, dict, dict]]:
     """Yield (id, triplet, meta) for `n` items of `split` ("seeds", "pool", "test" or "dev") inside `where`.
 
     Ids are `<seed|pool|test>-<base seed>-<index>`; every split draws from its own RNG stream, so
@@ -642,7 +705,7 @@ def make_split(split: str, n: int, size: int, seed: int,
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     for i in _slice_indices(split, n, seed, where):
         s = item_seed(split, i, seed)
-        triplet, meta = render_triplet(s, size)
+        triplet, meta = render_triplet(s, size, logos)
         meta.update(split=split, index=i, base_seed=int(seed))
         if not where.is_everything:
             meta["world_slice"] = where.as_dict()  # what the split was drawn from: "seen" for evaluation
@@ -662,8 +725,10 @@ def _slice_indices(split: str, n: int, seed: int, where: WorldSlice) -> Iterator
         i += 1
 
 
-def write_split(split: str, n: int, size: int, seed: int, out: str, where: WorldSlice = EVERYTHING) -> list[str]:
-    """Render a split to `<out>/<id>/{composite,logo,object}.png + meta.json` (pool: composite only).
+def write_split(split: str, n: int, size: int, seed: int, out: str, where: WorldSlice = EVERYTHING,
+                logos: int = 1) -> list[str]:
+    """Render a split to `<out>/<id>/{composite,logo,object}.png + meta.json` (pool: composite only; with
+    logos=2 the layers are logo_1, logo_2, object).
 
     Each item is written to a hidden temporary folder and renamed into place, so an interrupted
     run never leaves a half-written item under its final name; rerunning overwrites identically.
@@ -671,8 +736,8 @@ def write_split(split: str, n: int, size: int, seed: int, out: str, where: World
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     ids = []
-    for sid, triplet, meta in make_split(split, n, size, seed, where):
-        panels = ("composite",) if split == "pool" else ("composite", "logo", "object")
+    for sid, triplet, meta in make_split(split, n, size, seed, where, logos):
+        panels = ("composite",) if split == "pool" else tuple(triplet)
         _write_item(root, sid, {p: triplet[p] for p in panels}, meta)
         ids.append(sid)
     return ids

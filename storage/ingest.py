@@ -266,10 +266,11 @@ def _unit(store: Any, writer: Any, unit: str, items: list[InputItem], panels: tu
 
 
 def _ingest(path: str, store: Any, cfg: Any, *, kind: str, progress: Progress | None,
-            validation_size: int = 0, derive: Derive | None = None) -> IngestReport:
+            validation_size: int = 0, derive: Derive | None = None,
+            layers: tuple[str, ...] = SEED_PANELS[1:]) -> IngestReport:
     import pandas as pd
 
-    panels = SEED_PANELS if kind == "seeds" else POOL_PANELS
+    panels = ("composite", *layers) if kind == "seeds" else POOL_PANELS
     layout, items = discover(path, panels)
     _mark_duplicates(items)
     held_out = validation_ids(items, validation_size) if kind == "seeds" else set()
@@ -305,8 +306,12 @@ def _ingest(path: str, store: Any, cfg: Any, *, kind: str, progress: Progress | 
 
 
 def ingest_seeds(path: str, store: Any, cfg: Any, *, progress: Progress | None = None,
-                 validation_size: int = 0, derive: Derive | None = None) -> IngestReport:
+                 validation_size: int = 0, derive: Derive | None = None,
+                 layers: tuple[str, ...] = SEED_PANELS[1:]) -> IngestReport:
     """Validate labeled triplets at `path` and commit the good ones as round 0000 (source=seed).
+
+    `layers` are the layer schema's panels each item must have besides its composite (`model.layers`;
+    e.g. logo_1, logo_2, object for two logos).
 
     `derive`, when given, maps an item's validated PNG panels to extra members stored beside them
     (the pipeline's RGBA mattes); an exception from it is a bug, not a bad item.
@@ -315,7 +320,8 @@ def ingest_seeds(path: str, store: Any, cfg: Any, *, progress: Progress | None =
     store's training view never returns them, so every adapter can be measured on labeled data it was not
     trained on.
     """
-    return _ingest(path, store, cfg, kind="seeds", progress=progress, validation_size=validation_size, derive=derive)
+    return _ingest(path, store, cfg, kind="seeds", progress=progress, validation_size=validation_size, derive=derive,
+                   layers=tuple(layers))
 
 
 def ingest_pool(path: str, store: Any, cfg: Any, *, progress: Progress | None = None) -> IngestReport:

@@ -220,6 +220,14 @@ class PipelineConfig(BaseModel):
     thresholds: ThresholdConfig = Field(default_factory=ThresholdConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
 
+    @model_validator(mode="after")
+    def _judge_reads_the_schema(self) -> "PipelineConfig":
+        # the VLM judges' prompts and grids are the three-panel ones; cycle and oracle read any logo count
+        if self.judge.backend in ("qwen", "openai") and list(self.model.layers) != ["logo", "object"]:
+            raise ValueError(f"judge.backend {self.judge.backend!r} reads three-panel triplets (composite, logo, "
+                             f"object); model.layers {self.model.layers} needs judge.backend cycle or oracle")
+        return self
+
     def fingerprint(self) -> str:
         """Short stable hash of the config (for caching per-process backbones and logs)."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]

@@ -66,7 +66,9 @@ def synth(split: str = typer.Argument(..., metavar="SPLIT",
           kinds: Optional[list[str]] = typer.Option(None, "--kind", help="only these product kinds (repeat); "
                                                     "e.g. seeds from a narrow slice, pool and test from everything"),
           shapes: Optional[list[str]] = typer.Option(None, "--shape", help="only these logo shapes (repeat)"),
-          words: Optional[list[str]] = typer.Option(None, "--word", help="only these logo words (repeat)")) -> None:
+          words: Optional[list[str]] = typer.Option(None, "--word", help="only these logo words (repeat)"),
+          logos: int = typer.Option(1, "--logos", min=1, max=2, help="logos per product: 2 gives the K=3 "
+                                    "schema logo_1 | logo_2 | object (model.layers must match)")) -> None:
     """Render synthetic items with ground truth (procedural products with warped, shaded logos)."""
     if split not in SPLITS:
         fail(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
@@ -82,7 +84,7 @@ def synth(split: str = typer.Argument(..., metavar="SPLIT",
     with Progress(SpinnerColumn(), TextColumn(f"rendering {n} {split} items"), TimeElapsedColumn()) as bar:
         bar.add_task("synth", total=None)
         try:
-            ids = write_split(split, n, size, seed, str(out), where)
+            ids = write_split(split, n, size, seed, str(out), where, logos)
         except ValueError as exc:
             fail(str(exc))
     typer.echo(f"wrote {len(ids)} {split} items ({where.describe()}) to {out}")
@@ -95,7 +97,8 @@ def _ingest(kind: str, path: str, store: Optional[str], config: Optional[Path]) 
     st, cfg = open_store(full), full.store
     # seeds: loop.validation_size of them become the held-out validation split, fixed from then on
     # and each carries its logo's RGBA matte, as the pipeline's own ingestion stores it
-    extra = {"validation_size": full.loop.validation_size, "derive": rgba_members} if kind == "seeds" else {}
+    extra = ({"validation_size": full.loop.validation_size, "derive": rgba_members,
+              "layers": tuple(full.model.layers)} if kind == "seeds" else {})
     fn = ingest_seeds if kind == "seeds" else ingest_pool
     bar, update = _progress(f"ingesting {kind}")
     try:

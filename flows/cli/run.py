@@ -19,7 +19,7 @@ import typer
 
 from ...models.evaluation import identity_baseline
 from ...models.judges.base import JudgeUnavailable
-from ...models.synthetic import make_split
+from ...models.synthetic import make_split, world_logos
 from ...storage.errors import CorruptShardError, StoreFullError, StoreLockedError
 from ...storage.fsutil import is_disk_full
 from ...tasks.runtime.gpu_slot import GpuSlotBusy
@@ -177,7 +177,8 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
 
 def _identity(cfg: "PipelineConfig") -> dict:
 
-    items = make_split("test", cfg.loop.eval_size, cfg.model.panel_size, cfg.loop.eval_seed)
+    items = make_split("test", cfg.loop.eval_size, cfg.model.panel_size, cfg.loop.eval_seed,
+                       logos=world_logos(cfg.model.layers))
     return flatten_slices(identity_baseline(items, slices=seen_slices(open_store(cfg))))
 
 

@@ -90,15 +90,31 @@ def validate_scores(scores: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+BACKGROUND = "object"  # the layer the others are printed on; every other non-composite panel is a logo layer
+
+
+def panels_of(triplet: dict) -> tuple[str, ...]:
+    """The panels an item is judged on: PANELS, or with several logo layers (the K=3 schema logo_1, logo_2,
+    object) the composite, its logo layers in order, then the object."""
+    logos = [name for name in triplet if name not in ("composite", BACKGROUND)]
+    return PANELS if logos in ([], ["logo"]) else ("composite", *logos, BACKGROUND)
+
+
+def logo_layers(triplet: dict) -> list[str]:
+    """The item's logo layers: ["logo"], or e.g. ["logo_1", "logo_2"]."""
+    return [name for name in panels_of(triplet) if name not in ("composite", BACKGROUND)]
+
+
 def item_problem(item: JudgeItem) -> str | None:
     """Why an item cannot be judged (missing panel, not an image, sizes differ), or None when it can."""
     if not isinstance(item.triplet, dict):
         return "triplet is not a dict of panels"
-    missing = [p for p in PANELS if p not in item.triplet]
+    names = panels_of(item.triplet)
+    missing = [p for p in names if p not in item.triplet]
     if missing:
         return f"missing panel(s) {missing}"
     sizes = set()
-    for name in PANELS:
+    for name in names:
         image = item.triplet[name]
         if not hasattr(image, "size") or not hasattr(image, "convert"):
             return f"panel {name!r} is not a PIL image"

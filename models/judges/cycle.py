@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 
 from . import imagestats as st
-from .base import Judge, JudgeItem, JudgeResult
+from .base import BACKGROUND, Judge, JudgeItem, JudgeResult, logo_layers
 
 
 class CycleJudge(Judge):
@@ -36,7 +36,7 @@ class CycleJudge(Judge):
     def _score_valid(self, items: list[JudgeItem]) -> list[JudgeResult]:
         start = time.perf_counter()
         decomposed = self.sampler.decompose([it.triplet["composite"] for it in items])
-        own_layers = [{"logo": it.triplet["logo"], "object": it.triplet["object"]} for it in items]
+        own_layers = [{k: it.triplet[k] for k in (*logo_layers(it.triplet), BACKGROUND)} for it in items]
         synthesized = self.sampler.synthesize(list(decomposed) + own_layers)
         if len(decomposed) != len(items) or len(synthesized) != 2 * len(items):
             raise ValueError("cycle judge: sampler returned a different number of outputs than inputs")
@@ -51,13 +51,16 @@ class CycleJudge(Judge):
         return st.mean_abs_error(a, b)
 
     def _score_one(self, item: JudgeItem, layers: dict, recomposed, synthesized, latency: float) -> JudgeResult:
-        cfg, t = self.cfg.cycle, item.triplet
-        e = {"logo": self._err(layers["logo"], t["logo"]), "object": self._err(layers["object"], t["object"]),
+        cfg, t, logos = self.cfg.cycle, item.triplet, logo_layers(item.triplet)
+        per_layer = {k: self._err(layers[k], t[k]) for k in (*logos, BACKGROUND)}
+        # several logo layers (K=3): the logo criterion follows the worst of them
+        e = {"logo": max(per_layer[k] for k in logos), "object": per_layer[BACKGROUND],
              "composite": self._err(recomposed, t["composite"]), "synthesis": self._err(synthesized, t["composite"])}
         s = {k: 1.0 - min(1.0, v / cfg.error_scale) for k, v in e.items()}
-        residue = st.logo_residue(t["object"], t["composite"], t["logo"], white_level=cfg.white_level,
-                                  palette_size=cfg.palette_size, tol=cfg.colour_tol)
-        stats = {"logo_clean": st.border_whiteness(t["logo"], cfg.white_level, cfg.border_frac),
+        residue = max(st.logo_residue(t["object"], t["composite"], t[k], white_level=cfg.white_level,
+                                      palette_size=cfg.palette_size, tol=cfg.colour_tol) for k in logos)
+        whiteness = min(st.border_whiteness(t[k], cfg.white_level, cfg.border_frac) for k in logos)
+        stats = {"logo_clean": whiteness,
                  "object_clean": 1.0 - residue,
                  "composite_consistent": s["synthesis"],
                  "realism": min(1.0, st.grey_contrast(t["composite"]) / cfg.contrast_target)}
@@ -66,5 +69,7 @@ class CycleJudge(Judge):
         w = cfg.cycle_weight
         scores = {c: min(1.0, max(0.0, w * cycle[c] + (1.0 - w) * stats[c])) for c in stats}
         details = {f"cycle_error_{k}": v for k, v in e.items()}
+        if logos != ["logo"]:
+            details.update({f"cycle_error_{k}": v for k, v in per_layer.items()})
         details.update(cycle_error=e["composite"], logo_residue=residue)
         return self.result(item.sample_id, scores, latency_s=latency, details=details)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 
-from .base import PANELS, Judge, JudgeItem, JudgeResult, item_problem
+from .base import Judge, JudgeItem, JudgeResult, item_problem, panels_of
 from .imagestats import linear_score, psnr
 
-_PANEL_CRITERION = {"logo": "logo_clean", "object": "object_clean", "composite": "composite_consistent"}
+_PANEL_CRITERION = {"object": "object_clean", "composite": "composite_consistent"}  # any other panel: a logo
 
 
 class OracleJudge(Judge):
@@ -31,10 +31,13 @@ class OracleJudge(Judge):
             return self.unscored(item.sample_id, f"invalid truth: {problem}")
         if item.truth["composite"].size != item.triplet["composite"].size:
             return self.unscored(item.sample_id, "truth and candidate panel sizes differ")
-        cfg = self.cfg.oracle
-        db = {p: psnr(item.triplet[p], item.truth[p]) for p in PANELS}
-        scores = {_PANEL_CRITERION[p]: linear_score(db[p], cfg.psnr_floor, cfg.psnr_ceiling) for p in PANELS}
+        cfg, names = self.cfg.oracle, panels_of(item.truth)
+        db = {p: psnr(item.triplet[p], item.truth[p]) for p in names}
+        scores: dict[str, float] = {}
+        for p in names:  # several logo layers: logo_clean is the worst of them
+            crit, value = _PANEL_CRITERION.get(p, "logo_clean"), linear_score(db[p], cfg.psnr_floor, cfg.psnr_ceiling)
+            scores[crit] = min(value, scores.get(crit, 1.0))
         scores["realism"] = min(scores.values())
-        details = {f"psnr_{p}": db[p] for p in PANELS}
+        details = {f"psnr_{p}": db[p] for p in names}
         return self.result(item.sample_id, scores, raw="", latency_s=time.perf_counter() - start,
                            details=details)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ...models.evaluation import evaluate_decomposition
 from ...models.lora_io import unload_adapter
-from ...models.synthetic import KINDS, SHAPES, WORDS, WorldSlice, make_split
+from ...models.synthetic import KINDS, SHAPES, WORDS, WorldSlice, make_split, world_logos
 from ..config import PipelineConfig
 from . import adapter_files
 from .handles import PROMOTION_FILE, adapter_id, backbone, generator_round, open_store, sampler_at, timed
@@ -162,7 +162,8 @@ def _heldout(cfg: PipelineConfig, store, smp) -> dict:
     if cfg.loop.eval_size == 0:
         return {}
 
-    items = list(make_split("test", cfg.loop.eval_size, cfg.model.panel_size, cfg.loop.eval_seed))
+    items = list(make_split("test", cfg.loop.eval_size, cfg.model.panel_size, cfg.loop.eval_seed,
+                            logos=world_logos(cfg.model.layers)))
     return flatten_slices(evaluate_decomposition(smp, items, slices=seen_slices(store)))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...models.config import TWO_LOGO_LAYERS, TWO_LOGO_PROMPT_TEMPLATES
 from ...models.synthetic import WorldSlice, write_split
 
 DEMO_SEEDS = 100  # the paper's seed set size
@@ -36,20 +37,28 @@ def input_paths(root: str) -> dict[str, str]:
 
 
 def make_inputs(root: str, *, n_seeds: int = DEMO_SEEDS, n_pool: int = DEMO_POOL, panel_size: int = 32,
-                seed: int = DEMO_SEED, seed_slice: dict | None = None) -> dict[str, str]:
+                seed: int = DEMO_SEED, seed_slice: dict | None = None, logos: int = 1) -> dict[str, str]:
     """Render labeled seeds (from `seed_slice`, None = the whole world) and an unlabeled pool (the whole
-    world) under root; idempotent: the same files every time, re-rendered when the request changes."""
+    world) under root; idempotent: the same files every time, re-rendered when the request changes.
+    `logos=2`: two logos per product, for the two_logo_overrides() schema."""
     import shutil
 
 
     paths = input_paths(root)
     for split, n, where in (("seeds", n_seeds, WorldSlice(**(seed_slice or {}))), ("pool", n_pool, WorldSlice())):
-        done, want = Path(paths[split]) / ".complete", f"{n} {panel_size} {seed} {where.describe()}\n"
+        done = Path(paths[split]) / ".complete"
+        want = f"{n} {panel_size} {seed} {where.describe()}" + (f" logos={logos}" if logos != 1 else "") + "\n"
         if not done.exists() or done.read_text() != want:
             shutil.rmtree(paths[split], ignore_errors=True)
-            write_split(split, n, panel_size, seed, paths[split], where)
+            write_split(split, n, panel_size, seed, paths[split], where, logos)
             done.write_text(want)
     return paths
+
+
+def two_logo_overrides() -> dict:
+    """The K=3 layer schema (logo_1 | logo_2 | object) on the same tiny base: four-panel prompts, a judge
+    that reads any number of logos (the default cycle judge does)."""
+    return {"model": {"layers": list(TWO_LOGO_LAYERS), "prompt_templates": dict(TWO_LOGO_PROMPT_TEMPLATES)}}
 
 
 def demo_flags(store: str, inputs: dict[str, str], rounds: int) -> dict:

@@ -25,7 +25,7 @@ def pool_truths(pool_rows) -> dict:
     for row in pool_rows.to_dict("records"):
         meta = (json.loads(row[S.EXTRA_JSON] or "{}").get("meta") or {})
         if "seed" in meta and "size" in meta:  # big render seeds may be stored as strings
-            out[row[S.SAMPLE_ID]] = render_triplet(int(meta["seed"]), int(meta["size"]))[0]
+            out[row[S.SAMPLE_ID]] = render_triplet(int(meta["seed"]), int(meta["size"]), int(meta.get("logos", 1)))[0]
     return out
 
 

@@ -48,7 +48,7 @@ def ingest_seeds(cfg: PipelineConfig) -> dict:
         from ...storage.ingest import ingest_seeds as ingest
 
         report = ingest(cfg.loop.seeds_path, store, cfg.store, validation_size=cfg.loop.validation_size,
-                        derive=rgba_members)
+                        derive=rgba_members, layers=tuple(cfg.model.layers))
         out.update(skipped=False, report=_jsonable(report), pool=ingest_pool(cfg, store))
     return out
 

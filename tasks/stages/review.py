@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from ...storage.fsutil import read_table, table_bytes, write_bytes
-from .panels import for_display
+from .panels import DERIVED_PREFIXES, for_display
 
 OVERRIDE_COLUMNS = ["sample_id", "content_hash", "accepted", "reviewer", "reviewed_at", "note", "source_round"]
 REVIEW_CSV_COLUMNS = ["sample_id", "content_hash", "round", "selection", "judge_accepted", "score_overall",
@@ -60,8 +60,8 @@ def _fmt(value) -> str:
 
 
 def _html_row(row: dict, panels: dict[str, bytes], side: int) -> str:
-    imgs = "".join(f'<td><img alt="{html.escape(p)}" src="{_thumb(panels[p], side)}"></td>'
-                   for p in ("composite", "logo", "object") if p in panels)
+    shown = [p for p in panels if not p.startswith(DERIVED_PREFIXES)]  # composite and layers, any schema
+    imgs = "".join(f'<td><img alt="{html.escape(p)}" src="{_thumb(panels[p], side)}"></td>' for p in shown)
     scores = "<br>".join(f"{c[6:]}: {_fmt(row.get(c))}" for c in row if c.startswith("score_"))
     verdict = "accepted" if row.get("accepted") else "rejected"
     return (f"<tr><td><code>{html.escape(str(row['sample_id']))}</code><br>{row['selection']}</td>{imgs}"
