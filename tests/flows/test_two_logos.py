@@ -67,3 +67,13 @@ def test_a_two_logo_round_is_committed_evaluated_and_decomposed_into_a_psd(k3_cf
     psd = PSDImage.open(out / "photo.psd")
     assert [layer.name for layer in psd] == ["input (reference)", "object", "logo_2", "logo_1"]
     assert (out / "photo.logo_1.rgba.png").is_file() and (out / "photo.logo_2.rgba.png").is_file()
+
+
+def test_a_vlm_judge_with_another_layer_schema_is_refused_at_load():
+    from layerloop.tasks.config import ConfigError, load_config
+    from layerloop.tasks.stages.demo import two_logo_overrides
+
+    judges = {"openai": {"backend": "openai"}, "qwen": {"backend": "qwen", "qwen": {"path": "/models/qwen"}}}
+    for backend, judge in judges.items():
+        with pytest.raises(ConfigError, match=f"judge.backend '{backend}' reads three-panel triplets"):
+            load_config(None, overrides={**two_logo_overrides(), "judge": judge})

@@ -190,3 +190,31 @@ def test_peek_identity_matches_the_render_and_bad_slices_are_refused():
         WorldSlice(shapes=())
     assert WorldSlice(kinds=("mug",)).contains({"kind": "mug", "logo_shape": "star", "text": "ZAP"})
     assert not WorldSlice(words=("ZAP",)).contains({"kind": "mug", "logo_shape": "star", "text": "SOL"})
+
+
+def test_two_logos_keep_the_one_logo_scene_and_add_a_second_logo_with_its_truth():
+    import numpy as np
+
+    from layerloop.models.matting import over_white
+    from layerloop.models.synthetic import render_logo_rgba, render_triplet
+
+    one, meta1 = render_triplet(21, 64)
+    two, meta2 = render_triplet(21, 64, logos=2)
+    assert list(two) == ["composite", "logo_1", "logo_2", "object"] and list(one) == ["composite", "logo", "object"]
+    assert np.array_equal(np.asarray(one["object"]), np.asarray(two["object"]))  # same scene, same object
+    assert (meta2["kind"], meta2["logo_shape"], meta2["text"]) == (meta1["kind"], meta1["logo_shape"], meta1["text"])
+    assert meta2["logos"] == 2 and meta2["text_2"] in meta2["caption"] and meta2["logo_2_colour"] != meta2["logo_colour"]
+    assert not np.array_equal(np.asarray(one["composite"]), np.asarray(two["composite"]))
+    for index, name in ((1, "logo_1"), (2, "logo_2")):
+        layer = render_logo_rgba(21, 64, index=index)
+        assert np.abs(np.asarray(over_white(layer), int) - np.asarray(two[name], int)).max() <= 2
+    with pytest.raises(ValueError, match="logos must be 1 or 2"):
+        render_triplet(21, 32, logos=3)
+
+
+def test_world_logos_names_the_schemas_the_renderer_draws():
+    from layerloop.models.synthetic import world_logos
+
+    assert world_logos(["logo", "object"]) == 1 and world_logos(("logo_1", "logo_2", "object")) == 2
+    with pytest.raises(ValueError, match="renders layers"):
+        world_logos(["mask", "object"])
