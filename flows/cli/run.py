@@ -59,33 +59,61 @@ def guarded_run(cfg: "PipelineConfig") -> Iterator[None]:
                  "parts and adapters are kept.", code=1)
 
 
-def print_table(rows: list[dict], title: str = "selection rate per round") -> None:
-    """The per-round table: candidates, accepted, selection rate, and the generating adapter's held-out and
-    validation metrics beside its matched-compute control's (when loop.control ran one)."""
+def print_table(rows: list[dict], title: str = "selection rate per round", *, store=None) -> None:
+    """The per-round table in at most 100 columns: candidates, kept, selection rate, dataset, promotion, and the
+    generating adapter's three key metrics beside its matched-compute control's. Every column of every round
+    (all slices, validation, judge means, loop health) goes to <store>/selection_rate.csv, named below it."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    metrics = [m for m in TABLE_METRICS if any(f"heldout_{m}" in r or f"validation_{m}" in r for r in rows)]
-    table = Table(title=title)
-    for col in ["round", "candidates", "accepted", "selection rate", "dataset", "promoted"] + \
-               [_metric_title(m) for m in metrics]:
+    metrics = [m for m in _key_metrics(rows)]
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for col in ["round", "cand.", "kept", "rate", "data", "prom."]:
         table.add_column(col, justify="right")
+    for m in metrics:
+        table.add_column(f"{_metric_title(m)}\nr-1 / ctl", justify="right")
     for r in rows:
-        rate = "-" if r["selection_rate"] is None else f"{100 * r['selection_rate']:.1f} %"
+        rate = "-" if r["selection_rate"] is None else f"{100 * r['selection_rate']:.1f}%"
         promoted = {True: "yes", False: "no"}.get(r.get("promoted"), "-")
         cells = [r["round"], r["candidates"], r["accepted"], rate, r["dataset_size"], promoted]
-        cells += [_pair(r, m) for m in metrics]
-        table.add_row(*[str(c) for c in cells])
-    Console(width=None if sys.stdout.isatty() else 200).print(table)  # pipes default to 80 columns
+        table.add_row(*[str(c) for c in cells + [_pair(r, m) for m in metrics]])
+    Console(width=100).print(table)
+    if store is not None and rows:
+        typer.echo(f"every column: {write_table_csv(store, rows)}")
 
 
-# held-out (synthetic test split, per slice when the seeds came from one) and validation columns
-TABLE_METRICS = ("psnr_object@unseen", "psnr_object@seen", "psnr_logo@unseen", "psnr_logo@seen",
-                 "iou_logo@unseen", "psnr_object", "psnr_logo")
+# key columns of the terminal table: the unseen / seen slices when the seeds came from a slice of the world
+KEY_METRICS = (("psnr_object@unseen", "psnr_object@seen", "psnr_logo@unseen"), ("psnr_object", "psnr_logo", "iou_logo"))
+
+
+def _key_metrics(rows: list[dict]) -> tuple[str, ...]:
+    for choice in KEY_METRICS:
+        if any(f"heldout_{choice[0]}" in r or f"validation_{choice[0]}" in r for r in rows):
+            return choice
+    return ()
+
+
+def write_table_csv(store, rows: list[dict]) -> str:
+    """Every column of the per-round table as <store>/selection_rate.csv (rewritten each run); its URL."""
+    import csv
+    import io
+
+    from ...storage.fsutil import write_bytes
+
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    path = f"{store.root}/selection_rate.csv"
+    write_bytes(store.fs, path, buf.getvalue().encode())
+    return store.url("selection_rate.csv")
 
 
 def _metric_title(metric: str) -> str:
-    return f"{metric.replace('@', ' ')} (adapter r-1 / control)"
+    name, _, part = metric.partition("@")
+    return f"{name.replace('psnr_', '').replace('_', ' ')} {part}".strip() + (" dB" if name.startswith("psnr") else "")
 
 
 def _pair(row: dict, metric: str) -> str:
@@ -110,7 +138,7 @@ def run(config: Optional[Path] = CONFIG_OPT,
         from ..self_improve import self_improve
 
         rows = self_improve(cfg)
-    print_table(rows)
+    print_table(rows, store=open_store(cfg))
 
 
 def _check_inputs(cfg: "PipelineConfig") -> None:
@@ -161,7 +189,7 @@ def demo(store: str = typer.Option("demo-store", help="store of the demo (create
 
     with guarded_run(cfg):
         rows = self_improve(cfg)
-    print_table(rows)
+    print_table(rows, store=open_store(cfg))
     if cfg.loop.eval_size:
         _print_heldout("identity baseline (composite as every layer)", _identity(cfg))
     last = cfg.loop.rounds
@@ -183,6 +211,8 @@ def _identity(cfg: "PipelineConfig") -> dict:
 
 
 def _print_heldout(label: str, metrics: dict) -> None:
-    typer.echo(f"held-out PSNR, {label}: "
-               + ", ".join(f"{k.removeprefix('psnr_').replace('@', ' ')} {v:.2f} dB"
-                           for k, v in sorted(metrics.items()) if k.startswith("psnr_")))
+    import textwrap
+
+    text = (f"held-out PSNR, {label}: " + ", ".join(f"{k.removeprefix('psnr_').replace('@', ' ')} {v:.2f} dB"
+                                                     for k, v in sorted(metrics.items()) if k.startswith("psnr_")))
+    typer.echo(textwrap.fill(text, 100, subsequent_indent="  "))  # the terminal table's 100 columns

@@ -50,7 +50,7 @@ def gather(store, round: int) -> dict[str, Any]:
     current = store.read(round, "all")
     info = store.round_info(round)
     thresholds = round_thresholds(info.get("config") or {})
-    return {
+    data = {
         "round": round,
         "rounds": per_round,
         "thresholds": thresholds,
@@ -60,6 +60,8 @@ def gather(store, round: int) -> dict[str, Any]:
         "loss_curves": {str(r): load_loss_curve(store, r) for r in committed},
         "_frames": {"current": current},
     }
+    data["notes"] = decision_notes(data)  # what decided the round, in words (report.json and the page)
+    return data
 
 
 def _round_summary(store, r: int) -> dict[str, Any]:
@@ -373,7 +375,7 @@ _CSS = (
     "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
     ".plots img{margin:4px;border:1px solid #eee}.grid{display:flex;flex-wrap:wrap;gap:8px}"
     "figure{margin:0;width:200px;font-size:12px}figure img{width:192px;image-rendering:pixelated}"
-    ".empty{color:#888}"
+    ".empty{color:#888}.warn{color:#a15c00}"
 )
 
 
@@ -438,8 +440,17 @@ def _health_row(x: dict) -> list[Any]:
             f"{_fmt(h['validation'].get('psnr_object'))} / {_fmt(h['validation'].get('psnr_logo'))}",
             {True: "yes", False: "no"}.get(h.get("promoted"), "-"),
             f"{_fmt(acc.get('psnr_object'))} / {_fmt(rej.get('psnr_object'))}" if truth else "-",
-            f"{_fmt(truth.get('precision'))} / {_fmt(truth.get('recall'))}" if truth else "-",
+            _precision_recall(truth) if truth else "-",
             _fmt(truth.get("precision_at_k")) if truth else "-"]
+
+
+def _precision_recall(truth: dict) -> str:
+    """Judge vs oracle, or why it cannot be computed (never a 0 that is one by construction)."""
+    if truth.get("oracle_accepted") == 0:
+        return f"n/a: the oracle's thresholds keep none of {truth.get('n', '?')}; see precision@k"
+    if truth.get("judge_accepted") == 0:
+        return "n/a: the judge kept none"
+    return f"{_fmt(truth.get('precision'))} / {_fmt(truth.get('recall'))}"
 
 
 def plot_health(rounds: list[dict]) -> bytes | None:
@@ -453,6 +464,7 @@ def plot_health(rounds: list[dict]) -> bytes | None:
         for variant, style in (("heldout", "-o"), ("control_heldout", "--s")):
             ys = [h[variant].get(key) for _, h in points]
             ax.plot([r - 1 for r, _ in points], ys, style, label=f"{'loop' if variant == 'heldout' else 'control'} {key}")
+    ax.set_xticks(sorted({r - 1 for r, _ in points}))  # adapters are whole numbers
     ax.set_xlabel("adapter (round - 1)")
     ax.set_ylabel("held-out PSNR (dB)")
     ax.legend(fontsize=7)
@@ -461,8 +473,25 @@ def plot_health(rounds: list[dict]) -> bytes | None:
 
 def _decisions_section(data: dict) -> str:
     rows = [[rule, c["accepted"], c["rejected"]] for rule, c in data["decisions"].items()]
+    notes = "".join(f"<p class='warn'>{html.escape(line)}</p>" for line in data["notes"])
     return (f"<section><h2>Decisions by rule (round {data['round']})</h2>"
-            + _table(["rule", "accepted", "rejected"], rows) + "</section>")
+            + _table(["rule", "accepted", "rejected"], rows) + notes + "</section>")
+
+
+def decision_notes(data: dict) -> list[str]:
+    """What decided the round, in words: the rule behind most rejections, and every judge criterion that
+    passed (or failed) every candidate, so decided nothing on its own."""
+    notes = []
+    rejected = {rule: c["rejected"] for rule, c in data["decisions"].items() if c["rejected"]}
+    if rejected:
+        rule = max(rejected, key=rejected.get)
+        notes.append(f"most rejections: the {rule} rule ({rejected[rule]} of {sum(rejected.values())})")
+    for name, summary in data["scores"].items():
+        rate, n = summary.get("pass_rate"), summary.get("n", 0)
+        if rate in (0.0, 1.0) and n and summary.get("threshold") is not None:
+            verb = "passed" if rate == 1.0 else "failed"
+            notes.append(f"criterion {name} {verb} all {n} candidates: it separated none of them")
+    return notes
 
 
 def _scores_section(data: dict, plots: dict[str, bytes]) -> str:

@@ -78,8 +78,9 @@ def oracle_accepts(cfg, items: list[tuple]) -> list[bool]:
 def precision_recall(judged: list[bool], oracle: list[bool]) -> dict:
     """Judge vs oracle: precision (of what the judge kept, the share the oracle keeps) and recall."""
     both = sum(j and o for j, o in zip(judged, oracle))
+    # with nothing the oracle keeps, precision is 0 by construction and says nothing about the judge
     return {"oracle_accepted": sum(oracle), "judge_accepted": sum(judged),
-            "precision": round(both / sum(judged), 4) if any(judged) else None,
+            "precision": round(both / sum(judged), 4) if any(judged) and any(oracle) else None,
             "recall": round(both / sum(oracle), 4) if any(oracle) else None}
 
 
