@@ -3,6 +3,7 @@ link to the HTML report. Called from flow bodies (needs a flow run context)."""
 from __future__ import annotations
 
 import os
+import time
 from typing import Callable
 
 from ..config import PipelineConfig
@@ -18,24 +19,57 @@ class Progress:
     not imported: the executor imports the gpu guard, which imports this module.
     """
 
-    def __init__(self, round_: int, total_units: int, run_units: Callable):
+    every_s = 10.0  # a line at most this often (and after the last unit): logs see where a round is
+
+    def __init__(self, round_: int, total_units: int, run_units: Callable, clock: Callable[[], float] = time.monotonic):
         from prefect.artifacts import create_progress_artifact
 
         self.round, self.total, self.done = round_, max(1, total_units), 0
-        self.run_units = run_units
+        self.run_units, self.clock, self.stage = run_units, clock, ""
+        self._t0 = self._last = clock()
         self.id = create_progress_artifact(progress=0.0, key=f"round-{round_:04d}-progress",
                                            description=f"round {round_}: generate, judge and cycle units")
 
     def run(self, task_fn: Callable, cfg: PipelineConfig, round_: int, units: list[Unit]) -> list[dict]:
         """Run the task once per unit and tick the progress artifact as units finish."""
+        self.stage = str(getattr(task_fn, "name", getattr(task_fn, "__name__", "units")))
         return self.run_units(task_fn, cfg, round_, units, on_done=self.tick)
 
     def tick(self) -> None:
-        """One more unit finished."""
+        """One more unit finished: the artifact moves, and a line says so (throttled to every_s)."""
         from prefect.artifacts import update_progress_artifact
 
         self.done += 1
         update_progress_artifact(self.id, progress=100.0 * self.done / self.total)
+        now = self.clock()
+        if now - self._last >= self.every_s or self.done == self.total:
+            self._last = now
+            say(self.line(now - self._t0))
+
+    def line(self, elapsed: float) -> str:
+        """`round 2: 7/12 units (58 %), last cycle-pool, 95 s, ETA 68 s`."""
+        eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
+        return (f"round {self.round}: {self.done}/{self.total} units ({100 * self.done // self.total} %), "
+                f"last {self.stage}, {elapsed:.0f} s, ETA {eta:.0f} s")
+
+
+def say(message: str) -> None:
+    """Where the run is: an INFO line in the run's log, and on stderr when the console hides INFO lines."""
+    import sys
+
+    logged = False
+    if "prefect" in sys.modules:
+        from prefect import get_run_logger
+        from prefect.exceptions import MissingContextError
+
+        try:
+            get_run_logger().info(message)
+            logged = True
+        except MissingContextError:
+            pass
+    if not logged or os.environ.get("PREFECT_LOGGING_LEVEL", "").upper() in ("WARNING", "ERROR", "CRITICAL"):
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
 
 
 def notice(message: str) -> None:

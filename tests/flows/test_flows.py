@@ -35,12 +35,16 @@ def _task_runs_named(names: set[str]) -> set[str]:
     return {run.name for run in runs}
 
 
-def test_loop_commits_rounds_and_publishes_artifacts(prefect_harness, tiny_cfg):
+def test_loop_commits_rounds_and_publishes_artifacts(prefect_harness, tiny_cfg, capsys, monkeypatch):
     from layerloop.flows.self_improve import self_improve
     from layerloop.tasks.stages.handles import open_store
 
+    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "CRITICAL")  # as the CLI runs it: the console hides INFO
     cfg = tiny_cfg.model_copy(update={"loop": tiny_cfg.loop.model_copy(update={"rounds": 2})})
     rows = self_improve(cfg)
+    # where the round is, as lines an operator (or a log) sees: units done of all, the stage, the ETA
+    err = capsys.readouterr().err
+    assert "round 1: " in err and "round 2: " in err and " units (100 %), last " in err, err
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert open_store(cfg).committed_rounds() == [0, 1, 2]
     assert rows[1]["candidates"] == 6 and 0 <= rows[1]["selection_rate"] <= 1
@@ -119,3 +123,29 @@ def test_resume_after_kill_9_mid_round(prefect_harness, tiny_cfg, tiny_inputs, t
     assert unit.read_bytes() == first  # the finished unit was reused, not regenerated
     committed = open_store(tiny_cfg).read(1, "all")
     assert committed["unit"].value_counts().to_dict() == {"gen-0000": 2, "gen-0001": 2, "pool-0000": 2}
+
+
+def test_round_progress_lines_are_throttled_and_say_where_the_round_is(prefect_harness, capsys, monkeypatch):
+    from prefect import flow
+
+    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "CRITICAL")  # the CLI's quiet console: the lines go to stderr
+
+    from layerloop.tasks.runtime.publish import Progress
+
+    now = [0.0]
+
+    def run_units(task_fn, cfg, round_, units, on_done):
+        for _ in units:
+            now[0] += 4.0  # a unit every 4 s: a line every 10 s at most, and one after the last
+            on_done()
+        return []
+
+    @flow
+    def one_round():
+        progress = Progress(3, 6, run_units, clock=lambda: now[0])
+        progress.run(lambda *a: None, None, 3, list(range(6)))
+
+    one_round()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("round 3:")]
+    assert lines == ["round 3: 3/6 units (50 %), last <lambda>, 12 s, ETA 12 s",
+                     "round 3: 6/6 units (100 %), last <lambda>, 24 s, ETA 0 s"]
