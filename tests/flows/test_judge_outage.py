@@ -137,3 +137,26 @@ def test_a_refused_key_stops_the_round_at_its_first_unit(prefect_harness, judged
     assert open_store(cfg).committed_rounds() == [0]
     assert not (Path(cfg.store.uri) / "rounds" / "round-0001" / "_work" / "parts").exists()
     assert srv.requests[0]["auth"] == f"Bearer {KEY}" and KEY not in caplog.text
+
+
+def test_the_cli_ends_a_judge_outage_with_one_line_and_exit_code_1(judged_cfg, tmp_path):
+    """What `layerloop run` (and a scheduler watching its exit code) sees when the judge is down: a real
+    process, so Prefect's console logging is the CLI's own (quiet), under its own ephemeral API."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cfg, port = judged_cfg
+    config = tmp_path / "judged.yaml"
+    config.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(LAYERLOOP_TEST_KEY=KEY, PREFECT_HOME=str(tmp_path / "prefect-home"))
+    done = subprocess.run([sys.executable, "-c", "from layerloop.flows.cli.main import main; main()", "run",
+                           "--config", str(config)], env=env, capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "round 1 is not committed" in errors[0], output
+    assert f"http://127.0.0.1:{port}/v1" in errors[0] and "connection error" in errors[0], errors[0]
+    assert "Traceback" not in output and KEY not in output
