@@ -2,7 +2,7 @@
 flow and the real stages (sizes from a config file, as the precedence allows).
 
 `layerloop ablate` is not here: its six loop runs took 521 s at smoke size on 2 shared cores, too long for the
-default tier (tests/flows/test_ablation*.py cover its pieces)."""
+default tier (tests/report/test_ablate.py covers its table and verdict logic)."""
 from __future__ import annotations
 
 import yaml
