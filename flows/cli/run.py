@@ -10,7 +10,6 @@ full, a corrupted shard, the store or the GPU taken) end as one red `error:` lin
 from __future__ import annotations
 
 import shutil
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
@@ -21,7 +20,7 @@ from ...models.evaluation import identity_baseline
 from ...models.judges.base import JudgeUnavailable
 from ...models.synthetic import make_split, world_logos
 from ...storage.errors import CorruptShardError, StoreFullError, StoreLockedError
-from ...storage.fsutil import is_disk_full
+from ...storage.fsutil import is_disk_full, write_bytes
 from ...tasks.runtime.gpu_slot import GpuSlotBusy
 from ...tasks.runtime.run_lock import store_run_lock
 from ...tasks.runtime.secrets import apply_secret_env
@@ -98,8 +97,6 @@ def write_table_csv(store, rows: list[dict]) -> str:
     """Every column of the per-round table as <store>/selection_rate.csv (rewritten each run); its URL."""
     import csv
     import io
-
-    from ...storage.fsutil import write_bytes
 
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()

@@ -74,9 +74,15 @@ def _restart(stack: PrefectStack) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """PostgreSQL + a Prefect server with Prefect's default in-memory lease storage; tests restart it."""
-    with PrefectStack(tmp_path_factory.mktemp("services"), ui=False) as st:
-        yield st
+    """PostgreSQL + a Prefect server with Prefect's default in-memory lease storage; tests restart it.
+
+    Set explicitly: `layerloop`'s CLI sets filesystem lease storage in its own environment (flows/cli/config.py),
+    and an earlier test in the session may have left that in os.environ, which the server would inherit.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "prefect.server.concurrency.lease_storage.memory")
+        with PrefectStack(tmp_path_factory.mktemp("services"), ui=False) as st:
+            yield st
 
 
 def _holder(config: str, stop: Path, env: dict) -> tuple[subprocess.Popen, _Lines]:
