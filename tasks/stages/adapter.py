@@ -238,7 +238,8 @@ def promotion_decision(round_: int, current: int, new: dict, old: dict, toleranc
     if not new or not old:
         return {**base, "promoted": True, "reason": "no validation split to compare on"}
     drops = {k: round(old[k] - new[k], 3) for k in HEADLINE if k in new and k in old}
-    worse = {k: d for k, d in drops.items() if d > tolerance_db}
+    # a metric that is not a number (a diverged adapter) must count as worse, not slip past `>`
+    worse = {k: d for k, d in drops.items() if not d <= tolerance_db}
     if worse:
         detail = ", ".join(f"{k} {new[k]:.2f} < {old[k]:.2f} - {tolerance_db}" for k in worse)
         return {**base, "promoted": False, "drops_db": drops,

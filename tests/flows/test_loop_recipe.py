@@ -3,6 +3,7 @@ promotion of adapters, the matched-compute control and the loop-health block of 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,6 +122,23 @@ def test_promotion_keeps_the_current_adapter_when_validation_drops():
     assert promotion_decision(3, 2, {"psnr_logo": 10.8, "psnr_object": 24.9}, old, 0.3)["promoted"]
     assert promotion_decision(3, 2, {"psnr_logo": 1.0, "psnr_object": 1.0}, old, None)["promoted"]
     assert promotion_decision(3, 2, {}, old, 0.3)["reason"] == "no validation split to compare on"
+    assert not promotion_decision(3, 2, {"psnr_logo": float("nan"), "psnr_object": 25.0}, old, 0.3)["promoted"]
+
+
+def test_a_real_round_refuses_an_adapter_trained_worse_and_keeps_the_generator(tiny_cfg):
+    """The gate in a loop run: round 2 trains adapter 1 at a learning rate that wrecks it (on purpose), its
+    validation falls, it is not promoted, and round 2 is made by adapter 0."""
+    from layerloop.tasks.runtime.driver import run_loop, run_round
+    from layerloop.tasks.stages.handles import open_store
+
+    cfg = tiny_cfg.model_copy(update={"loop": tiny_cfg.loop.model_copy(update={"rounds": 1})})
+    run_loop(cfg, log=lambda _: None)
+    wrecked = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 50.0})})
+    run_round(wrecked, 2)
+    decision = json.loads((Path(cfg.store.uri) / "adapters" / "round-0001" / PROMOTION_FILE).read_text())
+    assert not decision["promoted"] and decision["reason"].startswith("validation worse than round-0000")
+    info = open_store(cfg).round_info(2)["info"]
+    assert info["generator"] == "round-0000" and info["promotion"]["promoted"] is False
 
 
 def test_generator_is_the_newest_promoted_adapter(tmp_path):
