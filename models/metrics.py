@@ -28,10 +28,12 @@ def _as_array(img, name: str) -> np.ndarray:
     return img
 
 
-def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
-    x, y = _as_array(a, "first image"), _as_array(b, "second image")
+def _pair(a, b, read=None, what: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """Both sides read the same way (uint8 images by default) and checked to share a shape, as float64."""
+    read = read or _as_array
+    x, y = read(a, f"first {what}"), read(b, f"second {what}")
     if x.shape != y.shape:
-        raise ValueError(f"images differ in shape: {x.shape} vs {y.shape}")
+        raise ValueError(f"{what}s differ in shape: {x.shape} vs {y.shape}")
     return x.astype(np.float64), y.astype(np.float64)
 
 
@@ -123,16 +125,9 @@ def _layer(img, name: str) -> np.ndarray:
     return x
 
 
-def _layer_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
-    x, y = _layer(a, "first layer"), _layer(b, "second layer")
-    if x.shape != y.shape:
-        raise ValueError(f"layers differ in shape: {x.shape} vs {y.shape}")
-    return x, y
-
-
 def alpha_iou(a, b) -> float:
     """Soft IoU of two layers' alpha: sum(min) / sum(max); 1.0 when both are fully transparent."""
-    x, y = _layer_pair(a, b)
+    x, y = _pair(a, b, _layer, "layer")
     union = float(np.maximum(x[..., 3], y[..., 3]).sum())
     return 1.0 if union == 0 else float(np.minimum(x[..., 3], y[..., 3]).sum()) / union
 
@@ -143,7 +138,7 @@ def rgb_l1(a, b) -> float:
     Premultiplied, so the colour of a transparent pixel, which no viewer shows, counts for nothing;
     for opaque layers it is the plain RGB L1.
     """
-    x, y = _layer_pair(a, b)
+    x, y = _pair(a, b, _layer, "layer")
     return float(np.mean(np.abs(x[..., :3] * x[..., 3:] - y[..., :3] * y[..., 3:])))
 
 

@@ -66,7 +66,7 @@ def print_table(rows: list[dict], title: str = "selection rate per round", *, st
     from rich.console import Console
     from rich.table import Table
 
-    metrics = [m for m in _key_metrics(rows)]
+    metrics = _key_metrics(rows)
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     for col in ["round", "cand.", "kept", "rate", "data", "prom."]:
         table.add_column(col, justify="right")

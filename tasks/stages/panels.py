@@ -59,9 +59,9 @@ def encode(triplet: dict) -> dict[str, bytes]:
 
 def rgba_members(panels: dict[str, bytes]) -> dict[str, bytes]:
     """The `rgba_<layer>` members of a sample given as PNG bytes (composite, *layers), e.g. an ingested seed."""
-    images = decode(panels)
-    layers = [name for name in images if name != "composite"]
-    return {f"{RGBA_PREFIX}{name}": _png(matte(images[name])) for name in layers[:-1]}
+    layers = [name for name in panels if name != "composite" and not name.startswith(DERIVED_PREFIXES)]
+    images = decode({name: panels[name] for name in layers[:-1]})  # the background is never matted
+    return {f"{RGBA_PREFIX}{name}": _png(matte(img)) for name, img in images.items()}
 
 
 def decode_rgba(panels: dict[str, bytes]) -> dict:

@@ -64,10 +64,14 @@ def _active_slots(env: dict, name: str = "gpu") -> int:
             return client.read_global_concurrency_limit_by_name(name).active_slots
 
 
-def _restart(stack: PrefectStack) -> None:
+def _kill_server(stack: PrefectStack) -> None:
     os.killpg(stack.server.proc.pid, signal.SIGKILL)
     stack.server.proc.wait(timeout=30)
     stack.server.proc = None
+
+
+def _restart(stack: PrefectStack) -> None:
+    _kill_server(stack)
     time.sleep(3)  # the run sees the server gone, as an operator's restart would show it
     stack.server.start()  # same port, same database
 
@@ -127,9 +131,7 @@ def test_a_run_killed_while_the_server_was_down_does_not_block_the_rerun(stack, 
     holder, out = _holder(config, stop, env)
     try:
         out.wait_for("HELD", 120)
-        os.killpg(stack.server.proc.pid, signal.SIGKILL)
-        stack.server.proc.wait(timeout=30)
-        stack.server.proc = None
+        _kill_server(stack)
         os.killpg(holder.pid, signal.SIGKILL)  # the run dies while the server is away: nothing was released
         holder.wait(timeout=30)
         stack.server.start()
