@@ -135,7 +135,9 @@ class LoopConfig(BaseModel):
                               "when round 0 is ingested, at most a fifth of them; fixed from then on)")
     promotion_tolerance_db: float | None = Field(
         0.3, ge=0, description="adapter r generates round r+1 only if its validation PSNR (logo and object) is "
-                               "not below the current adapter's by more than this; null = always promote")
+                               "not below the current adapter's by more than this, a drop counting only when the "
+                               "split resolves it (paired 95 % interval of the change below 0); null = always "
+                               "promote")
     control: bool = Field(
         False, description="also train a matched-compute control beside every round (same steps, labeled seeds "
                            "only) and report the loop against it")

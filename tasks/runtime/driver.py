@@ -35,9 +35,11 @@ def run_round(cfg: PipelineConfig, round_: int) -> dict:
     return recipe.run_round(cfg, round_, PlainRunner()).committed
 
 
-def run_loop(cfg: PipelineConfig, log: Callable[[str], None] = print) -> list[dict]:
-    """Seed round (once), rounds up to loop.rounds, the final adapter; returns the selection-rate rows."""
-    runner = PlainRunner()
+def run_loop(cfg: PipelineConfig, log: Callable[[str], None] = print, runner: PlainRunner | None = None
+             ) -> list[dict]:
+    """Seed round (once), rounds up to loop.rounds, the final adapter; returns the selection-rate rows.
+    `runner`: a PlainRunner subclass that watches each stage call (bench/loop.py counts model compute)."""
+    runner = runner or PlainRunner()
     if not is_committed(cfg, 0):
         runner.run(recipe.INGEST, cfg)
     recipe.measure(cfg, 0, runner, recipe.SEED)

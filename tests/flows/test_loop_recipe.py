@@ -125,6 +125,32 @@ def test_promotion_keeps_the_current_adapter_when_validation_drops():
     assert not promotion_decision(3, 2, {"psnr_logo": float("nan"), "psnr_object": 25.0}, old, 0.3)["promoted"]
 
 
+def test_promotion_with_per_item_scores_refuses_only_a_drop_the_split_resolves():
+    """10 validation items: a 0.5 dB mean drop made of item noise (sd 2 dB) is not resolved and promotes; a
+    drop on every item is resolved and refuses; a diverged adapter (NaN) still refuses."""
+    rng = np.random.default_rng(0)
+    old_obj = rng.normal(25, 2, 10)
+    noisy = old_obj - 0.5 + rng.normal(0, 2, 10)
+    noisy += (old_obj.mean() - 0.5) - noisy.mean()  # exactly 0.5 dB below on average
+    steady = old_obj - 0.5 + rng.normal(0, 0.05, 10)
+
+    def items(obj):
+        return {f"v{i}": {"psnr_object": float(v), "psnr_logo": 11.0} for i, v in enumerate(obj)}
+
+    def means(obj):
+        return {"psnr_object": float(np.mean(obj)), "psnr_logo": 11.0}
+
+    old = means(old_obj)
+    noise = promotion_decision(3, 2, means(noisy), old, 0.3, items=(items(noisy), items(old_obj)))
+    assert noise["promoted"] and "not resolved" in noise["reason"]
+    assert noise["intervals_db"]["psnr_object"][0] < 0 < noise["intervals_db"]["psnr_object"][1]
+    real = promotion_decision(3, 2, means(steady), old, 0.3, items=(items(steady), items(old_obj)))
+    assert not real["promoted"] and real["intervals_db"]["psnr_object"][1] < 0 and "95 % interval" in real["reason"]
+    nan = {k: {"psnr_object": float("nan"), "psnr_logo": 11.0} for k in items(old_obj)}
+    assert not promotion_decision(3, 2, {"psnr_object": float("nan"), "psnr_logo": 11.0}, old, 0.3,
+                                  items=(nan, items(old_obj)))["promoted"]
+
+
 def test_a_real_round_refuses_an_adapter_trained_worse_and_keeps_the_generator(tiny_cfg):
     """The gate in a loop run: round 2 trains adapter 1 at a learning rate that wrecks it (on purpose), its
     validation falls, it is not promoted, and round 2 is made by adapter 0."""

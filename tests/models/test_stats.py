@@ -25,3 +25,19 @@ def test_bad_input_is_refused():
         paired_bootstrap([1, float("inf")], [1, 2])
     with pytest.raises(ValueError, match="level"):
         paired_bootstrap([1, 2], [1, 2], level=1.5)
+
+
+def test_seeds_x_items_intervals_carry_the_seeds_variance():
+    rng = np.random.default_rng(2)
+    base = rng.normal(20, 3, (3, 150))
+    steady = base + 0.5 + rng.normal(0, 0.3, (3, 150))
+    mean, lo, hi = paired_bootstrap(base, steady)
+    assert 0.4 < lo < mean < hi < 0.6
+    # one training seed gains 1.5 dB, the others lose 0.5: the mean is positive, the interval is not
+    shifted = base + np.array([[1.5], [-0.5], [-0.5]]) + rng.normal(0, 0.3, (3, 150))
+    mean, lo, hi = paired_bootstrap(base, shifted)
+    assert 0.1 < mean < 0.3 and lo < 0 < hi
+    # the same differences pooled as one seed would claim a gain
+    assert paired_bootstrap(base.ravel(), shifted.ravel())[1] > 0
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap(base, base[:2])
