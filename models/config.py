@@ -167,4 +167,23 @@ class SampleConfig(_Section):
     anchor: bool = Field(
         False, description="at inference the background layer (the schema's last) is the input composite wherever "
                            "the decomposition leaves it unchanged, the model's inpainting only inside the footprint "
-                           "(models/anchoring.py; seed adapter, test split: object 22.77 -> 24.76 dB unseen)")
+                           "(models/anchoring.py). The dev split chose it (research/inference_mode.py, 3 seed "
+                           "adapters x 128 items: object +1.93 dB unseen kinds [+1.67, +2.25], +1.12 seen "
+                           "[+0.77, +1.49] at one draw, logo unchanged, no model cost); the default flips once the "
+                           "demo numbers and tests are re-measured with it (issue 22 note)")
+    fuse_lora: bool = Field(
+        False, description="fold the adapter's LoRA into the transformer's weights for sampling (no LoRA matmuls per "
+                           "step); loading another adapter or none unfuses it first, which restores the base up to "
+                           "rounding in the model dtype")
+    fp8: bool = Field(
+        False, description="FP8 (e4m3) weights and per-row dynamic FP8 activations in the transformer's Linear layers "
+                           "(torchao; a CUDA GPU of compute capability >= 8.9 and model.dtype bfloat16). Irreversible: "
+                           "the adapter is fused first, and that backbone then samples with this adapter only. Needs "
+                           "fuse_lora: true. Speed and quality against bf16: bench/gpu_path.py")
+
+    @model_validator(mode="after")
+    def _fp8_needs_fused_lora(self) -> "SampleConfig":
+        if self.fp8 and not self.fuse_lora:
+            raise ValueError("sample.fp8 needs sample.fuse_lora: true (the LoRA is folded into the weights before "
+                             "they are quantised to FP8)")
+        return self

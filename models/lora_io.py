@@ -3,7 +3,8 @@
 An adapter directory holds `pytorch_lora_weights.safetensors` (keys `transformer.<module>.lora_A.weight`,
 no `base_model.model` infix, so diffusers and ComfyUI load it), the peft LoRA config as diffusers'
 `lora_adapter_metadata` (alpha survives even when alpha != rank) and a `README.md` model card.
-Only safetensors are ever read: nothing from the store is unpickled.
+Only safetensors are ever read: nothing from the store is unpickled. `fuse_adapter` folds a loaded adapter
+into the base weights for sampling (`SampleConfig.fuse_lora`); `unload_adapter` unfuses it first.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .acceleration import fp8_tag
 from .grid import task_prompt
 from .tiny import ASSET_DIR
 
@@ -181,7 +183,29 @@ def load_adapter(backbone: Any, adapter_dir: str) -> None:
         diffusers_logging.set_verbosity(level)
 
 
+def fuse_adapter(backbone: Any) -> None:
+    """Fold the loaded adapter into the transformer's weights (`FluxFillPipeline.fuse_lora`): sampling then
+    runs no LoRA matmuls. The LoRA layers stay, merged, so `unload_adapter` can take it out again."""
+    if LOADED_NAME not in (getattr(backbone.transformer, "peft_config", None) or {}):
+        raise AdapterError("fuse_adapter needs an adapter loaded with load_adapter first")
+    backbone.pipeline().fuse_lora(components=["transformer"], adapter_names=[LOADED_NAME])
+
+
+def is_fused(transformer: Any) -> bool:
+    """Whether any LoRA layer of the transformer is merged into its base weights."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(isinstance(m, BaseTunerLayer) and m.merged for m in transformer.modules())
+
+
 def unload_adapter(backbone: Any) -> None:
-    """Remove every LoRA from the backbone (base weights untouched)."""
+    """Remove every LoRA from the backbone; a fused one is unfused first (the base back up to rounding in
+    the model dtype). A transformer quantised to FP8 (sample.fp8) keeps its fused adapter: refused."""
+    tag = fp8_tag(backbone.transformer)
+    if tag is not None:
+        raise AdapterError(f"the backbone's transformer is quantised to FP8 with adapter {tag or 'none'!r} fused in "
+                           "(sample.fp8): its adapter cannot be changed or removed; build a new backbone")
     if getattr(backbone.transformer, "peft_config", None):
+        if is_fused(backbone.transformer):
+            backbone.pipeline().unfuse_lora(components=["transformer"])
         backbone.pipeline().unload_lora_weights()

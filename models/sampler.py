@@ -5,21 +5,27 @@ embeddings: Euler flow-matching steps (`SampleConfig.steps`), FLUX guidance (`Sa
 Known panels are returned from the input untouched; only masked panels come from the model. Noise is
 seeded per item from `SampleConfig.seed` and the item's content, so an item's result does not depend
 on which batch it lands in (CPU kernels still differ by ~1e-4 between runs: compare with a tolerance).
+
+`SampleConfig.fuse_lora` folds the adapter into the weights (undone when the next Sampler loads another);
+`SampleConfig.fp8` then quantises the transformer's Linear layers to FP8 (models/acceleration.py), for
+good: a backbone quantised with one adapter serves Samplers of that adapter with fp8 only, and any other
+request is refused before anything changes. Both are checked before the backbone is touched.
 """
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from PIL import Image
 
-from .acceleration import compiled_blocks
+from .acceleration import check_fp8, compiled_blocks, fp8_tag, quantize_fp8
 from .anchoring import anchor, consensus
 from .config import SampleConfig
 from .grid import (
     COMPOSITE, GridError, fill_missing, generated_panels, given_panels, make_grid, split_grid, task_mask,
 )
-from .lora_io import load_adapter, unload_adapter
+from .lora_io import fuse_adapter, load_adapter, unload_adapter
 
 if TYPE_CHECKING:  # torch stays a lazy import at run time
     import torch
@@ -30,13 +36,33 @@ class Sampler:
 
     def __init__(self, backbone: Any, adapter_dir: str | None, cfg: SampleConfig):
         self.backbone, self.cfg, self.adapter_dir = backbone, cfg, adapter_dir
+        self.fp8_linears: int | None = None  # Linear layers this Sampler quantised to FP8 (sample.fp8)
         # the backbone is shared: make sure it carries exactly the adapter this sampler was asked for
         # (one adapter at a time per backbone: build one backbone per concurrent sampler)
         with backbone.lock:
+            if fp8_tag(backbone.transformer) is not None:
+                self._reuse_fp8(adapter_dir)
+                return
+            if cfg.fp8:
+                check_fp8(backbone.device, backbone.dtype)  # before the backbone is changed at all
             if adapter_dir:
                 load_adapter(backbone, adapter_dir)
+                if cfg.fuse_lora:
+                    fuse_adapter(backbone)
             else:
                 unload_adapter(backbone)
+            if cfg.fp8:
+                self.fp8_linears = quantize_fp8(backbone.transformer, backbone.device, backbone.dtype,
+                                                tag=_adapter_key(adapter_dir))
+
+    def _reuse_fp8(self, adapter_dir: str | None) -> None:
+        """A backbone already quantised to FP8 serves only its own adapter, with fp8 on."""
+        tag = fp8_tag(self.backbone.transformer)
+        if not self.cfg.fp8 or _adapter_key(adapter_dir) != tag:
+            want = f"adapter {adapter_dir!r}" if adapter_dir else "the base model"
+            raise ValueError(
+                f"this backbone's transformer is quantised to FP8 with adapter {tag or 'none'!r} fused in; "
+                f"sampling {want} with fp8 {self.cfg.fp8} needs a new backbone (build_backbone)")
 
     def decompose(self, composites: Sequence[Image.Image], draw: int = 0) -> list[dict[str, Image.Image]]:
         """Composite -> its layers (tau_D); returns only the layer panels.
@@ -147,6 +173,11 @@ class Sampler:
         h = hashlib.sha256(key.encode())
         h.update(grid.tobytes())
         return torch.Generator().manual_seed(int.from_bytes(h.digest()[:8], "little") & (2**63 - 1))
+
+
+def _adapter_key(adapter_dir: str | None) -> str:
+    """How an FP8 backbone names the adapter fused into it: its resolved directory, "" for the base."""
+    return str(Path(adapter_dir).resolve()) if adapter_dir else ""
 
 
 def _fit(img: Image.Image, side: int) -> Image.Image:
