@@ -178,39 +178,9 @@ class Budget:
 # --------------------------------------------------------------------------------------------------
 def build(args):
     """A Backbone of random-weight FLUX-shaped modules; no text encoders (their embeddings are stand-ins)."""
-    import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from train_gpu import random_backbone
 
-    from layerloop.models.config import DEFAULT_PROMPT_TEMPLATES
-    from layerloop.models.factory import Backbone
-    from layerloop.models.grid import LayerSchema
-    from train_gpu import FLUX_FILL_TRANSFORMER, FLUX_SCHEDULER, FLUX_VAE
-
-    if args.quick:
-        from layerloop.models import tiny
-
-        t_cfg, v_cfg, s_cfg = tiny.transformer_config(), tiny.vae_config(), tiny.scheduler_config()
-        device, dtype = torch.device("cpu"), torch.float32  # bf16 matmuls crawl on CPUs without AMX
-    else:
-        if not torch.cuda.is_available():
-            raise SystemExit("no CUDA device: run with --quick for the CPU smoke run")
-        t_cfg, v_cfg, s_cfg = FLUX_FILL_TRANSFORMER, FLUX_VAE, FLUX_SCHEDULER
-        device, dtype = torch.device("cuda"), torch.bfloat16
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):  # initialised on the GPU: 12 B fp32 weights would not fit host RAM
-            transformer, vae = FluxTransformer2DModel(**t_cfg), AutoencoderKL(**v_cfg)
-    finally:
-        torch.set_default_dtype(previous)
-    transformer.requires_grad_(False).eval()
-    vae.requires_grad_(False).eval()
-    backbone = Backbone(
-        transformer=transformer, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
-        tokenizer_2=None, scheduler=FlowMatchEulerDiscreteScheduler(**s_cfg), schema=LayerSchema(),
-        panel_size=args.panel, device=device, dtype=dtype, prompt_templates=dict(DEFAULT_PROMPT_TEMPLATES),
-        max_sequence_length=args.text_len, base_id="random-flux-fill-shapes" if not args.quick else "random-tiny",
-    )
+    backbone = random_backbone(args.quick, args.panel, args.text_len)
     prime_embeddings(backbone, args)
     return backbone
 

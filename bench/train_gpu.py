@@ -69,6 +69,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build(args):
     """A Backbone of FLUX-shaped random modules (no text encoders: embeddings are cached tensors)."""
+    backbone = random_backbone(args.quick, args.panel, args.text_len)
+    if not args.no_checkpointing:
+        backbone.transformer.enable_gradient_checkpointing()
+    return backbone
+
+
+def random_backbone(quick: bool, panel: int, text_len: int):
+    """Random-weight modules of FLUX.1-Fill's shapes on CUDA in bf16, or (quick) of the tiny base's on CPU.
+
+    No text encoders: the GPU benches feed stand-in or cached embeddings. Shared by bench/gpu_path.py.
+    """
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
@@ -76,11 +87,11 @@ def build(args):
     from layerloop.models.factory import Backbone
     from layerloop.models.grid import LayerSchema
 
-    if args.quick:
+    if quick:
         from layerloop.models import tiny
 
         t_cfg, v_cfg, s_cfg = tiny.transformer_config(), tiny.vae_config(), tiny.scheduler_config()
-        device, dtype = torch.device("cpu"), torch.float32
+        device, dtype = torch.device("cpu"), torch.float32  # bf16 matmuls crawl on CPUs without AMX
     else:
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device: run with --quick for the CPU smoke run")
@@ -89,20 +100,17 @@ def build(args):
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device(device):  # initialise on the GPU: 12 B fp32 weights would not fit host RAM
-            transformer = FluxTransformer2DModel(**t_cfg)
-            vae = AutoencoderKL(**v_cfg)
+        with torch.device(device):  # initialised on the GPU: 12 B fp32 weights would not fit host RAM
+            transformer, vae = FluxTransformer2DModel(**t_cfg), AutoencoderKL(**v_cfg)
     finally:
         torch.set_default_dtype(previous)
     transformer.requires_grad_(False).eval()
     vae.requires_grad_(False).eval()
-    if not args.no_checkpointing:
-        transformer.enable_gradient_checkpointing()
     return Backbone(
         transformer=transformer, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
         tokenizer_2=None, scheduler=FlowMatchEulerDiscreteScheduler(**s_cfg), schema=LayerSchema(),
-        panel_size=args.panel, device=device, dtype=dtype, prompt_templates=dict(DEFAULT_PROMPT_TEMPLATES),
-        max_sequence_length=args.text_len, base_id="random-flux-fill-shapes",
+        panel_size=panel, device=device, dtype=dtype, prompt_templates=dict(DEFAULT_PROMPT_TEMPLATES),
+        max_sequence_length=text_len, base_id="random-tiny" if quick else "random-flux-fill-shapes",
     )
 
 

@@ -51,7 +51,10 @@ def draws_of(cfg, store, n: int, max_draws: int) -> tuple[list, list[list[dict]]
     smp = sampler(cfg, 0, store)
     composites = [t["composite"] for _, t, _ in items]
     t0 = time.perf_counter()
-    per_draw = [smp.decompose(composites, draw=k) for k in range(max_draws)]
+    per_draw = []
+    for k in range(max_draws):
+        per_draw.append(smp.decompose(composites, draw=k))
+        print(f"  draw {k + 1}/{max_draws} of {len(items)} dev items, {time.perf_counter() - t0:.0f} s", flush=True)
     seconds = (time.perf_counter() - t0) / (max_draws * len(items))
     return items, [[d[i] for d in per_draw] for i in range(len(items))], seconds
 

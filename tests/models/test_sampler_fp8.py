@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from layerloop.models.acceleration import FP8_MARK, fp8_tag
 from layerloop.models.config import LoraConfig, SampleConfig
 from layerloop.models.sampler import Sampler
-
-CFG = SampleConfig(steps=2, guidance=30.0, seed=3, batch_size=2)
-
-
-def _img(seed: int, size: int = 32) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-
-
-def _arr(img: Image.Image) -> np.ndarray:
-    return np.asarray(img, dtype=np.float64)
+from test_sampler import CFG, _arr, _img  # same folder (tests/models is not a package)
 
 
 def _max_diff(a: dict, b: dict) -> float:
