@@ -31,12 +31,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "brown": (120, 75, 40), "black": (30, 30, 30), "white": (240, 240, 240),
     "grey": (130, 130, 130),
 }
-# dev: labeled items for recipe decisions and defaults, so the test split only ever reports
-SPLITS = ("seeds", "pool", "test", "dev")
-ID_PREFIX = {"seeds": "seed", "pool": "pool", "test": "test", "dev": "dev"}
+# dev: labeled items for recipe decisions and defaults, so the test split only ever reports;
+# pretrain: the tiny base's own triplets (scripts/pretrain_tiny_base.py), never a loop's pool or seeds
+SPLITS = ("seeds", "pool", "test", "dev", "pretrain")
+ID_PREFIX = {"seeds": "seed", "pool": "pool", "test": "test", "dev": "dev", "pretrain": "pre"}
 # Independent RNG streams per split: spawn keys differ, so a test item's seed never equals a
 # training item's seed whatever base seed either was made with.
-_SPLIT_STREAM = {"seeds": 1, "pool": 2, "test": 3, "dev": 4}
+_SPLIT_STREAM = {"seeds": 1, "pool": 2, "test": 3, "dev": 4, "pretrain": 5}
 MIN_SIZE, MAX_SIZE = 16, 2048
 _MIN_RENDER = 128  # supersampling floor: small panels are rendered large and box-filtered down
 _MIN_CONTRAST = 150.0  # RGB distance that keeps a logo readable on its object
@@ -691,9 +692,9 @@ def item_seed(split: str, index: int, seed: int) -> int:
 
 def make_split(split: str, n: int, size: int, seed: int,
                where: WorldSlice = EVERYTHING, logos: int = 1) -> Iterator[tuple[str, dict, dict]]:
-    """Yield (id, triplet, meta) for `n` items of `split` ("seeds", "pool", "test" or "dev") inside `where`.
+    """Yield (id, triplet, meta) for `n` items of `split` (one of SPLITS) inside `where`.
 
-    Ids are `<seed|pool|test>-<base seed>-<index>`; every split draws from its own RNG stream, so
+    Ids are `<ID_PREFIX>-<base seed>-<index>`; every split draws from its own RNG stream, so
     held-out test items never coincide with training items. Pool items carry their ground truth
     too (for evaluation); `write_split` writes only their composite. A slice keeps the stream's items
     that fall inside it (their indices, hence ids, skip the others), so a sliced split of the same base

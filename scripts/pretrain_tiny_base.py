@@ -3,11 +3,19 @@
 Two phases, both seeded:
 1. the tiny AutoencoderKL learns to reconstruct synthetic panels; its latent shift/scale are then set
    from the latent statistics, as FLUX's VAE has them;
-2. the tiny FluxTransformer2DModel learns GENERIC grid inpainting with FLUX's flow-matching objective
+2. the tiny FluxTransformer2DModel learns grid inpainting with FLUX's flow-matching objective
    (x_t = (1-t) x0 + t noise, target noise - x0, t logit-normal) under random masks (boxes, strokes,
-   whole panels), over grids whose panels are drawn independently from different triplets. It thus
-   becomes an inpainter, like FLUX.1-Fill, without learning the decomposition relation itself:
-   that is the LoRA's job, as in the paper.
+   whole panels, all panels), over two kinds of grid:
+   - unrelated grids: panels drawn independently from different triplets, with the empty prompt (a
+     caption there would describe one panel only, which taught the old base to ignore its text);
+   - triplet grids (--triplet-share): one item's composite | logo | object with that item's caption,
+     bare or inside a task template, so the caption describes every panel it sees.
+   With --train-text (default) the two text encoders learn with the transformer: at their random
+   initialisation a caption moved a generated triplet by 3 grey levels where the noise moved it by 39
+   (issue 26). The base thus has FLUX's knowledge of its world - products of every kind, with and
+   without logos, in panels that belong together - while the task prompts, the cycle and the recipe's
+   seeds remain the LoRA's to learn. Triplets come from the renderer's own "pretrain" split, never
+   from a loop's seeds, pool, dev or test items.
 
 The Fill conditioning comes from FluxFillPipeline's own methods (prepare_mask_latents, _pack_latents,
 _prepare_latent_image_ids, the VAE's shift/scale), so the base sees what the pipeline builds.
@@ -16,6 +24,9 @@ the tokenizers; the scheduler) that `FluxFillPipeline.from_pretrained(out)` load
 run's record and metrics).
 
     python scripts/pretrain_tiny_base.py --device cpu                # ~20 min on 2 CPU cores
+    python scripts/pretrain_tiny_base.py --init-from models/assets/tiny-base --out NEW --steps 6000 \
+        --checkpoint-every 250                                        # continue a base; resumable:
+    python scripts/pretrain_tiny_base.py ... --resume                 # the same arguments, from NEW.ckpt/
     python scripts/pretrain_tiny_base.py --smoke --out /tmp/tiny     # seconds, checks the script
     python scripts/pretrain_tiny_base.py --convert-from OLD --out NEW  # an old flat-layout base, same weights
 """
@@ -40,6 +51,7 @@ from layerloop.models.grid import LayerSchema  # noqa: E402
 PANEL = 32
 MASK_KINDS = ("panels", "boxes", "strokes")
 MASK_MIX = (0.45, 0.35, 0.20)
+CKPT_STATE = "state.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,6 +74,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of grids whose panels are generic transforms of one panel (in-context prior)")
     p.add_argument("--mask-mix", type=float, nargs=3, default=list(MASK_MIX), metavar=("PANELS", "BOXES", "STROKES"),
                    help="mask kind shares for the grids of unrelated panels")
+    p.add_argument("--triplet-share", type=float, default=0.5,
+                   help="share of 3-panel grids that are one captioned triplet (0 = the old, text-blind recipe)")
+    p.add_argument("--caption-p", type=float, default=0.8,
+                   help="share of triplet grids that get their caption (the rest: the empty prompt)")
+    p.add_argument("--train-text", action=argparse.BooleanOptionalAction, default=True,
+                   help="train both text encoders with the transformer")
+    p.add_argument("--text-lr", type=float, default=None, help="text encoders' learning rate (default: --lr)")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="write a resumable checkpoint to --checkpoint-dir every N transformer steps (0 = never)")
+    p.add_argument("--checkpoint-dir", default=None, help="default: <out>.ckpt")
+    p.add_argument("--stop-at", type=int, default=0,
+                   help="stop after this transformer step without saving the base, as a killed run would "
+                        "(split a long run across sessions; continue with --resume)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the transformer phase from --checkpoint-dir (same arguments as the first run)")
     p.add_argument("--init-from", default=None,
                    help="start from this base (all weights, vocabulary, VAE factors) and skip the VAE phase")
     p.add_argument("--threads", type=int, default=2)
@@ -78,8 +105,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("counts, steps and batch sizes must be >= 1")
     if min(args.mask_mix) < 0 or abs(sum(args.mask_mix) - 1.0) > 1e-6:
         p.error(f"--mask-mix must be three non-negative shares summing to 1; got {args.mask_mix}")
-    if not 0.0 <= args.related <= 1.0:
-        p.error(f"--related must be a share in [0, 1]; got {args.related}")
+    for name in ("related", "triplet_share", "caption_p"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            p.error(f"--{name.replace('_', '-')} must be a share in [0, 1]; got {getattr(args, name)}")
+    if args.related + args.triplet_share > 1.0:
+        p.error(f"--related ({args.related}) + --triplet-share ({args.triplet_share}) must not exceed 1")
+    args.checkpoint_dir = args.checkpoint_dir or f"{args.out.rstrip('/')}.ckpt"
+    if args.resume and not (Path(args.checkpoint_dir) / CKPT_STATE).is_file():
+        p.error(f"--resume: no checkpoint in {args.checkpoint_dir} (it needs {CKPT_STATE}; write one with "
+                "--checkpoint-every)")
     if args.init_from and not tiny.assets_present(Path(args.init_from)):
         p.error(f"--init-from {args.init_from} is not a tiny base: it needs {tiny.MODEL_INDEX} and a folder "
                 f"per component (a directory this script wrote; convert old ones with --convert-from)")
@@ -91,8 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------ data
 
-def render_pool(n: int, seed: int, split: str = "pool"):
-    """All panels of n synthetic triplets as one [-1, 1] tensor, plus each panel's caption."""
+def render_pool(n: int, seed: int, split: str = "pretrain"):
+    """All panels of n synthetic triplets as one [-1, 1] tensor (item i's composite, logo and object at rows
+    3i, 3i + 1, 3i + 2), plus each panel's caption (its item's)."""
     import torch
 
     arrays, captions = [], []
@@ -179,23 +214,60 @@ def related_grids(source, rng: np.random.Generator, n_panels: int, bank=None):
     return torch.cat(panels, dim=3), masks
 
 
+TRIPLET_MASKS = ("all", "panels", "local")
+TRIPLET_MASK_MIX = (0.3, 0.45, 0.25)
+
+
+def triplet_masks(rng: np.random.Generator, b: int, bank, device):
+    """Masks for triplet grids: all three panels (generation from the caption), one or two whole panels
+    (one layer from the others: the relation a Fill model sees in related panels), or a local hole."""
+    import torch
+
+    masks = torch.zeros(b, 1, PANEL, 3 * PANEL, device=device)
+    for row, kind in enumerate(rng.choice(len(TRIPLET_MASKS), size=b, p=TRIPLET_MASK_MIX)):
+        if TRIPLET_MASKS[kind] == "all":
+            masks[row] = 1.0
+        elif TRIPLET_MASKS[kind] == "panels":
+            for i in rng.permutation(3)[: rng.integers(1, 3)]:
+                masks[row, :, :, i * PANEL:(i + 1) * PANEL] = 1.0
+        else:
+            masks[row] = bank[int(rng.integers(bank.shape[0]))]
+    return masks
+
+
+def triplet_prompt(caption: str, rng: np.random.Generator, caption_p: float) -> str:
+    """The caption bare (half) or inside one of the task templates, or (1 - caption_p) the empty prompt:
+    the templates' words then do not drown the caption when the LoRA's prompts carry it."""
+    if rng.random() >= caption_p:
+        return ""
+    if rng.random() < 0.5:
+        return caption
+    template = list(DEFAULT_PROMPT_TEMPLATES.values())[int(rng.integers(len(DEFAULT_PROMPT_TEMPLATES)))]
+    return template.format(caption=f" {caption}")
+
+
 class TrainData:
     """Panels and a bank of masks kept on the training device, so a step draws a batch by indexing only.
 
     Drawing PIL masks per sample per step kept a GPU waiting on the CPU; a bank of a few thousand masks
-    per grid width, drawn once, gives the same distribution.
+    per grid width, drawn once (from its own seeded generator, so a resumed run rebuilds the same bank),
+    gives the same distribution.
     """
 
-    def __init__(self, panels, rng: np.random.Generator, device, bank_size: int, related: float = 0.0,
-                 mix: tuple[float, ...] = MASK_MIX):
+    def __init__(self, panels, captions: list[str], rng: np.random.Generator, device, bank_size: int,
+                 args=None, mix: tuple[float, ...] = MASK_MIX, bank_seed: int = 0):
         import torch
 
-        self.panels, self.rng, self.device, self.related = panels.to(device), rng, device, related
-        self.banks = {n: torch.from_numpy(np.stack([random_mask(rng, n, mix=mix) for _ in range(size)]))[:, None].to(device)
+        self.panels, self.captions, self.rng, self.device = panels.to(device), captions, rng, device
+        self.related = getattr(args, "related", 0.0)
+        self.triplet = getattr(args, "triplet_share", 0.0)
+        self.caption_p = getattr(args, "caption_p", 0.0)
+        bank_rng = np.random.default_rng(bank_seed)
+        self.banks = {n: torch.from_numpy(np.stack([random_mask(bank_rng, n, mix=mix) for _ in range(size)]))[:, None].to(device)
                       for n, size in ((3, bank_size), (4, max(1, bank_size // 4)))}
 
     def batch(self, batch: int, n_panels: int):
-        """Grids of independently drawn panels (different triplets), masks, and each grid's first panel index."""
+        """(grids, masks, prompts): related grids, then triplet grids (3 panels only), then unrelated ones."""
         import torch
 
         idx = self.rng.integers(0, self.panels.shape[0], size=(batch, n_panels))
@@ -203,10 +275,18 @@ class TrainData:
         grids = torch.cat([self.panels[pick[:, i]] for i in range(n_panels)], dim=3)
         bank = self.banks[n_panels]
         masks = bank[torch.from_numpy(self.rng.integers(0, bank.shape[0], size=batch)).to(self.device)]
+        prompts = [""] * batch  # unrelated panels: no caption describes the grid
         n_rel = int(round(self.related * batch))
         if n_rel:
             grids[:n_rel], masks[:n_rel] = related_grids(self.panels[pick[:n_rel, 0]], self.rng, n_panels, bank)
-        return grids, masks, idx[:, 0]
+        n_trip = int(round(self.triplet * batch)) if n_panels == 3 else 0
+        if n_trip:
+            rows = slice(n_rel, n_rel + n_trip)
+            items = torch.from_numpy(self.rng.integers(0, self.panels.shape[0] // 3, size=n_trip)).to(self.device)
+            grids[rows] = torch.cat([self.panels[3 * items + k] for k in range(3)], dim=3)
+            masks[rows] = triplet_masks(self.rng, n_trip, bank, self.device)
+            prompts[rows] = [triplet_prompt(self.captions[3 * int(i)], self.rng, self.caption_p) for i in items]
+        return grids, masks, prompts
 
 
 # ------------------------------------------------------------------ phase 1: VAE
@@ -255,19 +335,29 @@ def set_latent_factors(vae, panels, device) -> dict:
 
 # ------------------------------------------------------------------ phase 2: transformer
 
-def encode_captions(pipe, captions: list[str], device) -> dict:
-    """Text conditioning of every distinct caption plus the empty prompt, encoded once."""
-    import torch
+class TextConditioning:
+    """Prompt embeddings as FluxFillPipeline.encode_prompt makes them: with gradients while the text
+    encoders learn (--train-text), else cached per distinct prompt (the encoders are then constant)."""
 
-    prompts = ["", *dict.fromkeys(captions)]
-    embeds, pooled = [], []
-    with torch.no_grad():
-        for i in range(0, len(prompts), 256):
-            pe, po, _ = pipe.encode_prompt(prompts[i:i + 256], device=device, max_sequence_length=tiny.T5_MAX_LENGTH)
-            embeds.append(pe)
-            pooled.append(po)
-    index = {p: i for i, p in enumerate(prompts)}
-    return {"embeds": torch.cat(embeds), "pooled": torch.cat(pooled), "index": index}
+    def __init__(self, pipe, device, train: bool):
+        self.pipe, self.device, self.train, self.cache = pipe, device, train, {}
+
+    def __call__(self, prompts: list[str]):
+        import torch
+
+        if self.train:
+            return self._encode(prompts)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
+        if missing:
+            with torch.no_grad():
+                embeds, pooled = self._encode(missing)
+            self.cache.update({p: (e, q) for p, e, q in zip(missing, embeds, pooled)})
+        return (torch.stack([self.cache[p][0] for p in prompts]), torch.stack([self.cache[p][1] for p in prompts]))
+
+    def _encode(self, prompts: list[str]):
+        embeds, pooled, _ = self.pipe.encode_prompt(prompts, prompt_2=prompts, device=self.device,
+                                                    max_sequence_length=tiny.T5_MAX_LENGTH)
+        return embeds, pooled
 
 
 def fill_inputs(pipe, grids, masks, gen):
@@ -289,58 +379,136 @@ def fill_inputs(pipe, grids, masks, gen):
     return x0, cond, ids
 
 
-def transformer_step(pipe, text, batch, gen, rng, args):
+def transformer_step(pipe, text: TextConditioning, batch, gen, rng, args):
     """One flow-matching loss on a batch of inpainting grids."""
     import torch
 
     from layerloop.models.losses import logit_normal_t, noisy_sample, velocity_target
 
-    grids, masks, cap_idx = batch
+    grids, masks, prompts = batch
     grids, masks = grids.to(args.device), masks.to(args.device)
     x0, cond, img_ids = fill_inputs(pipe, grids, masks, gen)
     b = x0.shape[0]
     t = logit_normal_t(b, gen).to(args.device)
     noise = torch.randn(x0.shape, generator=gen).to(args.device)
-    # half the grids are captioned, half get the empty prompt: inpainting must work from pixels alone
-    rows = [text["index"][text["captions"][i]] if rng.random() < 0.5 else 0 for i in cap_idx]
+    embeds, pooled = text(prompts)
     # guidance is uniform over the range samplers use, so the base does not depend on its value
     guidance = torch.from_numpy(rng.uniform(1.0, 40.0, size=b).astype(np.float32)).to(args.device)
     v = pipe.transformer(
         hidden_states=torch.cat((noisy_sample(x0, noise, t), cond), dim=2), timestep=t, guidance=guidance,
-        pooled_projections=text["pooled"][rows], encoder_hidden_states=text["embeds"][rows],
-        txt_ids=torch.zeros(text["embeds"].shape[1], 3, device=args.device), img_ids=img_ids, return_dict=False,
+        pooled_projections=pooled, encoder_hidden_states=embeds,
+        txt_ids=torch.zeros(embeds.shape[1], 3, device=args.device), img_ids=img_ids, return_dict=False,
     )[0]
     return (v - velocity_target(x0, noise)).pow(2).mean()
 
 
-def train_transformer(pipe, panels, captions, args, rng, log, started: float) -> int:
+def trained_modules(pipe, args) -> list:
+    """What the transformer phase optimises: the transformer, and the text encoders with --train-text."""
+    return [pipe.transformer, *((pipe.text_encoder, pipe.text_encoder_2) if args.train_text else ())]
+
+
+def make_optimizer(pipe, args):
     import torch
 
-    tr = pipe.transformer
-    tr.train().requires_grad_(True)
-    text = {**encode_captions(pipe, captions, args.device), "captions": captions}
-    opt = torch.optim.AdamW(tr.parameters(), lr=args.lr, weight_decay=0.01)
+    groups = [{"params": list(pipe.transformer.parameters()), "lr_scale": 1.0}]
+    if args.train_text:
+        encoders = [p for m in (pipe.text_encoder, pipe.text_encoder_2) for p in m.parameters()]
+        groups.append({"params": encoders, "lr_scale": (args.text_lr or args.lr) / args.lr})
+    return torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.01)
+
+
+def train_transformer(pipe, panels, captions, args, rng, log, started: float, record: dict) -> int:
+    """The inpainting phase; returns the last step done. Checkpoints (and --resume) keep every piece of
+    state a step depends on, so a resumed run ends with the weights of an uninterrupted one."""
+    import torch
+
+    modules = trained_modules(pipe, args)
+    pipe.text_encoder.eval(), pipe.text_encoder_2.eval()  # fresh modules start in train mode: T5's dropout
+    pipe.transformer.train()                                # would make training differ from inference
+    for m in modules:
+        m.requires_grad_(True)
+    text = TextConditioning(pipe, args.device, train=args.train_text)
+    opt = make_optimizer(pipe, args)
     gen = torch.Generator().manual_seed(args.seed + 1)
-    data = TrainData(panels, rng, args.device, bank_size=min(args.steps * args.batch, 8192), related=args.related,
-                     mix=tuple(args.mask_mix))
-    clock, done = _Clock(args.steps, _remaining(args, started, share=1.0)), 0
-    for step in range(1, args.steps + 1):
+    data = TrainData(panels, captions, rng, args.device, bank_size=min(args.steps * args.batch, 8192), args=args,
+                     mix=tuple(args.mask_mix), bank_seed=args.seed + 11)
+    first, spent = 1, 0.0
+    if args.resume:
+        first, spent = restore_checkpoint(Path(args.checkpoint_dir), opt, gen, rng, record, log)
+    budget = _remaining(args, started - spent, share=1.0)
+    clock, done = _Clock(args.steps, budget, spent_s=spent), first - 1
+    params = [p for m in modules for p in m.parameters()]
+    for step in range(first, args.steps + 1):
         progress = clock.progress(step)
         _set_lr(opt, args.lr, step, args.steps, progress)
         n_panels = 4 if rng.random() < 0.2 else 3  # K=3 grids too, so wider schemas are not out of range
         loss = transformer_step(pipe, text, data.batch(args.batch, n_panels), gen, rng, args)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(tr.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         done = step
         if step % args.log_every == 0 or step == args.steps:
             log(f"transformer step {step}/{args.steps} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e}")
+        if args.checkpoint_every and step % args.checkpoint_every == 0 and step < args.steps:
+            save_checkpoint(pipe, Path(args.checkpoint_dir), opt, gen, rng, step, clock.spent(), record, log)
+        if args.stop_at and step >= args.stop_at:
+            log(f"stopped at step {step} (--stop-at): resume with --resume")
+            break
         if clock.budgeted and progress >= 1.0 and step < args.steps:
             log(f"time budget reached after {step} transformer steps")
             break
-    tr.eval().requires_grad_(False)
+    for m in modules:
+        m.eval().requires_grad_(False)
     return done
+
+
+# ------------------------------------------------------------------ checkpoints
+
+def save_checkpoint(pipe, ckdir: Path, opt, gen, rng, step: int, spent_s: float, record: dict, log) -> None:
+    """The whole base (a folder --init-from reads), the optimizer's moments and the generators' states.
+
+    Safetensors and JSON only (no pickle); state.json is written last, through a rename, so a run killed
+    while writing leaves the previous checkpoint whole.
+    """
+    from safetensors.torch import save_file
+
+    ckdir.mkdir(parents=True, exist_ok=True)
+    modules = {n: getattr(pipe, n) for n in (*tiny.COMPONENTS, *tiny.TOKENIZERS, "scheduler")}
+    tiny.save_base(modules, ckdir / "base", {"record": {"checkpoint_step": step}})
+    tensors, meta = _optimizer_tensors(opt)
+    tensors["torch_generator"] = gen.get_state()
+    save_file(tensors, str(ckdir / "optimizer.safetensors"))
+    state = {"step": step, "spent_s": spent_s, "numpy_rng": rng.bit_generator.state, "param_groups": meta,
+             "record": record}
+    (ckdir / f"{CKPT_STATE}.tmp").write_text(json.dumps(state))
+    (ckdir / f"{CKPT_STATE}.tmp").replace(ckdir / CKPT_STATE)
+    log(f"checkpoint at step {step} -> {ckdir}")
+
+
+def _optimizer_tensors(opt) -> tuple[dict, list]:
+    sd = opt.state_dict()
+    tensors = {f"{i}.{k}": v.contiguous() for i, st in sd["state"].items() for k, v in st.items()}
+    return tensors, sd["param_groups"]
+
+
+def restore_checkpoint(ckdir: Path, opt, gen, rng, record: dict, log) -> tuple[int, float]:
+    """Optimizer moments, generator states and the record of the run being resumed; returns
+    (first step to run, seconds the phase had already spent). The weights were loaded by build_or_init."""
+    from safetensors.torch import load_file
+
+    state = json.loads((ckdir / CKPT_STATE).read_text())
+    tensors = load_file(str(ckdir / "optimizer.safetensors"))
+    gen.set_state(tensors.pop("torch_generator"))
+    per_param: dict[int, dict] = {}
+    for key, value in tensors.items():
+        i, name = key.split(".", 1)
+        per_param.setdefault(int(i), {})[name] = value
+    opt.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    rng.bit_generator.state = state["numpy_rng"]
+    record.update(state["record"])
+    log(f"resumed from {ckdir} after step {state['step']}")
+    return state["step"] + 1, state["spent_s"]
 
 
 def _remaining(args, started: float, share: float) -> float | None:
@@ -355,17 +523,21 @@ class _Clock:
 
     Following the clock too means a run cut by its budget still ends with the learning rate cooled down.
     A phase left with no time still gets MIN_PHASE_S, so a slow earlier phase cannot disable the budget.
+    spent_s: what a resumed phase had already used of it.
     """
 
     MIN_PHASE_S = 30.0
 
-    def __init__(self, steps: int, budget_s: float | None):
-        self.steps, self.start = steps, time.time()
+    def __init__(self, steps: int, budget_s: float | None, spent_s: float = 0.0):
+        self.steps, self.start, self.before = steps, time.time(), spent_s
         self.budgeted = budget_s is not None
-        self.budget = max(budget_s or 0.0, self.MIN_PHASE_S)
+        self.budget = max((budget_s or 0.0) + spent_s, self.MIN_PHASE_S)
+
+    def spent(self) -> float:
+        return self.before + time.time() - self.start
 
     def progress(self, step: int) -> float:
-        by_time = (time.time() - self.start) / self.budget if self.budgeted else 0.0
+        by_time = self.spent() / self.budget if self.budgeted else 0.0
         return min(1.0, max(step / self.steps, by_time))
 
 
@@ -373,7 +545,7 @@ def _set_lr(opt, base: float, step: int, total: int, progress: float) -> None:
     """Linear warm-up over 5 % of the steps, then cosine decay to zero at progress 1."""
     warm = min(1.0, step / max(1, total // 20))
     for group in opt.param_groups:
-        group["lr"] = base * warm * 0.5 * (1 + math.cos(math.pi * progress))
+        group["lr"] = base * group.get("lr_scale", 1.0) * warm * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 # ------------------------------------------------------------------ evaluation
@@ -468,13 +640,15 @@ def main(argv: list[str] | None = None) -> dict:
     from diffusers import FluxFillPipeline
 
     pipe = FluxFillPipeline(**modules)
-    steps_done = train_transformer(pipe, panels, captions, args, rng, log, started)
-    train_s = time.time() - started
+    record = {"args": vars(args), "init_from": init_record, "vae_steps_done": vae_steps_done,
+              "torch": torch.__version__, "device": args.device}
+    steps_done = train_transformer(pipe, panels, captions, args, rng, log, started, record)
+    if args.stop_at and steps_done < args.steps:
+        return {"stopped_at": steps_done}
+    record.update(transformer_steps_done=steps_done, train_wall_s=round(time.time() - started, 1),
+                  args=vars(args))
 
     out = Path(args.out)
-    record = {"args": vars(args), "init_from": init_record, "vae_steps_done": vae_steps_done,
-              "transformer_steps_done": steps_done, "train_wall_s": round(train_s, 1),
-              "torch": torch.__version__, "device": args.device}
     tiny.save_base(modules, out, {"vocab": vocab, "vae_factors": factors, "record": record})
     metrics = {"vae_psnr_heldout": vae_psnr, **evaluate_saved(out, held_out, args)}
     meta = json.loads((out / tiny.BASE_META).read_text())
@@ -489,8 +663,10 @@ def build_or_init(args, panels, captions, rng, log, started: float):
 
     Returns (modules, vocab, VAE factors, VAE steps done, where an --init-from run started or None).
     """
+    if args.resume:
+        return _init_from(args, log, Path(args.checkpoint_dir) / "base")
     if args.init_from:
-        return _init_from(args, log)
+        return _init_from(args, log, Path(args.init_from))
     vocab = tiny.build_vocab([*DEFAULT_PROMPT_TEMPLATES.values(), *captions, *synthetic.WORDS, *synthetic.KINDS])
     modules = tiny.build_modules({"vocab": vocab, "vae_factors": {}})
     for name in tiny.COMPONENTS:
@@ -500,18 +676,18 @@ def build_or_init(args, panels, captions, rng, log, started: float):
     return modules, vocab, factors, vae_steps_done, None
 
 
-def _init_from(args, log):
-    """Every weight of the base in --init-from, and its record: its own record and its transformer's sha256."""
+def _init_from(args, log, src: Path):
+    """Every weight of the base in `src` (--init-from, or a checkpoint's), and its record: its own record
+    and its transformer's sha256 (a resumed run's record is replaced by the checkpoint's)."""
     import hashlib
 
     import torch
     from diffusers import FluxFillPipeline
 
-    src = Path(args.init_from)
     meta = json.loads((src / tiny.BASE_META).read_text()) if (src / tiny.BASE_META).is_file() else {}
     record = {"path": str(src), "record": meta.get("record"),
               "transformer_sha256": hashlib.sha256(tiny.weights_path(src, "transformer").read_bytes()).hexdigest()}
-    pipe = FluxFillPipeline.from_pretrained(str(src), torch_dtype=torch.float32, use_safetensors=True)
+    pipe = FluxFillPipeline.from_pretrained(str(src), dtype=torch.float32, use_safetensors=True)
     modules = {n: getattr(pipe, n) for n in (*tiny.COMPONENTS, *tiny.TOKENIZERS, "scheduler")}
     for name in tiny.COMPONENTS:
         modules[name].to(args.device)

@@ -187,3 +187,49 @@ def test_loading_the_base_draws_no_progress_bars_and_leaves_them_switched_on(cap
     build_backbone(ModelConfig())  # every stage process does this: its output stays clean
     assert "Loading" not in capfd.readouterr().err
     assert diffusers_logging.is_progress_bar_enabled()  # the user's own pipelines still show theirs
+
+
+def test_triplet_grids_carry_their_own_items_caption():
+    import torch
+    from types import SimpleNamespace
+
+    pre = _pretrain_module()
+    panels = torch.arange(6 * 3, dtype=torch.float32).view(18, 1, 1, 1).expand(18, 3, 32, 32).contiguous()
+    captions = [f"item {i // 3}" for i in range(18)]
+    args = SimpleNamespace(related=0.0, triplet_share=1.0, caption_p=1.0)
+    data = pre.TrainData(panels, captions, np.random.default_rng(0), "cpu", bank_size=8, args=args)
+    grids, masks, prompts = data.batch(16, 3)
+    firsts = grids[:, 0, 0, ::32]  # each panel's value = its row in `panels`
+    assert bool((firsts[:, 1] == firsts[:, 0] + 1).all()) and bool((firsts[:, 2] == firsts[:, 0] + 2).all())
+    assert bool((firsts[:, 0] % 3 == 0).all())  # composite | logo | object of one item, in that order
+    for row, prompt in zip(firsts[:, 0].long().tolist(), prompts):
+        assert f"item {row // 3}" in prompt
+    assert bool((masks.flatten(1).sum(1) > 0).all())
+    unrelated = pre.TrainData(panels, captions, np.random.default_rng(0), "cpu", bank_size=8,
+                              args=SimpleNamespace(related=0.0, triplet_share=0.0, caption_p=1.0))
+    assert set(unrelated.batch(8, 3)[2]) == {""}  # no caption describes panels of different items
+
+
+def test_pretraining_resumed_from_a_checkpoint_ends_with_the_uninterrupted_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    pre = _pretrain_module()
+    run = ["--n-triplets", "8", "--vae-steps", "2", "--vae-batch", "4", "--steps", "4", "--batch", "2",
+           "--eval-n", "1", "--eval-steps", "1", "--threads", "1", "--log-every", "100"]
+    pre.main([*run, "--out", str(tmp_path / "whole")])
+    split = [*run, "--out", str(tmp_path / "split"), "--checkpoint-every", "2"]
+    assert pre.main([*split, "--stop-at", "2"]) == {"stopped_at": 2}
+    assert not (tmp_path / "split").exists()  # a stopped run writes its checkpoint only
+    pre.main([*split, "--resume"])
+    for name in ("transformer", "text_encoder", "text_encoder_2"):
+        a = load_file(str(tiny.weights_path(tmp_path / "whole", name)))
+        b = load_file(str(tiny.weights_path(tmp_path / "split", name)))
+        assert all(bool((a[k] == b[k]).all()) for k in a), name
+    meta = json.loads((tmp_path / "split" / tiny.BASE_META).read_text())
+    assert meta["record"]["transformer_steps_done"] == 4 and meta["record"]["vae_steps_done"] == 2
+
+
+def test_pretraining_resume_without_a_checkpoint_says_how_to_make_one(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _pretrain_module().parse_args(["--out", str(tmp_path / "b"), "--resume"])
+    assert "--checkpoint-every" in capsys.readouterr().err
