@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--store", help="a store written by bench/loop.py: its seed adapter (adapters/round-0000), "
                                      "round 1's saved config and its seeds' slice")
+    src.add_argument("--train-seed", metavar="WORK",
+                     help="first train the seed adapter by bench/loop.py's recipe (its 100 mug/bottle seeds, "
+                          "1,500 steps) on --base into WORK/store, then measure it; a seeded WORK is reused")
     src.add_argument("--adapter", help="a seed adapter directory (default config; unseen = kinds not mug/bottle)")
     p.add_argument("--base-only", action="store_true", help="the base without any adapter: tau_G and tau_C only")
     p.add_argument("--base", default=None, help="base model directory (default: the config's, i.e. the shipped "
@@ -59,8 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--quick", action="store_true", help="a few items, 2 sampler steps: checks the script")
     args = p.parse_args(argv)
-    if not args.base_only and not (args.store or args.adapter):
-        p.error("give --store or --adapter (or --base-only)")
+    if not args.base_only and not (args.store or args.adapter or args.train_seed):
+        p.error("give --store, --train-seed or --adapter (or --base-only)")
     if args.quick:
         args.n, args.templates = QUICK["n"], min(args.templates, QUICK["templates"])
     if args.n < 1 or args.templates < 1 or args.threads < 1:
@@ -69,6 +72,32 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------- inputs
+
+
+def train_seed(args):
+    """bench/loop.py's seed round (ingest + seed adapter + its measurement) on --base; returns its config
+    (the store's round 0 keeps the ingest's record, not a pipeline config) and sets args.store."""
+    import loop as loop_bench
+
+    from layerloop.tasks import recipe
+    from layerloop.tasks.config import deep_merge, validate_config
+    from layerloop.tasks.runtime.driver import PlainRunner
+    from layerloop.tasks.stages.handles import is_committed
+
+    largs = loop_bench.parse_args(["--seeds", "0", "--threads", str(args.threads), *(["--quick"] if args.quick else [])])
+    root = Path(args.train_seed)
+    inputs = loop_bench.make_inputs(largs, root)
+    data = loop_bench._base_config(largs, 0, root / "store", inputs, "loop")
+    cfg = validate_config(deep_merge(data, {"model": {"path": args.base}} if args.base else {}),
+                          source="bench/lab.py --train-seed")
+    runner = PlainRunner()
+    if not is_committed(cfg, 0):
+        runner.run(recipe.INGEST, cfg)
+    started = time.perf_counter()
+    recipe.measure(cfg, 0, runner, recipe.SEED)
+    print(f"seed round of {root / 'store'} done in {time.perf_counter() - started:.0f} s", flush=True)
+    args.store = str(root / "store")
+    return cfg
 
 
 def pipeline_config(args):
@@ -213,7 +242,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    cfg = pipeline_config(args)
+    cfg = train_seed(args) if args.train_seed else pipeline_config(args)
     adapter_dir, unseen, unseen_rule = adapter_and_unseen(args, cfg)
     items = dev_items(cfg, args.n)
     classifiers = build_classifiers(cfg.model.panel_size, args.templates)
@@ -226,11 +255,14 @@ def main(argv=None) -> dict:
     t = time.perf_counter()
     text = measure_text(smp, items, classifiers)
     seconds["text"] = time.perf_counter() - t
+    print(f"  text following measured in {seconds['text']:.0f} s; synthesis next", flush=True)
     t = time.perf_counter()
     synth = measure_synthesis(smp, items)
     seconds["synthesis"] = time.perf_counter() - t
     decomposition = None
     if not args.base_only:
+        print(f"  synthesis measured in {seconds['synthesis']:.0f} s; decomposition next (one draw, then "
+              f"{INFERENCE_MODE['draws']} anchored draws)", flush=True)
         t = time.perf_counter()
         decomposition = measure_decomposition(bb, adapter_dir, cfg.sample, items, unseen)
         seconds["decomposition"] = time.perf_counter() - t
