@@ -165,12 +165,11 @@ class SampleConfig(_Section):
                                     "consensus (seed adapter, test split: 6 draws lift logo 11.54 -> 13.21 dB), at "
                                     "`draws` times the cost")
     anchor: bool = Field(
-        False, description="at inference the background layer (the schema's last) is the input composite wherever "
-                           "the decomposition leaves it unchanged, the model's inpainting only inside the footprint "
-                           "(models/anchoring.py). The dev split chose it (research/inference_mode.py, 3 seed "
-                           "adapters x 128 items: object +1.93 dB unseen kinds [+1.67, +2.25], +1.12 seen "
-                           "[+0.77, +1.49] at one draw, logo unchanged, no model cost); the default flips once the "
-                           "demo numbers and tests are re-measured with it (issue 22 note)")
+        True, description="at inference the background layer (the schema's last) is the input composite wherever "
+                          "the decomposition leaves it unchanged, the model's inpainting only inside the footprint "
+                          "(models/anchoring.py). On by default: the dev split chose it (research/inference_mode.py, "
+                          "3 seed adapters x 128 items: object +1.93 dB unseen kinds [+1.67, +2.25], +1.12 seen "
+                          "[+0.77, +1.49] at one draw, logo unchanged, no model cost)")
     fuse_lora: bool = Field(
         False, description="fold the adapter's LoRA into the transformer's weights for sampling (no LoRA matmuls per "
                            "step); loading another adapter or none unfuses it first, which restores the base up to "

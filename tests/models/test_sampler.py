@@ -9,7 +9,7 @@ from PIL import Image
 from layerloop.models.config import SampleConfig
 from layerloop.models.sampler import Sampler
 
-CFG = SampleConfig(steps=2, guidance=30.0, seed=3, batch_size=2)
+CFG = SampleConfig(steps=2, guidance=30.0, seed=3, batch_size=2, anchor=False)  # the plain draw
 
 
 def _img(seed: int, size: int = 32) -> Image.Image:
