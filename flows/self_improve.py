@@ -53,6 +53,8 @@ def improve_round(cfg: PipelineConfig, round_: int) -> dict:
     start = time.perf_counter()
     planned = recipe.round_units(cfg, round_)
     progress = publish.Progress(round_, recipe.unit_count(planned[1]), executor.run_units)
+    publish.say(f"round {round_} of {cfg.loop.rounds}: adapter {round_ - 1} is trained and measured first, "
+                f"then {progress.total} units are generated, judged and cycled")
     done = recipe.run_round(cfg, round_, PrefectRunner(cfg, progress.run),
                             execution=lambda results: executor.summary(cfg, results), planned=planned)
     measured = done.of("evaluate-adapter")[0]

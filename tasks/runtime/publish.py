@@ -33,6 +33,8 @@ class Progress:
     def run(self, task_fn: Callable, cfg: PipelineConfig, round_: int, units: list[Unit]) -> list[dict]:
         """Run the task once per unit and tick the progress artifact as units finish."""
         self.stage = str(getattr(task_fn, "name", getattr(task_fn, "__name__", "units")))
+        if self.done == 0:  # the round trains its adapter and control first: their minutes are not units' pace
+            self._t0 = self._last = self.clock()
         return self.run_units(task_fn, cfg, round_, units, on_done=self.tick)
 
     def tick(self) -> None:
