@@ -61,3 +61,9 @@ class StoreLockedError(StorageError):
     def __init__(self, message: str, holder: dict):
         super().__init__(message)
         self.holder = holder
+
+
+class StoreUnreachableError(StorageError, ConnectionError):
+    """The store's object server did not answer (connection refused or timed out) after the S3 client's own
+    retries; the message names the store and what was being done. A ConnectionError, so the flows' retry
+    rule sees a transient failure; nothing it interrupted is visible to readers (COMMITTED is written last)."""

@@ -17,7 +17,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from .errors import StoreFullError
+from .errors import StoreFullError, StoreUnreachableError
 
 # Temporary names start with this, so readers skip them and `gc` can find a crashed writer's debris.
 TMP_PREFIX = ".tmp-"
@@ -47,6 +47,60 @@ def space_for(store_uri: str, what: str, cleanup: Callable[[], None] | None = No
             f"no space left on the store's disk ({store_uri}) while {what}: nothing of it is visible to "
             "readers and nothing was committed. Free space (or grow the volume), then rerun: finished "
             "units are kept and the round resumes where it stopped.", exc.errno) from exc
+
+
+def _unreachable_types() -> tuple[type, ...]:
+    """The errors by which the S3 client (botocore via aiobotocore, s3fs) says the server did not answer:
+    refused or dropped connections and timeouts, raised once its retries are spent. Only S3 clients raise
+    these, so they never stand for another service (the judge, the Prefect API) being away."""
+    from fsspec.exceptions import FSTimeoutError
+
+    kinds: tuple[type, ...] = (StoreUnreachableError, FSTimeoutError)
+    try:
+        from botocore.exceptions import (ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError,
+                                         ReadTimeoutError)
+    except ImportError:  # no s3 extra: no S3 store either
+        return kinds
+    return kinds + (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when `exc`, or an error it was raised from, says the object store did not answer."""
+    kinds = _unreachable_types()
+    seen = 0
+    while exc is not None and seen < 10:  # a `raise ... from` chain, never the unrelated __context__
+        if isinstance(exc, kinds):
+            return True
+        exc, seen = exc.__cause__, seen + 1
+    return False
+
+
+UNREACHABLE_OUTCOME = ("what it interrupted is not visible to readers and the round in progress is not committed. "
+                       "Bring the object store back (or fix its address: store.storage_options endpoint_url, "
+                       "FSSPEC_S3_ENDPOINT_URL), then rerun: finished units are kept and the round resumes where "
+                       "it stopped.")
+
+
+def unreachable_message(store_uri: str, what: str, exc: BaseException, outcome: str = UNREACHABLE_OUTCOME) -> str:
+    """The one line a person reads when the store's server is away (the cause's first line, no traceback)."""
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return (f"the store {store_uri} could not be reached while {what} ({detail}), after the S3 client's "
+            f"retries: {outcome}")
+
+
+@contextmanager
+def reachable(store_uri: str, what: str, on_error: Callable[[], None] | None = None,
+              outcome: str = UNREACHABLE_OUTCOME) -> Iterator[None]:
+    """Turn the S3 client's "no answer" into StoreUnreachableError naming `what` and its `outcome`, after
+    `on_error()` (which must not need the store: it is away)."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, StoreUnreachableError) or not is_unreachable(exc):
+            raise
+        if on_error is not None:
+            on_error()
+        raise StoreUnreachableError(unreachable_message(store_uri, what, exc, outcome)) from exc
 
 
 def is_local(fs: Any) -> bool:

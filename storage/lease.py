@@ -13,6 +13,9 @@ The rule (docs/storage.md, "Commit claims"):
   generation: of several resumers exactly one wins, and a claim is never deleted to be replaced, so two
   writers never both hold it. Only its holder removes a claim (`release`, a commit that stopped on a
   full disk), which hands the round back to the generation before it, already takeable.
+- A commit that stopped because the store stopped answering cannot remove its claim (`abandon`): the
+  process remembers the claim as given up, so its own retry (a task retry, same pid, lease still running)
+  takes it over at once; other processes wait for its lease, or for the pid to end on this host.
 - Clocks of the writers' machines must agree to well within lease_s / 3 (NTP does).
 
 Object stores give no liveness signal (no pid, no lock that dies with its process), which is why the
@@ -28,12 +31,15 @@ import uuid
 from typing import Any
 
 from .errors import CommitConflictError
-from .fsutil import put_if_absent, read_json, write_bytes
+from .fsutil import is_unreachable, put_if_absent, read_json, write_bytes
 from .locks import describe_holder, holder_is_dead, holder_record
 
 CLAIMS = "claims"
 DEFAULT_LEASE_S = 120.0
 _GENERATION = re.compile(r"/(\d{6})\.json$")
+# Writers of this process whose commit stopped while the store was away, leaving their claim on it:
+# nobody holds those claims any more, and only this process can know it (see CommitClaim.abandon).
+_ABANDONED: set[str] = set()
 
 
 def _iso(ts: float) -> str:
@@ -48,10 +54,11 @@ def _expires(record: dict) -> float | None:
 
 
 def is_takeable(record: dict, now: float | None = None) -> bool:
-    """May another writer take this claim over? Its lease ran out, or its writer died on this host."""
+    """May another writer take this claim over? Its lease ran out, its writer died on this host, or its
+    writer was this process's and gave it up (abandon)."""
     expires = _expires(record)
     now = time.time() if now is None else now
-    return (expires is not None and expires <= now) or holder_is_dead(record)
+    return (expires is not None and expires <= now) or holder_is_dead(record) or record.get("writer") in _ABANDONED
 
 
 def describe(record: dict) -> str:
@@ -128,6 +135,19 @@ class CommitClaim:
         or none, and the next writer, or our retry, claims at once. Call only while holds() (the caller
         checks it before undoing anything else)."""
         self.fs.rm(_path(self.work_dir, self.generation))
+
+    def abandon(self) -> None:
+        """Give the claim up after a commit that stopped because the store did not answer: removed if the
+        store answers again by now, else remembered in this process as nobody's (is_takeable), so a retry
+        of the commit here does not wait a whole lease for its own dead claim. Never raises for an
+        unreachable store (the caller is already reporting that)."""
+        _ABANDONED.add(self.writer)
+        try:
+            if self.holds():
+                self.release()
+        except Exception as exc:  # noqa: BLE001 - only "still unreachable" is expected here
+            if not is_unreachable(exc):
+                raise
 
     def check(self) -> None:
         """Before a write readers could see: we still hold the newest claim, with time left; else stop."""

@@ -28,7 +28,7 @@ import uuid
 from typing import Any, Callable, TypeVar
 
 from .errors import StoreLockedError
-from .fsutil import is_local, put_if_absent, space_for
+from .fsutil import is_local, put_if_absent, reachable, space_for
 
 T = TypeVar("T")
 RUN_LOCK = "_locks/run.json"
@@ -217,7 +217,8 @@ class RunLock:
             holder = claim_file(self.fs, self.path, record)
             return (holder is None, holder)
 
-        with space_for(self.store_url, "taking the store's run lock"):
+        with reachable(self.store_url, "taking the store's run lock"), \
+                space_for(self.store_url, "taking the store's run lock"):
             wait_for(attempt, wait_s=wait_s, report_every_s=report_every_s, say=say,
                      waiting=lambda h: f"waiting for the store {self.store_url}: another run holds it, "
                                        f"{describe_holder(h)}; inspect: {self._inspect(h)}",
@@ -235,7 +236,11 @@ class RunLock:
             if held[1] > 0:
                 return
             del _HELD[self.url]
-        release_file(self.fs, self.path, held[0])
+        # A store that stopped answering keeps the lock: StoreUnreachableError says so and what ends it.
+        with reachable(self.store_url, "releasing the store's run lock",
+                       outcome=f"the lock {self.url} stays; the next run on this host takes it over (its holder "
+                               "is gone), a run on another machine names it: delete it once the store is back"):
+            release_file(self.fs, self.path, held[0])
 
     def __enter__(self) -> "RunLock":
         self.acquire()

@@ -19,8 +19,8 @@ import typer
 from ...models.evaluation import identity_baseline
 from ...models.judges.base import JudgeUnavailable
 from ...models.synthetic import make_split, world_logos
-from ...storage.errors import CorruptShardError, StoreFullError, StoreLockedError
-from ...storage.fsutil import is_disk_full, write_bytes
+from ...storage.errors import CorruptShardError, StoreFullError, StoreLockedError, StoreUnreachableError
+from ...storage.fsutil import is_disk_full, is_unreachable, unreachable_message, write_bytes
 from ...tasks.runtime.gpu_slot import GpuSlotBusy
 from ...tasks.runtime.run_lock import store_run_lock
 from ...tasks.runtime.secrets import apply_secret_env
@@ -49,13 +49,23 @@ def guarded_run(cfg: "PipelineConfig") -> Iterator[None]:
         try:
             with store_run_lock(cfg):
                 yield
-        except (JudgeUnavailable, StoreFullError, CorruptShardError, StoreLockedError, GpuSlotBusy) as exc:
+        except (JudgeUnavailable, StoreFullError, CorruptShardError, StoreLockedError, StoreUnreachableError,
+                GpuSlotBusy) as exc:
             fail(str(exc), code=1)
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            fail(f"no space left on a disk the run writes to: {exc}. Free space, then rerun: finished units, "
-                 "parts and adapters are kept.", code=1)
+        except Exception as exc:
+            fail(_needs_a_person(cfg, exc), code=1)
+
+
+def _needs_a_person(cfg: "PipelineConfig", exc: Exception) -> str:
+    """The `error:` line of a failure the store's own messages did not name: a full disk elsewhere, or the
+    S3 store's server not answering where the flow read it (listing rounds, reading a unit). Anything else
+    is a bug and propagates with its traceback."""
+    if isinstance(exc, OSError) and is_disk_full(exc):
+        return (f"no space left on a disk the run writes to: {exc}. Free space, then rerun: finished units, "
+                "parts and adapters are kept.")
+    if is_unreachable(exc):
+        return unreachable_message(cfg.store.uri, "running the loop", exc)
+    raise exc
 
 
 def print_table(rows: list[dict], title: str = "selection rate per round", *, store=None) -> None:

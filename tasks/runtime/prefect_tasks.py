@@ -14,7 +14,7 @@ from __future__ import annotations
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-from ...storage.fsutil import is_disk_full
+from ...storage.fsutil import is_disk_full, is_unreachable
 from .. import recipe
 from ..config import PipelineConfig
 from ..recipe import Stage
@@ -31,7 +31,8 @@ _PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, N
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, _PERMANENT_OS_ERRORS) or is_disk_full(exc):
         return False
-    return isinstance(exc, (OSError, TimeoutError, ConnectionError))
+    # botocore's "no answer" errors (an S3 store away) are no OSError: named by is_unreachable
+    return isinstance(exc, (OSError, TimeoutError, ConnectionError)) or is_unreachable(exc)
 
 
 def _retry_transient(task_, task_run, state) -> bool:

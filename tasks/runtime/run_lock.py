@@ -12,6 +12,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
+from ...storage.errors import StoreUnreachableError
+from ...storage.locks import RunLock
 from ..config import PipelineConfig
 from ..stages.handles import open_store
 from . import publish
@@ -25,4 +27,13 @@ def store_run_lock(cfg: PipelineConfig) -> Iterator[None]:
     try:
         yield
     finally:
+        _release(lock)
+
+
+def _release(lock: RunLock) -> None:
+    """Let go of the store. When its server is away the lock stays and a notice says how it ends: failing
+    here would hide the run's own outcome (its error, or rounds it committed before the store went away)."""
+    try:
         lock.release()
+    except StoreUnreachableError as exc:
+        publish.notice(str(exc))

@@ -9,6 +9,10 @@
   proc_writer.py runlock STORE GO DONE  print READY, wait for GO, try the store's run lock once: print WON
                                         (then hold it until file DONE exists) or LOCKED <message>
   proc_writer.py hostlock PATH          take a HostLock, record lease_id "lease-1" in it, print READY, sleep
+  proc_writer.py outage STORE N GO BACK  write a unit of N samples, print READY, wait for GO, commit round 0:
+                                  print WON, or UNREACHABLE <message> when the store stops answering; then
+                                  wait for file BACK and commit again with a new writer in this process (as
+                                  a task retry does): print WON or CONFLICT <message>
 
 A store URL of s3:// reaches the test's moto server through FSSPEC_S3_ENDPOINT_URL and AWS_* in the env.
 """
@@ -20,7 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from layerloop.storage.errors import CommitConflictError, StoreLockedError  # noqa: E402
+from layerloop.storage.errors import CommitConflictError, StoreLockedError, StoreUnreachableError  # noqa: E402
 from layerloop.storage.locks import HostLock  # noqa: E402
 from layerloop.storage.rounds import RoundStore  # noqa: E402
 from tests.storage.helpers import samples  # noqa: E402
@@ -109,6 +113,22 @@ def hostlock(path: str) -> None:
     time.sleep(60)
 
 
+def outage(uri: str, n: str, go: str, back: str) -> None:
+    w = begin(RoundStore(uri))
+    w.write_unit("unit-big", samples("big", int(n)))
+    print("READY", flush=True)
+    _wait_file(go)
+    try:
+        w.commit(w.rows())
+        print("WON", flush=True)
+        return
+    except StoreUnreachableError as exc:
+        print(f"UNREACHABLE {exc}", flush=True)
+    _wait_file(back)
+    retry = begin(RoundStore(uri))  # a fresh writer, as commit_round builds on a task retry
+    _try_commit(retry, "unit-big")
+
+
 if __name__ == "__main__":
     {"crash": crash, "commit": commit, "hold": hold, "units": units, "runlock": runlock,
-     "hostlock": hostlock}[sys.argv[1]](*sys.argv[2:])
+     "hostlock": hostlock, "outage": outage}[sys.argv[1]](*sys.argv[2:])

@@ -81,14 +81,7 @@ class MotoServer:
         raise ServerError(f"moto_server not ready on {self.url} after {timeout_s:.0f} s")
 
     def __exit__(self, *exc) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_group(self.proc)
 
     def make_bucket(self, name: str) -> None:
         import s3fs
@@ -180,3 +173,58 @@ def _handler(proxy: AnswerProxy) -> type[BaseHTTPRequestHandler]:
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 
     return Handler
+
+
+class StoppableS3:
+    """tests/storage/moto_ctl.py as a context manager: an S3 server on one port that `stop()` takes away
+    (connections refused) and `start()` brings back on the same port with the same buckets and objects."""
+
+    def __init__(self, log_dir: Path):
+        self.port, self.log = free_port(), Path(log_dir) / "moto-ctl.log"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    env = MotoServer.env
+    storage_options = MotoServer.storage_options
+
+    def __enter__(self) -> "StoppableS3":
+        script = str(Path(__file__).with_name("moto_ctl.py"))
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, script, str(self.port)], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+        self._expect("READY")
+        return self
+
+    def _expect(self, word: str) -> None:
+        line = self.proc.stdout.readline().strip()
+        if line != word:
+            self.__exit__(None, None, None)
+            raise ServerError(f"moto_ctl said {line!r}, not {word}: {self.log.read_text()[-2000:]}")
+
+    def _say(self, command: str, answer: str) -> None:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        self._expect(answer)
+
+    def stop(self) -> None:
+        self._say("stop", "STOPPED")
+
+    def start(self) -> None:
+        self._say("start", "STARTED")
+
+    def __exit__(self, *exc) -> None:
+        stop_group(self.proc)
+
+    make_bucket = MotoServer.make_bucket
+
+
+def stop_group(proc: "subprocess.Popen | None") -> None:
+    """End a server started in its own session: SIGTERM to its group, SIGKILL after 10 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
