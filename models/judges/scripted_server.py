@@ -6,14 +6,18 @@ behaviours consumed one per attempt, the last repeated (`plans` by sample id, el
 when set, else `default`). Behaviours:
 
     ok          valid JSON scores (`scores`, on the judge's 1-5 scale by default), or `responder(payload)`
-    sleep       sleep `sleep_s` (past the client's timeout), then answer ok
+    hold        hold the answer until the test calls `release()` or the server stops (at most `hold_s`,
+                far past any client timeout a test sets), then answer ok
     429 / 500 / 503 / 400 / 401 / 404 ...   that HTTP status with an error body (429 carries Retry-After: 0)
     malformed   content that is not JSON
     truncated   JSON cut in the middle, finish_reason "length"
     schema      valid JSON violating the schema (a criterion missing, another out of range)
     whitespace  an opening brace then endless whitespace, finish_reason "length"
 
-It records the peak number of requests in flight, every request's sample id and Authorization
+With `gate_in_flight=N` the first requests are held until N are in flight at once (then the gate stays
+open; at most `hold_s`), so a client allowed N concurrent requests reaches exactly N at the server
+whatever the machine's load, instead of by the luck of a latency. It records the peak number of
+requests in flight, every request's sample id and Authorization
 header (so tests can check the key was sent, and never logged elsewhere). `port` picks the port (0: any
 free one), so a test can stop the server (an outage: connection refused) and bring it back at the same URL.
 """
@@ -31,9 +35,12 @@ CRITERIA = ("logo_clean", "object_clean", "composite_consistent", "realism")
 class ScriptedChatServer:
     """Context manager: `with ScriptedChatServer() as srv: srv.base_url ...`."""
 
-    def __init__(self, *, latency_s: float = 0.0, sleep_s: float = 2.0, default: str = "ok",
-                 scores: dict[str, float] | None = None, port: int = 0):
-        self.latency_s, self.sleep_s, self.default = latency_s, sleep_s, default
+    def __init__(self, *, latency_s: float = 0.0, hold_s: float = 60.0, gate_in_flight: int | None = None,
+                 default: str = "ok", scores: dict[str, float] | None = None, port: int = 0):
+        self.latency_s, self.hold_s, self.default = latency_s, hold_s, default
+        self.gate_in_flight = gate_in_flight
+        self.released = threading.Event()  # opens every `hold` answer
+        self.gate_open = threading.Event()  # set once `gate_in_flight` requests were in flight at once
         self.scores = dict(scores or {c: 4 for c in CRITERIA})
         self.plans: dict[str, list[str]] = {}
         self.planner = None  # optional callable(sample id) -> plan, for ids without an entry in `plans`
@@ -54,10 +61,15 @@ class ScriptedChatServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release()  # held handlers answer (to a gone client) and end
         self._httpd.shutdown()
         self._httpd.server_close()
         self._httpd.drop_connections()  # as a stopped server does: kept-alive clients must not reach old handlers
         self._thread.join(timeout=5)
+
+    def release(self) -> None:
+        """Let every held (`hold`) request answer, now and from now on."""
+        self.released.set()
 
     def attempts(self, sample_id: str) -> int:
         with self._lock:
@@ -74,6 +86,13 @@ class ScriptedChatServer:
             self.requests.append(record)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            if self.gate_in_flight and self.in_flight >= self.gate_in_flight:
+                self.gate_open.set()
+
+    def _wait_gate(self) -> None:
+        """Hold until `gate_in_flight` requests were in flight at once (open for good after), at most hold_s."""
+        if self.gate_in_flight:
+            self.gate_open.wait(self.hold_s)
 
     def _leave(self) -> None:
         with self._lock:
@@ -167,14 +186,15 @@ def _make_handler(server: ScriptedChatServer):
             sample = self.headers.get("X-Layerloop-Sample", "")
             server._enter({"sample": sample, "auth": self.headers.get("Authorization"), "payload": payload})
             try:
+                server._wait_gate()
                 self._answer(server._next_behaviour(sample), payload)
             finally:
                 server._leave()
 
         def _answer(self, behaviour: str, payload: dict) -> None:
             time.sleep(server.latency_s)
-            if behaviour == "sleep":
-                time.sleep(server.sleep_s)
+            if behaviour == "hold":
+                server.released.wait(server.hold_s)
             if behaviour.isdigit():
                 err = json.dumps({"error": {"message": f"scripted {behaviour}", "code": int(behaviour)}}).encode()
                 return self._send(int(behaviour), err, {"Retry-After": "0"} if behaviour == "429" else None)

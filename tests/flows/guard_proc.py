@@ -1,6 +1,7 @@
 """Child process for the gpu guard tests (run as a script, never imported by pytest).
 
-  guard_proc.py hold LOCKFILE            take the gpu host lock, print READY, sleep (the parent kills it)
+  guard_proc.py hold LOCKFILE            take the gpu host lock, print READY, hold it until the parent kills
+                                         it or closes our stdin (no clock: a slow test cannot outlast it)
   guard_proc.py leak-then-take CONFIG    under the ephemeral API: take a gpu slot and drop its lease id (a
                                          leak no record knows), then enter gpu_slot: print HELD
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -21,7 +21,7 @@ def hold(path: str) -> None:
     if not lock.try_acquire()[0]:
         raise SystemExit("the lock was taken")
     print("READY", flush=True)
-    time.sleep(120)
+    sys.stdin.read()
 
 
 def leak_then_take(config: str) -> None:

@@ -90,9 +90,13 @@ class StderrLines:
         self.lines += self.capsys.readouterr().err.splitlines()
         return [line for line in self.lines if line.startswith(prefix)]
 
-    def wait_for(self, prefix: str, n: int, worker: threading.Thread) -> list[str]:
-        """Poll until `n` lines start with `prefix` (the waiter said it `n` times) or the worker ended."""
+    def wait_for(self, prefix: str, n: int, worker: threading.Thread, timeout: float = 120.0) -> list[str]:
+        """Poll until `n` lines start with `prefix` (the waiter said it `n` times) or the worker ended; a
+        deadline far past the n * wait_report_s it takes, so a regression fails instead of hanging."""
+        deadline = time.monotonic() + timeout
         while len(self.starting(prefix)) < n and worker.is_alive():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fewer than {n} {prefix!r} lines in {timeout:.0f} s: {self.lines[-20:]}")
             time.sleep(0.05)
         return self.starting(prefix)
 
@@ -127,7 +131,8 @@ def test_a_run_waiting_for_the_gpu_says_what_it_waits_for(prefect_harness, tmp_p
     cfg = load_config(None, overrides={"loop": {"gpu_slot": "gpu-waits", "gpu_lock_dir": str(tmp_path),
                                                 "gpu_wait_s": None, "wait_report_s": 0.2}})
     ensure_gpu_slot(cfg)
-    holder = subprocess.Popen([sys.executable, GUARD, "hold", host_lock_path(cfg)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, GUARD, "hold", host_lock_path(cfg)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "READY"
         worker, box = _in_thread(lambda: _take_gpu(cfg))
@@ -173,14 +178,35 @@ def test_a_run_waiting_for_another_hosts_slot_says_so(prefect_harness, tmp_path,
             client.release_concurrency_slots_with_lease(lease)
 
 
+def _first_to_end(procs: list[subprocess.Popen], timeout: float = 300.0) -> subprocess.Popen:
+    """Block until one of `procs` has exited (a generous deadline: a hung run fails the test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ended = [p for p in procs if p.poll() is not None]
+        if ended:
+            return ended[0]
+        time.sleep(0.1)
+    raise AssertionError(f"neither run ended within {timeout:.0f} s")
+
+
 def test_two_runs_started_together_exactly_one_does_the_work(prefect_harness, tiny_inputs, tmp_path):
     from layerloop.storage import schema as S
+    from layerloop.storage.locks import HostLock
     from layerloop.storage.rounds import RoundStore
 
     store = tmp_path / "store"
     cmd = CLI + ["run", "--config", str(_config(tmp_path, store, tiny_inputs))]
-    runs = [subprocess.Popen(cmd, cwd=REPO, env=_api_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for _ in range(2)]
+    # this test holds the GPU until one run has ended: the winner cannot finish (and free the store) before
+    # the loser tried, however the two starts are spread by the machine's load
+    (tmp_path / "locks").mkdir()
+    gpu = HostLock(str(tmp_path / "locks" / "layerloop-gpu-gpu.lock"))
+    assert gpu.try_acquire()[0]
+    try:
+        runs = [subprocess.Popen(cmd, cwd=REPO, env=_api_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for _ in range(2)]
+        _first_to_end(runs)
+    finally:
+        gpu.release()
     outs = [run.communicate(timeout=420) for run in runs]
     codes = sorted(run.returncode for run in runs)
     assert codes == [0, 1], [o[1][-2000:] for o in outs]
@@ -213,3 +239,34 @@ def test_a_run_asked_to_wait_waits_then_names_the_holder(tmp_path, tiny_inputs):
     assert waits and f"pid {os.getpid()}" in waits[0] and "inspect: `cat " in waits[0]
     assert f"pid {os.getpid()} on host {socket.gethostname()} (layerloop run), started 2026-11-27" in done.stderr
     assert json.loads(lock.read_text())["token"] == "t"  # the holder's lock is untouched
+
+
+def test_a_lost_prefect_api_is_one_error_line_and_its_500s_are_retried(tiny_inputs, tmp_path, monkeypatch, capsys):
+    """Past the client's retries, a Prefect server answering 500 (its PostgreSQL away) or not answering ends
+    `layerloop run` with one line naming the API, not a traceback; the CLI has the client retry those 500s."""
+    import httpx
+    import typer
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from layerloop.flows.cli.run import guarded_run
+    from layerloop.tasks.config import load_config
+    from layerloop.tasks.runtime.orchestration import ride_out_database_restarts
+
+    monkeypatch.delenv("PREFECT_CLIENT_RETRY_EXTRA_CODES", raising=False)  # restored after the test
+    ride_out_database_restarts()  # what the CLI's prefect_env() does before prefect is imported
+    assert os.environ["PREFECT_CLIENT_RETRY_EXTRA_CODES"] == "500"
+    cfg = load_config(None, overrides=smoke_overrides(str(tmp_path / "store"), tiny_inputs))
+    request = httpx.Request("POST", "http://127.0.0.1:4200/api/flow_runs/abc/set_state")
+    lost = [PrefectHTTPStatusError.from_httpx_error(httpx.HTTPStatusError(
+                "500", request=request, response=httpx.Response(500, request=request, json={}))),
+            httpx.ConnectError("Connection refused", request=request)]
+    for exc in lost:
+        with pytest.raises(typer.Exit) as stopped:
+            with guarded_run(cfg):
+                raise exc
+        assert stopped.value.exit_code == 1
+        said = capsys.readouterr().err.splitlines()
+        assert len(said) == 1 and said[0].startswith("error: the Prefect API at http://127.0.0.1:4200/api ")
+    with pytest.raises(RuntimeError, match="a bug"):  # anything else still propagates with its traceback
+        with guarded_run(cfg):
+            raise RuntimeError("a bug")

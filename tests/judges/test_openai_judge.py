@@ -15,9 +15,15 @@ from layerloop.models.judges.scripted_server import ScriptedChatServer
 KEY = "sk-test-SECRET-0123456789"
 
 
+# Nothing here races a clock: answers the client must get come back within a timeout far past any load
+# (TIMEOUT_S), and a request that must time out is held by the server until it is released or stops.
+TIMEOUT_S = 30.0
+HELD_TIMEOUT_S = 2.0  # the client's timeout where a held request must time out (x3 attempts per run)
+
+
 def judge_cfg(server, **over) -> JudgeConfig:
     section = dict(base_url=server.base_url, model="qwen-test", api_key_env="LAYERLOOP_TEST_KEY",
-                   concurrency=4, timeout_s=0.5, max_retries=2, backoff_base_s=0.01, backoff_max_s=0.05)
+                   concurrency=4, timeout_s=TIMEOUT_S, max_retries=2, backoff_base_s=0.01, backoff_max_s=0.05)
     section.update(over)
     return JudgeConfig(backend="openai", openai=section)
 
@@ -59,15 +65,18 @@ def test_vllm_structured_outputs_field(key_env, triplets):
 
 
 @pytest.mark.parametrize("behaviour,expect", [
-    ("sleep", "timeout"), ("429", "HTTP 429"), ("500", "HTTP 500"), ("503", "HTTP 503"),
+    ("hold", "timeout"), ("429", "HTTP 429"), ("500", "HTTP 500"), ("503", "HTTP 503"),
     ("malformed", "malformed JSON"), ("truncated", "truncated JSON"), ("schema", "schema violation"),
     ("whitespace", "truncated JSON"),
 ])
 def test_failures_retry_then_unscored_never_accepted(key_env, triplets, behaviour, expect, caplog):
     caplog.set_level(logging.DEBUG)
-    with ScriptedChatServer(sleep_s=1.0) as srv:
+    # a held answer never comes while the client waits (released when the server stops); the ok one for
+    # s1 has HELD_TIMEOUT_S, which is ~1000x a localhost answer
+    timeout = HELD_TIMEOUT_S if behaviour == "hold" else TIMEOUT_S
+    with ScriptedChatServer() as srv:
         srv.plans = {"s0": [behaviour], "s1": ["ok"]}
-        res = run_judge(judge_cfg(srv), items(triplets, 2))
+        res = run_judge(judge_cfg(srv, timeout_s=timeout), items(triplets, 2))
         assert srv.attempts("s0") == 3 and srv.attempts("s1") == 1
     bad, good = res
     assert bad.overall is None and expect in bad.error and "after 3 attempts" in bad.error
@@ -97,8 +106,11 @@ def test_client_errors_are_not_retried(key_env, triplets):
 
 
 def test_concurrency_bound_observed_at_server(key_env, triplets):
-    with ScriptedChatServer(latency_s=0.05) as srv:
+    # the server answers nothing until 3 requests are in flight at once: the peak is 3 by construction if
+    # the client overlaps its requests at all, and more than 3 only if it breaks its bound
+    with ScriptedChatServer(gate_in_flight=3) as srv:
         res = run_judge(judge_cfg(srv, concurrency=3), items(triplets, 12))
+        assert srv.gate_open.is_set()
     assert all(r.error is None for r in res)
     assert srv.max_in_flight == 3
 
@@ -185,12 +197,19 @@ def test_errors_no_retry_fixes_stop_the_whole_batch_at_once(key_env, triplets, s
     from layerloop.models.judges.base import JudgeUnavailable
 
     caplog.set_level(logging.DEBUG)
-    with ScriptedChatServer(latency_s=0.02) as srv:
-        srv.plans = {"s0": [status]}
+    first: list[str] = []
+
+    def plan(sample: str) -> list[str]:  # whichever item reaches the server first is refused; the rest are
+        first[:] = first or [sample]     # held until the server stops, so no other item can ever finish
+        return [status] if sample == first[0] else ["hold"]
+
+    with ScriptedChatServer() as srv:
+        srv.planner = plan
         with pytest.raises(JudgeUnavailable) as caught:
             run_judge(judge_cfg(srv, concurrency=2), items(triplets, 24))
-        assert srv.attempts("s0") == 1  # never retried
-        assert len(srv.requests) < 24  # the other items were not all sent: the batch stopped
+        assert srv.attempts(first[0]) == 1  # never retried
+        # the batch stopped: besides the refused one, only the requests in flight or taking its freed slot
+        assert len(srv.requests) <= 3
     message = str(caught.value)
     assert f"judge endpoint {srv.base_url} (model qwen-test) answered HTTP {status}" in message
     assert hint in message and "uncommitted" in message
