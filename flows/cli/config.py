@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Iterator, NoReturn, Optional
 import typer
 
 from ...tasks.config import ConfigError, deep_merge, load_config
+from ...tasks.runtime.orchestration import ride_out_database_restarts
 from ...tasks.stages.handles import open_store as open_config_store
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ def prefect_env() -> None:
     # killed while holding the gpu slot would leak it for good. On disk, any later server expires it.
     os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE",
                           "prefect.server.concurrency.lease_storage.filesystem")
+    ride_out_database_restarts()  # a server whose PostgreSQL restarts answers 500 for a while: retry those
 
 
 @contextmanager

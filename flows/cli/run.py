@@ -22,6 +22,7 @@ from ...models.synthetic import make_split, world_logos
 from ...storage.errors import CorruptShardError, StoreFullError, StoreLockedError, StoreUnreachableError
 from ...storage.fsutil import is_disk_full, is_unreachable, unreachable_message, write_bytes
 from ...tasks.runtime.gpu_slot import GpuSlotBusy
+from ...tasks.runtime.orchestration import orchestration_message
 from ...tasks.runtime.run_lock import store_run_lock
 from ...tasks.runtime.secrets import apply_secret_env
 from ...tasks.stages import demo as demo_world
@@ -57,14 +58,17 @@ def guarded_run(cfg: "PipelineConfig") -> Iterator[None]:
 
 
 def _needs_a_person(cfg: "PipelineConfig", exc: Exception) -> str:
-    """The `error:` line of a failure the store's own messages did not name: a full disk elsewhere, or the
-    S3 store's server not answering where the flow read it (listing rounds, reading a unit). Anything else
-    is a bug and propagates with its traceback."""
+    """The `error:` line of a failure the store's own messages did not name: a full disk elsewhere, the
+    S3 store's server not answering where the flow read it (listing rounds, reading a unit), or the Prefect
+    API lost past its client's retries. Anything else is a bug and propagates with its traceback."""
     if isinstance(exc, OSError) and is_disk_full(exc):
         return (f"no space left on a disk the run writes to: {exc}. Free space, then rerun: finished units, "
                 "parts and adapters are kept.")
     if is_unreachable(exc):
         return unreachable_message(cfg.store.uri, "running the loop", exc)
+    lost_api = orchestration_message(exc)  # the Prefect server or its database away past the retries
+    if lost_api is not None:
+        return lost_api
     raise exc
 
 

@@ -161,10 +161,22 @@ class PostgresServer(_Service):
     def start(self) -> None:
         self._prepare_dirs()
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", PG_USER, "-E", "UTF8")
-        opts = f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1"
         self._started = True
-        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.log), "-w", "-t", "120", "start")
+        self._pg_start()
         self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, PG_DATABASE)
+
+    def _pg_start(self) -> None:
+        opts = f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1"
+        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.log), "-w", "-t", "120", "start")
+
+    def crash(self) -> None:
+        """Stop the server as a crash would (`-m immediate`: every backend killed, no checkpoint; the next
+        start recovers from the WAL). Clients see their connections cut and new ones refused."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "60", "stop")
+
+    def start_again(self) -> None:
+        """Start the stopped server on the same data dir and port (crash recovery first)."""
+        self._pg_start()
 
     def stop(self) -> None:
         if not self._started:
