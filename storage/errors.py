@@ -67,3 +67,10 @@ class StoreUnreachableError(StorageError, ConnectionError):
     """The store's object server did not answer (connection refused or timed out) after the S3 client's own
     retries; the message names the store and what was being done. A ConnectionError, so the flows' retry
     rule sees a transient failure; nothing it interrupted is visible to readers (COMMITTED is written last)."""
+
+
+def cause_chain(exc: BaseException | None, limit: int = 10):
+    """`exc` and the errors it was raised from (`raise ... from`), never the unrelated __context__."""
+    while exc is not None and limit > 0:
+        yield exc
+        exc, limit = exc.__cause__, limit - 1

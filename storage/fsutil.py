@@ -17,7 +17,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from .errors import StoreFullError, StoreUnreachableError
+from .errors import StoreFullError, StoreUnreachableError, cause_chain
 
 # Temporary names start with this, so readers skip them and `gc` can find a crashed writer's debris.
 TMP_PREFIX = ".tmp-"
@@ -67,12 +67,7 @@ def _unreachable_types() -> tuple[type, ...]:
 def is_unreachable(exc: BaseException) -> bool:
     """True when `exc`, or an error it was raised from, says the object store did not answer."""
     kinds = _unreachable_types()
-    seen = 0
-    while exc is not None and seen < 10:  # a `raise ... from` chain, never the unrelated __context__
-        if isinstance(exc, kinds):
-            return True
-        exc, seen = exc.__cause__, seen + 1
-    return False
+    return any(isinstance(e, kinds) for e in cause_chain(exc))
 
 
 UNREACHABLE_OUTCOME = ("what it interrupted is not visible to readers and the round in progress is not committed. "
@@ -101,6 +96,15 @@ def reachable(store_uri: str, what: str, on_error: Callable[[], None] | None = N
         if on_error is not None:
             on_error()
         raise StoreUnreachableError(unreachable_message(store_uri, what, exc, outcome)) from exc
+
+
+@contextmanager
+def store_step(store_uri: str, what: str, cleanup: Callable[[], None] | None = None,
+               on_unreachable: Callable[[], None] | None = None, **unreachable) -> Iterator[None]:
+    """A store write that names `what` when it fails for a reason a person must fix: a full disk
+    (space_for, after `cleanup`) or a server that does not answer (reachable, after `on_unreachable`)."""
+    with reachable(store_uri, what, on_unreachable, **unreachable), space_for(store_uri, what, cleanup):
+        yield
 
 
 def is_local(fs: Any) -> bool:

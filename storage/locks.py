@@ -28,7 +28,7 @@ import uuid
 from typing import Any, Callable, TypeVar
 
 from .errors import StoreLockedError
-from .fsutil import is_local, put_if_absent, reachable, space_for
+from .fsutil import is_local, put_if_absent, reachable, store_step
 
 T = TypeVar("T")
 RUN_LOCK = "_locks/run.json"
@@ -217,8 +217,7 @@ class RunLock:
             holder = claim_file(self.fs, self.path, record)
             return (holder is None, holder)
 
-        with reachable(self.store_url, "taking the store's run lock"), \
-                space_for(self.store_url, "taking the store's run lock"):
+        with store_step(self.store_url, "taking the store's run lock"):
             wait_for(attempt, wait_s=wait_s, report_every_s=report_every_s, say=say,
                      waiting=lambda h: f"waiting for the store {self.store_url}: another run holds it, "
                                        f"{describe_holder(h)}; inspect: {self._inspect(h)}",

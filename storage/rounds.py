@@ -42,8 +42,8 @@ from typing import Any, Iterable, Iterator
 
 from . import schema as S
 from .errors import CommitConflictError, CorruptShardError, RoundExistsError, RoundNotFoundError
-from .fsutil import (TMP_PREFIX, age_s, is_local, is_unreachable, open_store_fs, put_if_absent, reachable,
-                     read_json, read_table, space_for, table_bytes, write_bytes, write_json)
+from .fsutil import (TMP_PREFIX, age_s, is_local, is_unreachable, open_store_fs, put_if_absent, read_json,
+                     read_table, store_step, table_bytes, write_bytes, write_json)
 from .lease import CLAIMS, DEFAULT_LEASE_S, CommitClaim, is_takeable, newest_claim
 from .locks import RUN_LOCK, RunLock
 from .shards import ShardReader, ShardWriter, sha256_hex, verify_group
@@ -408,10 +408,9 @@ class RoundWriter:
             return _to_frame(read_table(self.fs, self._unit_path(unit)))
         rows: list[dict] = []
         writer = self._shard_writer(f"{WORK}/{SHARDS}", unit)
-        what = f"writing unit {unit} of {self._what()}"
         # an S3 shard is one whole PUT: one that found no server left nothing; earlier ones are orphans for gc
-        with reachable(self.store.uri, what), \
-                space_for(self.store.uri, what, cleanup=lambda: self._drop_shards(writer)):
+        with store_step(self.store.uri, f"writing unit {unit} of {self._what()}",
+                        cleanup=lambda: self._drop_shards(writer)):
             with writer:
                 for fields, panels in samples:
                     row = self._row(unit, fields, panels)
@@ -459,8 +458,7 @@ class RoundWriter:
         import pyarrow as pa
 
         data = table_bytes(pa.Table.from_pandas(df, preserve_index=False))
-        what = f"writing the {stage} results of unit {unit} of {self._what()}"
-        with reachable(self.store.uri, what), space_for(self.store.uri, what):
+        with store_step(self.store.uri, f"writing the {stage} results of unit {unit} of {self._what()}"):
             write_bytes(self.fs, self._part_path(stage, unit), data)
 
     def get_part(self, stage: str, unit: str):
@@ -499,11 +497,10 @@ class RoundWriter:
         table = S.validate_table(rows) if len(rows) else S.empty_table()
         self._check_rows(table)
         self._claim_files: dict = {}  # what this commit wrote so far: a full disk removes it again
-        what = f"committing {self._what()}"
         # The store gone mid-commit: what was written stays unpublished (no COMMITTED) and the next commit
         # rewrites it; the claim cannot be removed, so it is given up (abandon) for this process's retry.
-        with reachable(self.store.uri, what, on_error=self.claim.abandon), \
-                space_for(self.store.uri, what, cleanup=self._unclaim):
+        with store_step(self.store.uri, f"committing {self._what()}", cleanup=self._unclaim,
+                        on_unreachable=self.claim.abandon):
             self.claim.acquire()
             table = self._repack(table)
             accepted = table.filter(table.column(S.ACCEPTED))

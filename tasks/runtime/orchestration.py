@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 
+from ...storage.errors import cause_chain
+
 RETRY_EXTRA_CODES = "500"  # PREFECT_CLIENT_RETRY_EXTRA_CODES: on top of Prefect's own 429, 502, 503
 RETRY_ENV = "PREFECT_CLIENT_RETRY_EXTRA_CODES"
 
@@ -27,13 +29,11 @@ def _http_failure(exc: BaseException):
     """The Prefect API error (5xx after the client's retries, or no answer) in `exc`'s chain, else None."""
     import httpx
 
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500:
-            return exc
-        if isinstance(exc, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)):
-            return exc
-        exc, seen = exc.__cause__, seen + 1  # a `raise ... from` chain, never an unrelated __context__
+    for e in cause_chain(exc):
+        if isinstance(e, httpx.HTTPStatusError) and e.response.status_code >= 500:
+            return e
+        if isinstance(e, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)):
+            return e
     return None
 
 
