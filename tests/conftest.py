@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -72,30 +73,64 @@ class TmpfsDisk:
         return sorted(str(p) for p in self.path.rglob(f"{TMP_PREFIX}*"))
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """A real small filesystem that fills up: `tmpfs(size="4m")` mounts one (root and mount(8) needed;
-    skipped with the reason otherwise). Unmounted after the test."""
+def _mount_tmpfs(where, size: str) -> str | None:
+    """mount(8) a tmpfs at `where` in this mount namespace; None when done, else why not."""
     import shutil
     import subprocess
 
-    mounted = []
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return "mount(8) as root: not root here"
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    return None if done.returncode == 0 else f"mount -t tmpfs: {done.stderr.strip()}"
+
+
+def _tmpfs_in_user_namespace(where, size: str):
+    """Without root: a tmpfs mounted inside a user + mount namespace that a `sleep` keeps alive; this process
+    (and its children) reach it through /proc/<pid>/root<where>. Returns (holder, path) or (None, why not)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return None, "unshare(1) is not installed"
+    holder = subprocess.Popen(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+         f"mount -t tmpfs -o size={size} tmpfs '{where}' && echo ready && exec sleep infinity"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if holder.stdout.readline().strip() != "ready":
+        holder.wait(timeout=30)
+        return None, f"unshare --user --mount: {holder.stderr.read().strip()}"
+    return holder, Path(f"/proc/{holder.pid}/root{where}")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real small filesystem that fills up: `tmpfs(size="4m")` mounts one with mount(8) as root, or, where
+    that is not allowed, inside a user namespace (unprivileged); skipped with both reasons where neither
+    works. Unmounted after the test."""
+    import subprocess
+
+    mounted, holders = [], []
 
     def mount(size: str = "4m") -> TmpfsDisk:
-        if os.geteuid() != 0 or shutil.which("mount") is None:
-            pytest.skip("mounting a tmpfs needs root and mount(8)")
-        where = tmp_path / f"disk{len(mounted)}"
+        where = tmp_path / f"disk{len(mounted) + len(holders)}"
         where.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"mount -t tmpfs is not permitted here: {done.stderr.strip()}")
-        mounted.append(where)
-        return TmpfsDisk(where)
+        why = _mount_tmpfs(where, size)
+        if why is None:
+            mounted.append(where)
+            return TmpfsDisk(where)
+        holder, path = _tmpfs_in_user_namespace(where, size)
+        if holder is None:
+            pytest.skip(f"no tmpfs could be mounted: {why}; {path}")
+        holders.append(holder)
+        return TmpfsDisk(path)
 
     yield mount
     for where in mounted:
         subprocess.run(["umount", "-l", str(where)], check=False)
+    for holder in holders:
+        holder.kill()
+        holder.wait(timeout=30)
 
 
 @pytest.fixture

@@ -1,11 +1,9 @@
 """Processes of a local Ray cluster this test process started: find them by their parentage and title
-(/proc, Linux), kill one worker mid-task, and stop whatever outlives ray.shutdown()."""
+(/proc, Linux) and stop whatever outlives ray.shutdown()."""
 from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
 from pathlib import Path
 
 
@@ -52,23 +50,3 @@ def kill_leftovers(pids: set[int]) -> list[int]:
         except (ProcessLookupError, PermissionError):
             pass
     return killed
-
-
-class WorkerKiller(threading.Thread):
-    """Watches this process's Ray workers and SIGKILLs the first one seen running a task whose title
-    (`ray::<task name>`) is in `titles`; `.victim` is (pid, title) once done."""
-
-    def __init__(self, titles: tuple[str, ...], poll_s: float = 0.02):
-        super().__init__(daemon=True)
-        self.titles, self.poll_s = titles, poll_s
-        self.victim: tuple[int, str] | None = None
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set() and self.victim is None:
-            for pid, title in descendants(os.getpid()).items():
-                if title.split(" ")[0] in self.titles:
-                    os.kill(pid, signal.SIGKILL)
-                    self.victim = (pid, title)
-                    return
-            time.sleep(self.poll_s)

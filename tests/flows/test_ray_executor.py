@@ -3,7 +3,8 @@ the module through tasks/executor.session and stopped after it (leftover workers
 
 A round fanned out on Ray commits the same manifest as the local executor (same config and seeds), each
 worker builds its model once and every GPU unit gets a GPU; a worker SIGKILLed mid-unit costs that unit
-a rerun, nothing is lost or duplicated.
+a rerun, nothing is lost or duplicated (the kill waits for a unit held at a gate in the worker:
+tests/flows/ray_gate.py).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import pandas as pd
 import pytest
@@ -18,12 +20,13 @@ import pytest
 from layerloop.storage import schema as S
 from layerloop.storage.rounds import RoundStore
 
-from tests.flows.ray_procs import WorkerKiller, descendants, kill_leftovers, ray_processes
+from tests.flows.ray_gate import Gate
+from tests.flows.ray_gate import runtime_env as gate_runtime_env
+from tests.flows.ray_procs import descendants, kill_leftovers, ray_processes
 
 pytest.importorskip("prefect_ray", reason="the ray extra: pip install 'layerloop[ray]' (make test installs it)")
 
 VOLATILE = [S.SHARD, S.CREATED_AT, S.META_SHA256]  # random run ids and times; the rest must match
-UNIT_TASKS = ("ray::generate", "ray::judge", "ray::cycle-generated", "ray::cycle-pool")
 
 
 def _cfg(store: str, inputs: dict, **loop):
@@ -37,8 +40,9 @@ def _cfg(store: str, inputs: dict, **loop):
     return load_config(None, overrides=overrides)
 
 
-def _ray_cfg(store: str, inputs: dict):
-    return _cfg(store, inputs, executor="ray", ray={"local_cpus": 2, "local_gpus": 2, "num_gpus": 1})
+def _ray_cfg(store: str, inputs: dict, runtime_env: dict | None = None):
+    return _cfg(store, inputs, executor="ray",
+                ray={"local_cpus": 2, "local_gpus": 2, "num_gpus": 1, "runtime_env": runtime_env or {}})
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +80,14 @@ def ray_cluster(prefect_harness, s3_server, tiny_inputs, tmp_path_factory):
     after the moto server, so its workers have the (dummy) S3 credentials in their environment."""
     from layerloop.tasks.runtime import executor
 
-    cfg = _ray_cfg(str(tmp_path_factory.mktemp("unused")), tiny_inputs)
+    gate = Gate(tmp_path_factory.mktemp("gate"))  # unarmed: units pass until a test arms it
+    cfg = _ray_cfg(str(tmp_path_factory.mktemp("unused")), tiny_inputs, gate_runtime_env(gate.folder))
     before = set(descendants(os.getpid()))  # the test server, moto, ...: not Ray's, never touched
     started: set[int] = set()
     try:
         with executor.session(cfg):
             started |= ray_processes(before)
-            yield cfg
+            yield gate
             started |= ray_processes(before)
     finally:
         kill_leftovers(started)  # an idle worker can outlive ray.shutdown(); only Ray's, by pid
@@ -134,14 +139,21 @@ def test_ray_round_equals_local_round_with_one_model_per_worker(ray_cluster, see
 
 def test_worker_killed_mid_round_loses_and_duplicates_nothing(ray_cluster, seeded, local_round, tiny_inputs,
                                                               tmp_path):
-    killer = WorkerKiller(UNIT_TASKS)
+    gate, victim = ray_cluster, []
+
+    def kill_then_release():
+        try:
+            victim.append(gate.kill_first_unit())
+        finally:
+            gate.release()  # the other units (and the killed one's retry) go on either way
+
+    gate.arm()
+    killer = threading.Thread(target=kill_then_release, daemon=True)
     killer.start()
-    try:
-        store, execution = _ray_round(seeded, tiny_inputs, tmp_path, "killed")
-    finally:
-        killer.stop.set()
-        killer.join(timeout=10)
-    assert killer.victim is not None, "no unit was seen running: the round gave the killer no chance"
+    store, execution = _ray_round(seeded, tiny_inputs, tmp_path, "killed")
+    killer.join(timeout=10)
+    assert victim, "no unit reached the gate: nothing was killed"
+    assert victim[0][1] in {"generate", "judge", "cycle_generated", "cycle_pool"}, victim
     got = _canon(store.read(1, "all"))
     pd.testing.assert_frame_equal(got, local_round)
     assert not got[S.SAMPLE_ID].duplicated().any() and store.verify() == []
