@@ -38,7 +38,7 @@ import os
 import re
 import socket
 import uuid
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from . import schema as S
 from .errors import CommitConflictError, CorruptShardError, RoundExistsError, RoundNotFoundError
@@ -247,17 +247,23 @@ class RoundStore:
         frames = [self._read_area(self._area_dir(POOL_AREA, n), "accepted") for n in self._committed(POOL_AREA)]
         return pd.concat(frames, ignore_index=True) if frames else _to_frame(S.empty_table())
 
-    def training_view(self, up_to: int):
+    def training_view(self, up_to: int, decide: Callable | None = None):
         """Accepted rows of every committed round <= up_to, first occurrence per CONTENT_HASH kept.
 
-        Rows of the labeled validation split are never part of it.
+        Rows of the labeled validation split are never part of it. `decide`, when given, re-decides each
+        round's rows (accepted and rejected alike, a DataFrame in, one out) before the accepted ones are
+        kept: the human review decisions recorded after the round was committed (tasks/stages/review.py).
         """
         import pandas as pd
 
         rounds = [r for r in self.committed_rounds() if r <= _check_round(up_to)]
         if not rounds:
             return _to_frame(S.empty_table())
-        df = pd.concat([self.read(r) for r in rounds], ignore_index=True)
+        if decide is None:
+            frames = [self.read(r) for r in rounds]
+        else:
+            frames = [df[df[S.ACCEPTED].astype(bool)] for df in (decide(self.read(r, "all")) for r in rounds)]
+        df = pd.concat(frames, ignore_index=True)
         df = df[df[S.SPLIT] != "validation"].sort_values([S.ROUND], kind="stable")
         return df.drop_duplicates(S.CONTENT_HASH, keep="first").reset_index(drop=True)
 

@@ -20,8 +20,10 @@ from ..config import PipelineConfig
 from . import adapter_files
 from .handles import PROMOTION_FILE, adapter_id, backbone, generator_round, open_store, sampler_at, timed
 from .panels import decode, decode_trust
+from .review import reviewed_training_view
 
 METRICS_FILE = "metrics.json"
+TRAINING_SET_FILE = "training_set.json"  # the sample ids an adapter was trained on
 EVAL_FILE = "heldout.json"
 HEADLINE = ("psnr_logo", "psnr_object")  # what promotion compares on the validation split
 
@@ -31,15 +33,17 @@ def adapter_exists(cfg: PipelineConfig, round_: int) -> bool:
 
 
 def training_set(store, rows) -> dict:
-    """train_lora's inputs for manifest rows: triplets, captions, per-triplet trust maps, tasks, labeled flags.
+    """train_lora's inputs for manifest rows: triplets, captions, per-triplet trust maps, tasks, labeled flags
+    (and the rows' sample ids, for the adapter's lineage file).
 
     A pseudo-label (a sample with trust panels) is trained on decomposition only: its layers are partly the
     model's own, not good enough to condition synthesis on. Only the human-labeled seeds are `labeled`.
     """
     from ...storage import schema as S
 
-    out: dict = {"triplets": [], "captions": [], "trust": [], "tasks": [], "labeled": []}
+    out: dict = {"triplets": [], "captions": [], "trust": [], "tasks": [], "labeled": [], "sample_ids": []}
     for row, panels in store.load_panels(rows):
+        out["sample_ids"].append(str(row[S.SAMPLE_ID]))
         trust = decode_trust(panels)
         out["triplets"].append(decode(panels))
         out["captions"].append(str(row.get(S.PROMPT) or ""))
@@ -60,12 +64,14 @@ def train_adapter(cfg: PipelineConfig, round_: int) -> dict:
             return out
         if round_ not in store.committed_rounds():
             raise ValueError(f"cannot train adapter {adapter_id(round_)}: round {round_} is not committed")
-        data = training_set(store, store.training_view(up_to=round_))
+        rows, reviewed = reviewed_training_view(store, round_)
+        data = training_set(store, rows)
         if not data["triplets"]:
             raise ValueError(f"training_view(up_to={round_}) is empty: no accepted triplets to train on")
         init = _init_adapter(cfg, store, round_)
-        metrics = _train(cfg, uri, work_key=adapter_id(round_), data=data, init=init)
+        metrics = _train(cfg, uri, work_key=adapter_id(round_), data=data, init=init, reviewed=reviewed)
         out.update(skipped=False, n_train=len(data["triplets"]), n_labeled=sum(data["labeled"]),
+                   n_review_changed=len(reviewed),
                    init=adapter_id(generator_round(store, round_)) if init else None, metrics=metrics)
     return out
 
@@ -100,8 +106,11 @@ def train_work_dir(adapter_uri: str, key: str) -> str:
     return str(path)
 
 
-def _train(cfg: PipelineConfig, uri: str, *, work_key: str, data: dict, init: str | None) -> dict:
+def _train(cfg: PipelineConfig, uri: str, *, work_key: str, data: dict, init: str | None,
+           reviewed: list[str]) -> dict:
+    import json
     import shutil
+    from pathlib import Path
 
     from ...models.trainer import train_lora
 
@@ -111,6 +120,9 @@ def _train(cfg: PipelineConfig, uri: str, *, work_key: str, data: dict, init: st
     result = train_lora(bb, data["triplets"], train_config(cfg, continues=init is not None), cfg.lora, work,
                         init_adapter=init, captions=data["captions"], trust=data["trust"], tasks=data["tasks"],
                         labeled=data["labeled"])
+    # published with the weights: the rows that made it, and those a human review moved in or out
+    lineage = {"sample_ids": data["sample_ids"], "review_changed": reviewed}
+    (Path(result.adapter_dir) / TRAINING_SET_FILE).write_text(json.dumps(lineage, indent=1))
     adapter_files.publish_dir(result.adapter_dir, uri)
     shutil.rmtree(work, ignore_errors=True)
     return _summary(dict(result.metrics))
@@ -306,9 +318,11 @@ def train_control(cfg: PipelineConfig, round_: int) -> dict:
         before = store.control_adapter_uri(round_ - 1) if round_ > 1 else store.adapter_uri(0)
         if not adapter_files.has_weights(before):
             raise ValueError(f"control {round_} continues from {before}, which does not exist yet")
-        data = training_set(store, store.training_view(up_to=0))
+        rows, reviewed = reviewed_training_view(store, 0)  # the seeds, as reviewed: the same the loop sees
+        data = training_set(store, rows)
         init = adapter_files.local_dir(before) if cfg.train.continue_from_previous else None
-        out.update(skipped=False, metrics=_train(cfg, uri, work_key=f"control-{round_:04d}", data=data, init=init))
+        out.update(skipped=False, metrics=_train(cfg, uri, work_key=f"control-{round_:04d}", data=data, init=init,
+                                                 reviewed=reviewed))
     return out
 
 

@@ -3,10 +3,11 @@
 Export writes `review.html` (thumbnails as data URIs, scores, the judge's decision and reason) and
 `review.csv` (one row per sample with empty `decision`, `reviewer`, `note` columns to fill in).
 Import reads that CSV back and records each filled decision, with reviewer and time, as a new
-Parquet file under `<store>/reviews/` (never touching a committed round). The commit stage hands
-`load_overrides(store)` to the acceptance rule (models/judges/acceptance.py), whose last rule lets a human
-decision win over the judge for rows with the same sample_id or the same content_hash (a reviewed pool
-composite that comes back in a later round).
+Parquet file under `<store>/reviews/` (never touching a committed round). The decisions count twice:
+`reviewed_training_view` applies them to the committed rounds when the next adapter's training data is
+read (a reviewed sample enters or leaves it), and the commit stage hands `load_overrides(store)` to the
+acceptance rule (models/judges/acceptance.py), whose last rule lets a human decision win over the judge for
+new rows with the same content_hash (the same pixels coming back in a later round).
 """
 from __future__ import annotations
 
@@ -166,3 +167,24 @@ def load_overrides(store):
     df = pd.concat([read_table(store.fs, f).to_pandas() for f in files], ignore_index=True)
     df = df.sort_values("reviewed_at", kind="stable")
     return df.drop_duplicates("sample_id", keep="last").reset_index(drop=True)[OVERRIDE_COLUMNS]
+
+
+def reviewed_training_view(store, up_to: int):
+    """(store.training_view(up_to) with every recorded human decision applied, the sample ids the decisions
+    moved into or out of it). A reviewer who rejects a committed pseudo-label takes it out of the next
+    adapter's training data; one who accepts a rejected candidate puts it in (the rounds stay as committed)."""
+    from ...models.judges.acceptance import apply_overrides
+    from ...storage import schema as S
+
+    overrides = load_overrides(store)
+    if overrides.empty:
+        return store.training_view(up_to=up_to), []
+    changed: list[str] = []
+
+    def decide(rows):
+        decided = apply_overrides(rows, overrides)
+        moved = decided[S.ACCEPTED].astype(bool) != rows[S.ACCEPTED].astype(bool)
+        changed.extend(decided.loc[moved, S.SAMPLE_ID])
+        return decided
+
+    return store.training_view(up_to=up_to, decide=decide), sorted(changed)

@@ -121,3 +121,17 @@ def test_no_reviews_means_no_change(store):
     rows = store.read(0, "all")
     assert load_overrides(store).empty
     pd.testing.assert_frame_equal(apply_overrides(rows, load_overrides(store)), rows)
+
+
+def test_reviewed_training_view_moves_rows_in_and_out(store, tmp_path):
+    from layerloop.tasks.stages.review import reviewed_training_view
+
+    plain = set(store.training_view(up_to=0)[S.SAMPLE_ID])
+    assert reviewed_training_view(store, 0)[1] == []  # no review yet: the committed view, nothing moved
+    assert set(reviewed_training_view(store, 0)[0][S.SAMPLE_ID]) == plain
+    out = export_review(store, 0, tmp_path / "rev", overall_threshold=0.6, n_borderline=11, n_random=0)
+    _fill(Path(out["csv"]), {"r0-006": ("reject", "ana"), "r0-002": ("accept", "ana")})  # accepted / rejected
+    import_review(store, Path(out["csv"]))
+    rows, changed = reviewed_training_view(store, 0)
+    assert set(rows[S.SAMPLE_ID]) == plain - {"r0-006"} | {"r0-002"} and changed == ["r0-002", "r0-006"]
+    assert set(store.training_view(up_to=0)[S.SAMPLE_ID]) == plain  # the round itself is unchanged
