@@ -58,12 +58,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=64, help="dev items")
     p.add_argument("--templates", type=int, default=DEFAULT_TEMPLATES, help="rendered templates per classifier")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="with --train-seed: override a field of the seed round's config, e.g. "
+                        "train.generate_fraction=0.25 (values parse as YAML; repeatable)")
     p.add_argument("--demo-time", type=float, default=None, help="seconds a `make demo` took, measured elsewhere")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--quick", action="store_true", help="a few items, 2 sampler steps: checks the script")
     args = p.parse_args(argv)
     if not args.base_only and not (args.store or args.adapter or args.train_seed):
         p.error("give --store, --train-seed or --adapter (or --base-only)")
+    if args.set and not args.train_seed:
+        p.error("--set changes the seed round --train-seed trains; without it there is nothing to change")
     if args.quick:
         args.n, args.templates = QUICK["n"], min(args.templates, QUICK["templates"])
     if args.n < 1 or args.templates < 1 or args.threads < 1:
@@ -87,7 +92,8 @@ def train_seed(args):
     largs = loop_bench.parse_args(["--seeds", "0", "--threads", str(args.threads), *(["--quick"] if args.quick else [])])
     root = Path(args.train_seed)
     inputs = loop_bench.make_inputs(largs, root)
-    data = loop_bench._base_config(largs, 0, root / "store", inputs, "loop")
+    data = deep_merge(loop_bench._base_config(largs, 0, root / "store", inputs, "loop"),
+                      loop_bench._overrides(args.set))
     cfg = validate_config(deep_merge(data, {"model": {"path": args.base}} if args.base else {}),
                           source="bench/lab.py --train-seed")
     runner = PlainRunner()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import time
 from pathlib import Path
+
+from tests.waiting import wait_until
 
 GATE_ENV = "LAYERLOOP_TEST_RAY_GATE"
 UNIT_FUNCTIONS = (("generation", "generate"), ("judging", "judge"),
@@ -43,17 +44,9 @@ def _gated(fn, gate: Path):
     def unit(*args, **kwargs):
         if (gate / "armed").exists():
             (gate / f"running-{os.getpid()}").write_text(fn.__name__)
-            _wait_for(gate / "released")
+            wait_until((gate / "released").exists, "the gate's release", timeout=WAIT_S)
         return fn(*args, **kwargs)
     return unit
-
-
-def _wait_for(path: Path) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear within {WAIT_S:.0f} s")
-        time.sleep(0.05)
 
 
 class Gate:
@@ -68,11 +61,9 @@ class Gate:
 
     def kill_first_unit(self) -> tuple[int, str]:
         """SIGKILL the first worker that announced a running unit; returns (pid, unit function)."""
-        deadline = time.monotonic() + WAIT_S
-        while not (running := sorted(self.folder.glob("running-*"))):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no unit reached the gate in {self.folder} within {WAIT_S:.0f} s")
-            time.sleep(0.05)
+        wait_until(lambda: any(self.folder.glob("running-*")), f"a unit reached the gate in {self.folder}",
+                   timeout=WAIT_S)
+        running = sorted(self.folder.glob("running-*"))
         pid = int(running[0].name.split("-", 1)[1])
         os.kill(pid, signal.SIGKILL)
         return pid, running[0].read_text()

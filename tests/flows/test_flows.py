@@ -5,13 +5,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from layerloop.tasks.stages.demo import smoke_overrides
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,14 +83,8 @@ def _api_env() -> dict:
 
 
 def _wait_for(folder: Path, pattern: str, proc, log: Path, timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if list(folder.glob(pattern)):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"flow ended (rc={proc.returncode}) before {pattern}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
-    raise AssertionError(f"{pattern} did not appear within {timeout} s:\n{log.read_text()[-3000:]}")
+    wait_until(lambda: any(folder.glob(pattern)), f"{pattern} appeared", proc=proc,
+               output=lambda: log.read_text()[-3000:], timeout=timeout)
 
 
 def test_resume_after_kill_9_mid_round(prefect_harness, tiny_cfg, tiny_inputs, tmp_path):

@@ -22,6 +22,7 @@ from layerloop.tasks.stages.demo import smoke_overrides
 
 from test_flows import REPO, _api_env  # same folder (tests/flows is not a package)
 from tests.storage.s3 import BUCKET, CREDENTIALS, free_port
+from tests.waiting import wait_until
 
 CLI = [sys.executable, "-m", "layerloop.flows"]
 MOTO_CTL = str(REPO / "tests" / "storage" / "moto_ctl.py")
@@ -92,16 +93,6 @@ def _failed_task_runs(since) -> list:
         return client.read_task_runs(task_run_filter=flt)
 
 
-def _wait_for_object(fs, path: str, proc: subprocess.Popen, timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not fs.exists(path):
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended (rc={proc.returncode}) before {path} appeared")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.05)
-
-
 def test_s3_server_away_mid_round_fails_uncommitted_and_the_rerun_finishes(prefect_harness, tiny_inputs, tmp_path):
     from tests.storage.s3 import StoppableS3
 
@@ -120,7 +111,7 @@ def test_s3_server_away_mid_round_fails_uncommitted_and_the_rerun_finishes(prefe
                                    stderr=err, text=True)
         try:
             unit = f"{store.round_dir(1)}/_work/units/gen-0000.parquet"
-            _wait_for_object(store.fs, unit, run)
+            wait_until(lambda: store.fs.exists(unit), f"{unit} appeared", proc=run)
             server.stop()  # round 1 is writing its units: the next shard PUT finds nobody
             stopped = time.monotonic()
             try:

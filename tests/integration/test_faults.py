@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from .services import PrefectStack
+from tests.waiting import wait_until
 
 HOLDER = Path(__file__).with_name("gpu_holder.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -163,15 +164,6 @@ def _smoke_config(tmp_path) -> tuple[Path, Path]:
     return path, store
 
 
-def _wait_path(folder: Path, pattern: str, proc: subprocess.Popen, out: _Lines, timeout: float = 300.0) -> None:
-    """Block until a file matching `pattern` is in `folder` (the run got there), failing if the run ended."""
-    deadline = time.monotonic() + timeout
-    while not list(folder.glob(pattern)):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"no {pattern} (rc={proc.poll()}); output:\n" + "\n".join(out.lines[-60:]))
-        time.sleep(0.2)
-
-
 @pytest.mark.timeout(900)
 def test_postgres_restarted_under_a_run_then_the_rerun_finishes_clean(stack, tmp_path):
     """PostgreSQL crashes (`pg_ctl stop -m immediate`) mid-round under a live Prefect server and comes back
@@ -187,7 +179,9 @@ def test_postgres_restarted_under_a_run_then_the_rerun_finishes_clean(stack, tmp
                            start_new_session=True)
     out = _Lines(run)
     try:
-        _wait_path(store / "rounds" / "round-0001" / "_work" / "units", "gen-0000.parquet", run, out)
+        units = store / "rounds" / "round-0001" / "_work" / "units"
+        wait_until(lambda: any(units.glob("gen-0000.parquet")), "gen-0000.parquet appeared", proc=run,
+                   output=lambda: "\n".join(out.lines[-60:]), timeout=300, poll_s=0.2)
         stack.postgres.crash()
         down_at = time.monotonic()
         time.sleep(PG_OUTAGE_S)  # the outage itself (not a race): the run works on while the database is away
