@@ -55,6 +55,10 @@ class StoreFullError(StorageError, OSError):
         return self.strerror
 
 
+class StoreOptionsError(StorageError, ValueError):
+    """store.storage_options that the store's filesystem does not take (a config error: fix and rerun)."""
+
+
 class StoreLockedError(StorageError):
     """Another live run holds the store's run lock; `holder` is its record (host, pid, started_at, ...)."""
 

@@ -17,7 +17,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from .errors import StoreFullError, StoreUnreachableError, cause_chain
+from .errors import StoreFullError, StoreOptionsError, StoreUnreachableError, cause_chain
 
 # Temporary names start with this, so readers skip them and `gc` can find a crashed writer's debris.
 TMP_PREFIX = ".tmp-"
@@ -126,10 +126,24 @@ def open_store_fs(uri: str, storage_options: dict | None = None) -> tuple[Any, s
     options = dict(storage_options or {})
     if get_protocol(uri) not in ("file", "local"):
         options.setdefault("use_listings_cache", False)
-    fs, root = fsspec.core.url_to_fs(uri, **options)
+    try:
+        fs, root = fsspec.core.url_to_fs(uri, **options)
+        if hasattr(fs, "connect"):  # s3fs makes its client on first use: a wrong option would fail mid-run
+            fs.connect()
+    except TypeError as exc:
+        raise StoreOptionsError(f"store.storage_options {sorted(storage_options or {})}: {exc}; "
+                                f"remove or rename the option (they go to {_fs_class(uri)} and its client)") from exc
     if is_local(fs):
         root = os.path.abspath(root)
     return fs, root.rstrip("/") or "/"
+
+
+def _fs_class(uri: str) -> str:
+    import fsspec
+    from fsspec.utils import get_protocol
+
+    cls = fsspec.get_filesystem_class(get_protocol(uri))
+    return f"{cls.__module__.split('.')[0]}.{cls.__name__}"
 
 
 def write_bytes(fs: Any, path: str, data: bytes) -> None:

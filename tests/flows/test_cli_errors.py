@@ -77,3 +77,15 @@ def test_every_command_gets_prefects_offline_settings_before_prefect_starts(tmp_
     assert result.exit_code == 0, result.output
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert os.environ["PREFECT_LOGGING_LEVEL"] == "CRITICAL"  # without --debug: no run logs around errors
+
+
+def test_an_option_the_object_store_does_not_take_is_one_line(tmp_path):
+    """s3fs builds its client on first use: a wrong store.storage_options key is caught when the store is
+    opened, not as a traceback mid-run."""
+    (tmp_path / "layerloop.yaml").write_text("store:\n  uri: s3://bucket/store\n  storage_options:\n    retries: 1\n")
+    proc = _layerloop(["rounds", "list"], tmp_path, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y")
+    lines = _lines(proc)
+    assert proc.returncode == 2, "\n".join(lines)
+    assert len(lines) == 1 and lines[0].startswith("error: cannot open store 's3://bucket/store': "
+                                                   "store.storage_options ['retries']: "), lines
+    assert "unexpected keyword argument 'retries'" in lines[0] and "s3fs.S3FileSystem" in lines[0]

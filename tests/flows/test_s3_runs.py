@@ -149,3 +149,88 @@ def test_s3_server_away_mid_round_fails_uncommitted_and_the_rerun_finishes(prefe
         assert rows[S.SAMPLE_ID].is_unique and len(rows) == 6
         assert store.verify() == []
         assert not store.fs.exists(f"{store.root}/{RUN_LOCK}")
+
+
+FREEZE_S = 20.0  # under botocore's default 60 s read timeout: the calls in flight wait, then are answered
+
+
+def _start_run(cmd: list[str], server_env: dict, log: Path) -> subprocess.Popen:
+    with open(log, "w") as err:
+        return subprocess.Popen(cmd, cwd=REPO, env=_env(server_env, quiet=True), stdout=subprocess.DEVNULL,
+                                stderr=err, text=True)
+
+
+def test_s3_server_frozen_mid_round_then_answering_again_the_run_carries_on(prefect_harness, tiny_inputs, tmp_path):
+    """A server that accepts connections and answers nothing (SIGSTOP) for FREEZE_S, then answers again:
+    the run's calls wait it out and the round commits in the same run, nothing doubled."""
+    from tests.storage.s3 import StoppableS3
+
+    os.environ.update(CREDENTIALS)
+    with StoppableS3(tmp_path) as server:
+        server.make_bucket(BUCKET)
+        uri = f"s3://{BUCKET}/frozen/store"
+        store = RoundStore(uri, server.storage_options)
+        run = _start_run(CLI + ["run", "--config", str(_config(tmp_path, uri, tiny_inputs))], server.env,
+                         tmp_path / "run.log")
+        try:
+            unit = f"{store.round_dir(1)}/_work/units/gen-0000.parquet"
+            wait_until(lambda: store.fs.exists(unit), f"{unit} appeared", proc=run)
+            server.freeze()
+            time.sleep(FREEZE_S)  # the outage itself: how long the server hangs
+            still_running = run.poll() is None
+            server.thaw()
+            run.wait(timeout=300)
+        finally:
+            server.thaw()
+            if run.poll() is None:
+                run.kill()
+        stderr = (tmp_path / "run.log").read_text()
+        assert still_running and run.returncode == 0, stderr[-3000:]
+        assert "error:" not in stderr and "Traceback" not in stderr
+        assert store.committed_rounds() == [0, 1]
+        rows = store.read(1, "all")
+        assert rows[S.SAMPLE_ID].is_unique and len(rows) == 6
+        assert store.verify() == [] and not store.fs.exists(f"{store.root}/{RUN_LOCK}")
+
+
+def test_s3_server_that_stays_frozen_fails_the_run_by_its_read_timeout(prefect_harness, tiny_inputs, tmp_path):
+    """A server that hangs for good: with store.storage_options' read timeout and attempts set low (botocore's
+    default: 60 s per attempt; s3fs retries on top) the run gives up with one line while the server still
+    hangs; answering again, the same command finishes the round."""
+    from tests.storage.s3 import StoppableS3
+
+    os.environ.update(CREDENTIALS)
+    with StoppableS3(tmp_path) as server:
+        server.make_bucket(BUCKET)
+        uri = f"s3://{BUCKET}/frozen-for-good/store"
+        store = RoundStore(uri, server.storage_options)
+        cfg_file = _config(tmp_path, uri, tiny_inputs, task_retries=0)
+        data = yaml.safe_load(cfg_file.read_text())
+        # what a hanging server costs per call: botocore's timeout x its attempts (x s3fs's 5 retries)
+        data["store"]["storage_options"] = {"config_kwargs": {
+            "read_timeout": 2, "connect_timeout": 2, "retries": {"total_max_attempts": 2}}}
+        cfg_file.write_text(yaml.safe_dump(data))
+        cmd = CLI + ["run", "--config", str(cfg_file)]
+        run = _start_run(cmd, server.env, tmp_path / "run.log")
+        try:
+            unit = f"{store.round_dir(1)}/_work/units/gen-0000.parquet"
+            wait_until(lambda: store.fs.exists(unit), f"{unit} appeared", proc=run)
+            server.freeze()
+            frozen = time.monotonic()
+            run.wait(timeout=600)
+            failed_after = time.monotonic() - frozen
+        finally:
+            server.thaw()
+            if run.poll() is None:
+                run.kill()
+        stderr = (tmp_path / "run.log").read_text()
+        print(f"rc={run.returncode} failed_after={failed_after:.0f} s\n{stderr[-3000:]}")
+        assert run.returncode == 1, stderr[-3000:]
+        errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and errors[0].startswith(f"error: the store {uri} could not be reached"), stderr
+        assert "Traceback" not in stderr and store.committed_rounds() == [0]
+
+        rerun = subprocess.run(cmd, cwd=REPO, env=_env(server.env), capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert store.committed_rounds() == [0, 1] and store.verify() == []
+        assert store.read(1, "all")[S.SAMPLE_ID].is_unique

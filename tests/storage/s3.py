@@ -177,7 +177,8 @@ def _handler(proxy: AnswerProxy) -> type[BaseHTTPRequestHandler]:
 
 class StoppableS3:
     """tests/storage/moto_ctl.py as a context manager: an S3 server on one port that `stop()` takes away
-    (connections refused) and `start()` brings back on the same port with the same buckets and objects."""
+    (connections refused) and `start()` brings back on the same port with the same buckets and objects;
+    `freeze()` / `thaw()` make it a server that hangs (accepts, never answers) and then answers again."""
 
     def __init__(self, log_dir: Path):
         self.port, self.log = free_port(), Path(log_dir) / "moto-ctl.log"
@@ -212,6 +213,13 @@ class StoppableS3:
     def start(self) -> None:
         self._say("start", "STARTED")
 
+    def freeze(self) -> None:
+        """SIGSTOP the server: connections are still accepted (the kernel's backlog), nothing is answered."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def __exit__(self, *exc) -> None:
         stop_group(self.proc)
 
@@ -222,6 +230,7 @@ def stop_group(proc: "subprocess.Popen | None") -> None:
     """End a server started in its own session: SIGTERM to its group, SIGKILL after 10 s."""
     if proc is None or proc.poll() is not None:
         return
+    os.killpg(proc.pid, signal.SIGCONT)  # a frozen server would not see the SIGTERM
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=10)
