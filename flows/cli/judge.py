@@ -137,7 +137,8 @@ def review_import(file: Path = typer.Argument(..., exists=True, dir_okay=False, 
                                              help="the filled review.csv"),
                   reviewer: Optional[str] = typer.Option(None, "--reviewer", help="for rows without a reviewer"),
                   config: Optional[Path] = CONFIG_OPT, store: Optional[str] = STORE_OPT) -> None:
-    """Record review decisions; they override the judge in the next commit (committed rounds stay as they are)."""
+    """Record review decisions: every adapter trained from now on trains on the rounds as reviewed, and later
+    commits follow them for the same pixels (committed rounds and trained adapters stay as they are)."""
     cfg = load(config, store=store)
     try:
         result = import_review(open_store(cfg), file, reviewer=reviewer)

@@ -152,7 +152,9 @@ def import_review(store, path: str | Path, *, reviewer: str | None = None) -> di
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     target = f"{store.root}/{REVIEWS_DIR}/review-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
     write_bytes(store.fs, target, table_bytes(pa.Table.from_pandas(overrides, preserve_index=False)))
-    return {"path": target, "n": len(overrides)}
+    return {"path": target, "n": len(overrides),
+            "takes_effect": "in every adapter trained from now on (its training_set.json lists what it used) "
+                            "and in later commits of the same pixels; committed rounds stay as they are"}
 
 
 def load_overrides(store):
