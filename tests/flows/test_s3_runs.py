@@ -93,6 +93,20 @@ def _failed_task_runs(since) -> list:
         return client.read_task_runs(task_run_filter=flt)
 
 
+def _start_run(cmd: list[str], server_env: dict, log: Path) -> subprocess.Popen:
+    """`layerloop run` as a user starts it, its stderr (what the user sees) in `log`."""
+    with open(log, "w") as err:
+        return subprocess.Popen(cmd, cwd=REPO, env=_env(server_env, quiet=True), stdout=subprocess.DEVNULL,
+                                stderr=err, text=True)
+
+
+def _first_unit_written(store: RoundStore, run: subprocess.Popen) -> str:
+    """Wait until round 1 has written its first generated unit (the fault goes in after it); its path."""
+    unit = f"{store.round_dir(1)}/_work/units/gen-0000.parquet"
+    wait_until(lambda: store.fs.exists(unit), f"{unit} appeared", proc=run)
+    return unit
+
+
 def test_s3_server_away_mid_round_fails_uncommitted_and_the_rerun_finishes(prefect_harness, tiny_inputs, tmp_path):
     from tests.storage.s3 import StoppableS3
 
@@ -106,12 +120,9 @@ def test_s3_server_away_mid_round_fails_uncommitted_and_the_rerun_finishes(prefe
         store = RoundStore(uri, server.storage_options)
         cmd = CLI + ["run", "--config", str(_config(tmp_path, uri, tiny_inputs, **RETRIES))]
         log = tmp_path / "run.log"
-        with open(log, "w") as err:
-            run = subprocess.Popen(cmd, cwd=REPO, env=_env(server.env, quiet=True), stdout=subprocess.DEVNULL,
-                                   stderr=err, text=True)
+        run = _start_run(cmd, server.env, log)
         try:
-            unit = f"{store.round_dir(1)}/_work/units/gen-0000.parquet"
-            wait_until(lambda: store.fs.exists(unit), f"{unit} appeared", proc=run)
+            unit = _first_unit_written(store, run)
             server.stop()  # round 1 is writing its units: the next shard PUT finds nobody
             stopped = time.monotonic()
             try:
@@ -154,12 +165,6 @@ def test_s3_server_away_mid_round_fails_uncommitted_and_the_rerun_finishes(prefe
 FREEZE_S = 20.0  # under botocore's default 60 s read timeout: the calls in flight wait, then are answered
 
 
-def _start_run(cmd: list[str], server_env: dict, log: Path) -> subprocess.Popen:
-    with open(log, "w") as err:
-        return subprocess.Popen(cmd, cwd=REPO, env=_env(server_env, quiet=True), stdout=subprocess.DEVNULL,
-                                stderr=err, text=True)
-
-
 def test_s3_server_frozen_mid_round_then_answering_again_the_run_carries_on(prefect_harness, tiny_inputs, tmp_path):
     """A server that accepts connections and answers nothing (SIGSTOP) for FREEZE_S, then answers again:
     the run's calls wait it out and the round commits in the same run, nothing doubled."""
@@ -173,8 +178,7 @@ def test_s3_server_frozen_mid_round_then_answering_again_the_run_carries_on(pref
         run = _start_run(CLI + ["run", "--config", str(_config(tmp_path, uri, tiny_inputs))], server.env,
                          tmp_path / "run.log")
         try:
-            unit = f"{store.round_dir(1)}/_work/units/gen-0000.parquet"
-            wait_until(lambda: store.fs.exists(unit), f"{unit} appeared", proc=run)
+            _first_unit_written(store, run)
             server.freeze()
             time.sleep(FREEZE_S)  # the outage itself: how long the server hangs
             still_running = run.poll() is None
@@ -213,8 +217,7 @@ def test_s3_server_that_stays_frozen_fails_the_run_by_its_read_timeout(prefect_h
         cmd = CLI + ["run", "--config", str(cfg_file)]
         run = _start_run(cmd, server.env, tmp_path / "run.log")
         try:
-            unit = f"{store.round_dir(1)}/_work/units/gen-0000.parquet"
-            wait_until(lambda: store.fs.exists(unit), f"{unit} appeared", proc=run)
+            _first_unit_written(store, run)
             server.freeze()
             frozen = time.monotonic()
             run.wait(timeout=600)
