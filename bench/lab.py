@@ -173,7 +173,11 @@ def measure_text(smp, items, classifiers) -> dict:
                                  [m[c.attribute.meta_key] for m in metas])
                 for name, c in classifiers.items()}
     chance = {name: c.attribute.chance for name, c in classifiers.items()}
-    return {"model": model, "truth": truth, "chance": chance, "confusions": mistakes}
+    # a caption names two colours; a model that learned the words but not which one paints the object
+    # reads as the logo's colour on the object about as often as the object's own
+    as_logo = classifiers["colour"].accuracy([g["object"] for g in generated], [m["logo_colour"] for m in metas])
+    return {"model": model, "truth": truth, "chance": chance, "confusions": mistakes,
+            "object_colour_reads_logo_colour": as_logo}
 
 
 def measure_synthesis(smp, items) -> dict:
@@ -234,6 +238,8 @@ def print_table(rows: dict[str, dict], text: dict, extra: dict) -> None:
     print("\n| classifier | on tau_G outputs | on real dev panels (validation) | chance |\n|---|---|---|---|")
     for name in text["model"]:
         print(f"| {name} | {text['model'][name]:.3f} | {text['truth'][name]:.3f} | {text['chance'][name]:.3f} |")
+    print(f"object colour read as the caption's LOGO colour: {text['object_colour_reads_logo_colour']:.3f} "
+          "(the two colours bound the wrong way round)")
     for key, line in extra.items():
         print(f"{key}: {line}")
 

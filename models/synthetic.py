@@ -39,6 +39,7 @@ ID_PREFIX = {"seeds": "seed", "pool": "pool", "test": "test", "dev": "dev", "pre
 # training item's seed whatever base seed either was made with.
 _SPLIT_STREAM = {"seeds": 1, "pool": 2, "test": 3, "dev": 4, "pretrain": 5}
 MIN_SIZE, MAX_SIZE = 16, 2048
+CLAUSE_JOIN = " with "  # between a caption's object clause and its logo clause (split_caption)
 _MIN_RENDER = 128  # supersampling floor: small panels are rendered large and box-filtered down
 _MIN_CONTRAST = 150.0  # RGB distance that keeps a logo readable on its object
 
@@ -601,6 +602,17 @@ def _second_meta(second, box: list[int]) -> dict:
             "text_2": word, "text_2_colour": text_c, "logo_2_box": box}
 
 
+def split_caption(caption: str) -> tuple[str, str]:
+    """(object clause, logo clause) of a rendered caption: "a red mug" and "a blue star logo reading 'ZAP'".
+
+    The object clause never holds the join word (kinds, colours and pattern words do not), so the first
+    join splits it off; a second logo stays in the logo clause."""
+    obj, sep, logo = caption.partition(CLAUSE_JOIN)
+    if not sep:
+        raise ValueError(f"not a rendered caption (no {CLAUSE_JOIN.strip()!r} clause): {caption!r}")
+    return obj, logo
+
+
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
@@ -610,7 +622,7 @@ def _meta(seed, size, kind, colours, shape, text, style: _Style) -> dict:
     pattern_word = {"solid": "", "stripes": "striped ", "noise": "speckled "}[style.pattern]
     article = "an" if obj_c[0] in "aeiou" else "a"
     logo_article = "an" if logo_c[0] in "aeiou" else "a"
-    caption = f"{article} {obj_c} {pattern_word}{kind} with {logo_article} {logo_c} {shape} logo reading '{text}'"
+    caption = f"{article} {obj_c} {pattern_word}{kind}{CLAUSE_JOIN}{logo_article} {logo_c} {shape} logo reading '{text}'"
     return {
         # the seed as a string: item seeds exceed int64 (see seed_value)
         "seed": str(seed), "size": int(size), "kind": kind, "pattern": style.pattern,

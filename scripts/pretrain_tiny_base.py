@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of 3-panel grids that are one captioned triplet (0 = the old, text-blind recipe)")
     p.add_argument("--caption-p", type=float, default=0.8,
                    help="share of triplet grids that get their caption (the rest: the empty prompt)")
+    p.add_argument("--clause-p", type=float, default=0.0,
+                   help="share of captioned triplet grids whose prompt is one clause of the caption (object or "
+                        "logo), so each colour word is seen with one colour")
     p.add_argument("--train-text", action=argparse.BooleanOptionalAction, default=True,
                    help="train both text encoders with the transformer")
     p.add_argument("--text-lr", type=float, default=None, help="text encoders' learning rate (default: --lr)")
@@ -105,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("counts, steps and batch sizes must be >= 1")
     if min(args.mask_mix) < 0 or abs(sum(args.mask_mix) - 1.0) > 1e-6:
         p.error(f"--mask-mix must be three non-negative shares summing to 1; got {args.mask_mix}")
-    for name in ("related", "triplet_share", "caption_p"):
+    for name in ("related", "triplet_share", "caption_p", "clause_p"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             p.error(f"--{name.replace('_', '-')} must be a share in [0, 1]; got {getattr(args, name)}")
     if args.related + args.triplet_share > 1.0:
@@ -235,11 +238,17 @@ def triplet_masks(rng: np.random.Generator, b: int, bank, device):
     return masks
 
 
-def triplet_prompt(caption: str, rng: np.random.Generator, caption_p: float) -> str:
+def triplet_prompt(caption: str, rng: np.random.Generator, caption_p: float, clause_p: float = 0.0) -> str:
     """The caption bare (half) or inside one of the task templates, or (1 - caption_p) the empty prompt:
-    the templates' words then do not drown the caption when the LoRA's prompts carry it."""
+    the templates' words then do not drown the caption when the LoRA's prompts carry it.
+
+    `clause_p`: share of captioned grids that get one clause only (object or logo, even odds). A full
+    caption names two colours, and a small text encoder must learn which one paints the object; a clause
+    names one, so the word's colour is learned apart from that binding."""
     if rng.random() >= caption_p:
         return ""
+    if clause_p and rng.random() < clause_p:
+        caption = synthetic.split_caption(caption)[int(rng.integers(2))]
     if rng.random() < 0.5:
         return caption
     template = list(DEFAULT_PROMPT_TEMPLATES.values())[int(rng.integers(len(DEFAULT_PROMPT_TEMPLATES)))]
@@ -262,6 +271,7 @@ class TrainData:
         self.related = getattr(args, "related", 0.0)
         self.triplet = getattr(args, "triplet_share", 0.0)
         self.caption_p = getattr(args, "caption_p", 0.0)
+        self.clause_p = getattr(args, "clause_p", 0.0)
         bank_rng = np.random.default_rng(bank_seed)
         self.banks = {n: torch.from_numpy(np.stack([random_mask(bank_rng, n, mix=mix) for _ in range(size)]))[:, None].to(device)
                       for n, size in ((3, bank_size), (4, max(1, bank_size // 4)))}
@@ -285,7 +295,8 @@ class TrainData:
             items = torch.from_numpy(self.rng.integers(0, self.panels.shape[0] // 3, size=n_trip)).to(self.device)
             grids[rows] = torch.cat([self.panels[3 * items + k] for k in range(3)], dim=3)
             masks[rows] = triplet_masks(self.rng, n_trip, bank, self.device)
-            prompts[rows] = [triplet_prompt(self.captions[3 * int(i)], self.rng, self.caption_p) for i in items]
+            prompts[rows] = [triplet_prompt(self.captions[3 * int(i)], self.rng, self.caption_p, self.clause_p)
+                             for i in items]
         return grids, masks, prompts
 
 

@@ -210,6 +210,25 @@ def test_triplet_grids_carry_their_own_items_caption():
     assert set(unrelated.batch(8, 3)[2]) == {""}  # no caption describes panels of different items
 
 
+def test_clause_prompts_name_one_clause_of_their_items_caption():
+    import torch
+    from types import SimpleNamespace
+
+    from layerloop.models.synthetic import render_triplet
+
+    pre = _pretrain_module()
+    caption = render_triplet(3)[1]["caption"]
+    obj, logo = caption.split(" with ", 1)
+    panels = torch.zeros(6, 3, 32, 32)
+    args = SimpleNamespace(related=0.0, triplet_share=1.0, caption_p=1.0, clause_p=1.0)
+    prompts = pre.TrainData(panels, [caption] * 6, np.random.default_rng(0), "cpu", bank_size=8, args=args).batch(64, 3)[2]
+    named = [(obj in p) + 2 * (logo in p) for p in prompts]
+    assert set(named) == {1, 2}  # each prompt one clause, never both, both clauses drawn
+    full = pre.TrainData(panels, [caption] * 6, np.random.default_rng(0), "cpu", bank_size=8,
+                         args=SimpleNamespace(related=0.0, triplet_share=1.0, caption_p=1.0, clause_p=0.0))
+    assert all(caption in p for p in full.batch(16, 3)[2])
+
+
 def test_pretraining_resumed_from_a_checkpoint_ends_with_the_uninterrupted_weights(tmp_path):
     from safetensors.torch import load_file
 

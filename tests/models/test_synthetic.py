@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from layerloop.models.synthetic import (COLOURS, KINDS, item_seed, make_split, render_triplet, seed_value,
-                                        write_split)
+                                        split_caption, write_split)
 
 PANELS = ("composite", "logo", "object")
 
@@ -64,6 +64,18 @@ def test_meta_describes_the_item():
         assert f"'{meta['text']}'" in cap
         json.dumps(meta)  # must be storable as-is
     assert kinds == set(KINDS)
+
+
+def test_a_caption_splits_into_an_object_clause_and_a_logo_clause_naming_one_colour_each():
+    for seed in range(40):
+        _, meta = render_triplet(seed, logos=1 + seed % 2)
+        obj, logo = split_caption(meta["caption"])
+        assert f"{obj} with {logo}" == meta["caption"]
+        assert meta["kind"] in obj and meta["object_colour"] in obj.split()
+        assert meta["logo_colour"] in logo.split() and meta["logo_shape"] in logo
+        assert [w for w in obj.split() if w in COLOURS] == [meta["object_colour"]]
+    with pytest.raises(ValueError, match="not a rendered caption"):
+        split_caption("a red mug")
 
 
 def _best_alpha_residual(comp, obj, logo) -> np.ndarray:

@@ -1,0 +1,29 @@
+"""bench/lab.py runs end to end on the shipped base (its --quick size) and writes every metric beside its goal."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_lab_bench_quick_base_only_writes_each_goal_metric_and_the_colour_binding_read(tmp_path):
+    out = tmp_path / "lab.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "lab.py"), "--base-only", "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    metrics = result["metrics"]
+    for name in ("text_kind_acc", "text_colour_acc", "text_shape_acc", "synth_gain_db", "synth_gain_logo_box_db"):
+        assert metrics[name]["goal"] > 0 and math.isfinite(metrics[name]["value"]), (name, metrics[name])
+    # the base alone decomposes nothing: those rows say "not measured", never a made-up number
+    assert metrics["object_psnr_unseen"]["value"] is None and metrics["object_psnr_unseen"]["met"] is None
+    text = result["classifiers"]
+    assert text["truth"]["kind"] == 1.0 and text["truth"]["shape"] == 1.0  # the readers read real renders
+    assert 0.0 <= text["object_colour_reads_logo_colour"] <= 1.0
+    assert "object colour read as the caption's LOGO colour" in proc.stdout
+    synthesis = result["synthesis"]
+    assert math.isclose(synthesis["gain"], synthesis["psnr_synth"] - synthesis["psnr_object"], abs_tol=1e-6)
