@@ -81,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clause-p", type=float, default=0.0,
                    help="share of captioned triplet grids whose prompt is one clause of the caption (object or "
                         "logo), so each colour word is seen with one colour")
+    p.add_argument("--high-t-p", type=float, default=0.0,
+                   help="share of captioned triplet grids trained at t ~ U(0.9, 1), where only the caption "
+                        "tells the product's colour and kind (0 = logit-normal times for every grid)")
     p.add_argument("--train-text", action=argparse.BooleanOptionalAction, default=True,
                    help="train both text encoders with the transformer")
     p.add_argument("--text-lr", type=float, default=None, help="text encoders' learning rate (default: --lr)")
@@ -108,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("counts, steps and batch sizes must be >= 1")
     if min(args.mask_mix) < 0 or abs(sum(args.mask_mix) - 1.0) > 1e-6:
         p.error(f"--mask-mix must be three non-negative shares summing to 1; got {args.mask_mix}")
-    for name in ("related", "triplet_share", "caption_p", "clause_p"):
+    for name in ("related", "triplet_share", "caption_p", "clause_p", "high_t_p"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             p.error(f"--{name.replace('_', '-')} must be a share in [0, 1]; got {getattr(args, name)}")
     if args.related + args.triplet_share > 1.0:
@@ -390,6 +393,25 @@ def fill_inputs(pipe, grids, masks, gen):
     return x0, cond, ids
 
 
+HIGH_T = 0.9  # above it x_t no longer shows a product's colour or silhouette (see --high-t-p)
+
+
+def caption_times(t, prompts: list[str], gen, share: float):
+    """Flow times with a `share` of the captioned rows moved to U(HIGH_T, 1).
+
+    Colour is the noise-robust feature: averaged over an object's latent pixels it still reads off x_t
+    until t ~ 0.95, so the caption is needed for it only above that, where sigmoid(N(0, 1)) puts 0.2 % of
+    its draws; the sampler's first step, which settles the colour, runs at t = 1. Unrelated grids (the
+    empty prompt) keep the logit-normal times."""
+    import torch
+
+    if not share:
+        return t
+    high = HIGH_T + (1 - HIGH_T) * torch.rand(len(prompts), generator=gen)
+    pick = torch.tensor([bool(p) for p in prompts]) & (torch.rand(len(prompts), generator=gen) < share)
+    return torch.where(pick, high, t)
+
+
 def transformer_step(pipe, text: TextConditioning, batch, gen, rng, args):
     """One flow-matching loss on a batch of inpainting grids."""
     import torch
@@ -400,7 +422,7 @@ def transformer_step(pipe, text: TextConditioning, batch, gen, rng, args):
     grids, masks = grids.to(args.device), masks.to(args.device)
     x0, cond, img_ids = fill_inputs(pipe, grids, masks, gen)
     b = x0.shape[0]
-    t = logit_normal_t(b, gen).to(args.device)
+    t = caption_times(logit_normal_t(b, gen), prompts, gen, getattr(args, "high_t_p", 0.0)).to(args.device)
     noise = torch.randn(x0.shape, generator=gen).to(args.device)
     embeds, pooled = text(prompts)
     # guidance is uniform over the range samplers use, so the base does not depend on its value

@@ -229,6 +229,18 @@ def test_clause_prompts_name_one_clause_of_their_items_caption():
     assert all(caption in p for p in full.batch(16, 3)[2])
 
 
+def test_high_t_moves_captioned_rows_only_and_is_off_by_default():
+    import torch
+
+    pre = _pretrain_module()
+    t = torch.full((6,), 0.5)
+    prompts = ["a red mug", "", "a blue can", "", "a teal bag", ""]
+    moved = pre.caption_times(t, prompts, torch.Generator().manual_seed(0), share=1.0)
+    assert bool(((moved[0::2] >= pre.HIGH_T) & (moved[0::2] <= 1.0)).all())
+    assert bool((moved[1::2] == 0.5).all())  # unrelated grids: no caption to learn from
+    assert pre.caption_times(t, prompts, torch.Generator().manual_seed(0), share=0.0) is t
+
+
 def test_pretraining_resumed_from_a_checkpoint_ends_with_the_uninterrupted_weights(tmp_path):
     from safetensors.torch import load_file
 
