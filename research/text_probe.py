@@ -113,6 +113,7 @@ def main(argv=None) -> list[dict]:
     torch.set_num_threads(args.threads)
     rows = []
     for base in args.base:
+        print(f"{base}: 4 x {args.n} generations (~2 min per base at 1 thread)", flush=True)
         r = probe(base, args.n, args.steps)
         rows.append(r)
         c, c1 = r["colour"], r["colour_t1"]
