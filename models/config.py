@@ -156,6 +156,11 @@ class SampleConfig(_Section):
     steps: int = Field(8, ge=1, le=200)
     guidance: float = Field(30.0, ge=0)
     seed: int = 0
+    caption_guidance: float = Field(
+        1.0, ge=0, le=50, description="classifier-free guidance on the caption for generate (tau_G): the velocity "
+                                      "is extrapolated from the caption-free template's by this factor "
+                                      "(models/guidance.py); 1 = off. Costs a second transformer pass per step "
+                                      "of generate only")
     batch_size: int = Field(8, ge=1)
     compile_blocks: bool = Field(
         False, description="regional torch.compile of the transformer blocks while sampling (GPU speed-up)")

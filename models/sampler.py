@@ -1,7 +1,8 @@
 """Sampling with the (optionally LoRA-adapted) Fill backbone: decompose, synthesize, generate.
 
 Every task is one FluxFillPipeline call over the in-context grid with the task's mask and cached task
-embeddings: Euler flow-matching steps (`SampleConfig.steps`), FLUX guidance (`SampleConfig.guidance`).
+embeddings: Euler flow-matching steps (`SampleConfig.steps`), FLUX guidance (`SampleConfig.guidance`), and for
+generate classifier-free guidance on the caption (`SampleConfig.caption_guidance`, models/guidance.py).
 Known panels are returned from the input untouched; only masked panels come from the model. Noise is
 seeded per item from `SampleConfig.seed` and the item's content, so an item's result does not depend
 on which batch it lands in (CPU kernels still differ by ~1e-4 between runs: compare with a tolerance).
@@ -14,6 +15,7 @@ request is refused before anything changes. Both are checked before the backbone
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -25,6 +27,7 @@ from .config import SampleConfig
 from .grid import (
     COMPOSITE, GridError, fill_missing, generated_panels, given_panels, make_grid, split_grid, task_mask,
 )
+from .guidance import caption_guidance
 from .lora_io import fuse_adapter, load_adapter, unload_adapter
 
 if TYPE_CHECKING:  # torch stays a lazy import at run time
@@ -132,7 +135,7 @@ class Sampler:
         embeds = [bb.task_embeddings(task, cap) for cap in captions]
         generators = [self._generator(task, g, cap, draw) for g, cap in zip(grids, captions)]
         width, height = bb.grid_size
-        with bb.lock, compiled_blocks(bb.transformer, self.cfg.compile_blocks):
+        with bb.lock, compiled_blocks(bb.transformer, self.cfg.compile_blocks), self._guided(task, captions):
             result = bb.pipeline()(
                 prompt_embeds=torch.cat([e[0] for e in embeds]),
                 pooled_prompt_embeds=torch.cat([e[1] for e in embeds]),
@@ -141,6 +144,13 @@ class Sampler:
                 guidance_scale=self.cfg.guidance, generator=generators, output_type="pil",
             )
         return [self._assemble(task, c, img) for c, img in zip(chunk, result.images)]
+
+    def _guided(self, task: str, captions: Sequence[str | None]):
+        """Caption guidance around the pipeline call where a caption is given (generate) and it is on."""
+        if self.cfg.caption_guidance == 1 or not all(captions):
+            return nullcontext()
+        pe, pooled, _ = self.backbone.task_embeddings(task, None)
+        return caption_guidance(self.backbone.transformer, pe, pooled, self.cfg.caption_guidance)
 
     def _initial_noise(self, generators: list) -> "torch.Tensor":
         """Packed x_1 noise, one generator per item.
