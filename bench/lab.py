@@ -6,7 +6,8 @@ On the DEV split (`make_split("dev", n, ...)`, never the test split) it measures
     built from the renderer's truth (models/lab_metrics.py, nearest neighbour among rendered templates)
     read the product kind and object colour off the object panel and the logo shape off the logo panel.
     Their accuracy on the dev items' REAL panels is printed beside them (a low score is then the model's),
-    and so is chance;
+    and so is chance. Measured plain and again with caption guidance (`--caption-guidance`, the
+    `_caption_guidance` rows; models/guidance.py);
   * synthesis (tau_C): PSNR against the real composite of tau_C from the true logo and object panels,
     minus that of returning the object panel; whole panel and inside the logo's box in the composite
     (meta["logo_box"]: the renderer's printed-logo alpha, in composite pixels);
@@ -31,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SEEN_KINDS_DEFAULT = ("mug", "bottle")  # bench/loop.py's seed slice, when no store says otherwise
 INFERENCE_MODE = {"draws": 6, "anchor": True}
+CAPTION_GUIDANCE = 4.0  # sample.caption_guidance of the guided text rows: the best of 1-8 on dev (research/README.md)
+REFERENCE_SUFFIXES = ("_inference_mode", "_caption_guidance")  # rows shown beside their one-draw / plain goal
 # (metric, goal): every goal is "value >= goal" (issue 26)
 GOALS = {
     "text_kind_acc": 0.80, "text_colour_acc": 0.80, "text_shape_acc": 0.60,
@@ -61,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="with --train-seed: override a field of the seed round's config, e.g. "
                         "train.generate_fraction=0.25 (values parse as YAML; repeatable)")
+    p.add_argument("--caption-guidance", type=float, default=CAPTION_GUIDANCE,
+                   help="sample.caption_guidance of the guided text rows (1 = measure text plain only)")
     p.add_argument("--demo-time", type=float, default=None, help="seconds a `make demo` took, measured elsewhere")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--quick", action="store_true", help="a few items, 2 sampler steps: checks the script")
@@ -73,6 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.n, args.templates = QUICK["n"], min(args.templates, QUICK["templates"])
     if args.n < 1 or args.templates < 1 or args.threads < 1:
         p.error("--n, --templates and --threads must be >= 1")
+    if args.caption_guidance < 0:
+        p.error("--caption-guidance must be >= 0")
     return args
 
 
@@ -208,9 +215,10 @@ def measure_decomposition(backbone, adapter_dir, sample_cfg, items, unseen) -> d
 # ----------------------------------------------------------------- the table
 
 
-def headline(text: dict, synth: dict, decomposition: dict | None) -> dict[str, float | None]:
-    """The metrics issue 26 sets goals for (inference-mode rows beside the one-draw ones)."""
+def headline(text: dict, guided: dict | None, synth: dict, decomposition: dict | None) -> dict[str, float | None]:
+    """The metrics issue 26 sets goals for (caption-guidance and inference-mode rows beside the plain ones)."""
     out: dict[str, float | None] = {f"text_{k}_acc": v for k, v in text["model"].items()}
+    out.update({f"text_{k}_acc_caption_guidance": v for k, v in (guided or {}).get("model", {}).items()})
     out.update(synth_gain_db=synth["gain"], synth_gain_logo_box_db=synth["gain_box"])
     for suffix, mode in (("", "one_draw"), ("_inference_mode", "inference_mode")):
         unseen = (decomposition or {}).get(mode, {}).get("unseen", {})
@@ -219,27 +227,30 @@ def headline(text: dict, synth: dict, decomposition: dict | None) -> dict[str, f
 
 
 def verdicts(metrics: dict[str, float | None]) -> dict[str, dict]:
-    """Each metric with its goal and whether it is met (inference-mode rows: the one-draw goal, for reference)."""
+    """Each metric with its goal and whether it is met (caption-guidance and inference-mode rows: the plain,
+    one-draw goal, for reference)."""
     rows = {}
     for name, value in metrics.items():
-        goal = GOALS.get(name.removesuffix("_inference_mode"))
+        suffix = next((s for s in REFERENCE_SUFFIXES if name.endswith(s)), "")
+        goal = GOALS.get(name.removesuffix(suffix) if suffix else name)
         met = None if value is None or goal is None else bool(value >= goal)
-        rows[name] = {"value": value, "goal": goal, "met": met, "reference_only": name.endswith("_inference_mode")}
+        rows[name] = {"value": value, "goal": goal, "met": met, "reference_only": bool(suffix)}
     return rows
 
 
-def print_table(rows: dict[str, dict], text: dict, extra: dict) -> None:
+def print_table(rows: dict[str, dict], text: dict, guided: dict | None, extra: dict) -> None:
     print("| metric | value | goal | verdict |\n|---|---|---|---|")
     for name, r in rows.items():
         value = "not measured" if r["value"] is None else f"{r['value']:.3f}"
-        goal = "-" if r["goal"] is None else f">= {r['goal']:g}" + (" (one-draw goal)" if r["reference_only"] else "")
+        goal = "-" if r["goal"] is None else f">= {r['goal']:g}" + (" (plain goal)" if r["reference_only"] else "")
         verdict = "-" if r["met"] is None else ("MET" if r["met"] else "NOT met")
         print(f"| {name} | {value} | {goal} | {verdict}{' (ref.)' if r['reference_only'] and r['met'] is not None else ''} |")
     print("\n| classifier | on tau_G outputs | on real dev panels (validation) | chance |\n|---|---|---|---|")
     for name in text["model"]:
         print(f"| {name} | {text['model'][name]:.3f} | {text['truth'][name]:.3f} | {text['chance'][name]:.3f} |")
     print(f"object colour read as the caption's LOGO colour: {text['object_colour_reads_logo_colour']:.3f} "
-          "(the two colours bound the wrong way round)")
+          "(the two colours bound the wrong way round)" + (
+              f"; with caption guidance {guided['object_colour_reads_logo_colour']:.3f}" if guided else ""))
     for key, line in extra.items():
         print(f"{key}: {line}")
 
@@ -267,6 +278,12 @@ def main(argv=None) -> dict:
     t = time.perf_counter()
     text = measure_text(smp, items, classifiers)
     seconds["text"] = time.perf_counter() - t
+    guided = None
+    if args.caption_guidance != 1:
+        t = time.perf_counter()
+        guide = {"caption_guidance": args.caption_guidance}
+        guided = measure_text(Sampler(bb, adapter_dir, cfg.sample.model_copy(update=guide)), items, classifiers)
+        seconds["text_caption_guidance"] = time.perf_counter() - t
     print(f"  text following measured in {seconds['text']:.0f} s; synthesis next", flush=True)
     t = time.perf_counter()
     synth = measure_synthesis(smp, items)
@@ -278,7 +295,7 @@ def main(argv=None) -> dict:
         t = time.perf_counter()
         decomposition = measure_decomposition(bb, adapter_dir, cfg.sample, items, unseen)
         seconds["decomposition"] = time.perf_counter() - t
-    rows = verdicts(headline(text, synth, decomposition))
+    rows = verdicts(headline(text, guided, synth, decomposition))
     training = train_seconds(adapter_dir)
     wall = time.perf_counter() - t0
     extra = {
@@ -292,12 +309,13 @@ def main(argv=None) -> dict:
         else "not measured in this run (measure `make demo` separately; pass --demo-time SECONDS)",
         "this run's wall time": f"{wall:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) + ")",
     }
-    print_table(rows, text, extra)
+    print_table(rows, text, guided, extra)
     result = {"base": bb.base_id, "adapter": adapter_dir, "store": args.store, "base_only": args.base_only,
               "n": len(items), "n_unseen": sum(map(unseen, (m for *_, m in items))), "unseen": unseen_rule,
               "eval_seed": cfg.loop.eval_seed, "templates": args.templates, "quick": args.quick,
               "sample": cfg.sample.model_dump(mode="json"), "inference_mode": INFERENCE_MODE,
-              "metrics": rows, "classifiers": text, "synthesis": synth, "decomposition": decomposition,
+              "caption_guidance": args.caption_guidance, "metrics": rows, "classifiers": text,
+              "classifiers_caption_guidance": guided, "synthesis": synth, "decomposition": decomposition,
               "seed_training": training, "demo_seconds": args.demo_time, "seconds": seconds, "wall_seconds": wall}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

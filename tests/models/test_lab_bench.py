@@ -25,5 +25,11 @@ def test_lab_bench_quick_base_only_writes_each_goal_metric_and_the_colour_bindin
     assert text["truth"]["kind"] == 1.0 and text["truth"]["shape"] == 1.0  # the readers read real renders
     assert 0.0 <= text["object_colour_reads_logo_colour"] <= 1.0
     assert "object colour read as the caption's LOGO colour" in proc.stdout
+    # the guided text rows: measured apart, at the recorded scale, shown against the plain goal
+    assert result["caption_guidance"] == 4.0 and result["classifiers_caption_guidance"]["truth"] == text["truth"]
+    for name in ("kind", "colour", "shape"):
+        row = metrics[f"text_{name}_acc_caption_guidance"]
+        assert row["reference_only"] and row["goal"] == metrics[f"text_{name}_acc"]["goal"]
+        assert row["value"] == result["classifiers_caption_guidance"]["model"][name]
     synthesis = result["synthesis"]
     assert math.isclose(synthesis["gain"], synthesis["psnr_synth"] - synthesis["psnr_object"], abs_tol=1e-6)
