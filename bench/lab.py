@@ -10,7 +10,9 @@ On the DEV split (`make_split("dev", n, ...)`, never the test split) it measures
     `_caption_guidance` rows; models/guidance.py);
   * synthesis (tau_C): PSNR against the real composite of tau_C from the true logo and object panels,
     minus that of returning the object panel; whole panel and inside the logo's box in the composite
-    (meta["logo_box"]: the renderer's printed-logo alpha, in composite pixels);
+    (meta["logo_box"]: the renderer's printed-logo alpha, in composite pixels); plain and in the inference
+    mode (`Sampler.compose`: the object kept outside where the model printed something, the `_inference_mode`
+    rows);
   * decomposition on unseen kinds (kinds the seeds did not show): logo PSNR, logo shape IoU, object PSNR
     with one draw, and with the inference mode (sample.draws 6, sample.anchor true);
   * wall time of training the seed adapter (its metrics.json), and of `make demo` when --demo-time says.
@@ -187,14 +189,18 @@ def measure_text(smp, items, classifiers) -> dict:
             "object_colour_reads_logo_colour": as_logo}
 
 
-def measure_synthesis(smp, items) -> dict:
-    """tau_C from the true layers against copying the object panel, whole and inside the logo's box."""
+def measure_synthesis(smp, anchored_smp, items) -> dict:
+    """tau_C from the true layers against copying the object panel, whole and inside the logo's box: plain
+    (`synthesize`, what the cycle stage and judge use) and in the inference mode (`compose`: anchored)."""
     from layerloop.models.lab_metrics import synthesis_gains
 
-    synth = smp.synthesize([{"logo": t["logo"], "object": t["object"]} for _, t, _ in items])
-    rows = synthesis_gains([t["composite"] for _, t, _ in items], synth, [t["object"] for _, t, _ in items],
-                           [m["logo_box"] for _, _, m in items])
-    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    layers = [{"logo": t["logo"], "object": t["object"]} for _, t, _ in items]
+    out = {}
+    for name, made in (("plain", smp.synthesize(layers)), ("inference_mode", anchored_smp.compose(layers))):
+        rows = synthesis_gains([t["composite"] for _, t, _ in items], made, [t["object"] for _, t, _ in items],
+                               [m["logo_box"] for _, _, m in items])
+        out[name] = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    return {**out["plain"], "inference_mode": out["inference_mode"]}
 
 
 def measure_decomposition(backbone, adapter_dir, sample_cfg, items, unseen) -> dict:
@@ -220,6 +226,9 @@ def headline(text: dict, guided: dict | None, synth: dict, decomposition: dict |
     out: dict[str, float | None] = {f"text_{k}_acc": v for k, v in text["model"].items()}
     out.update({f"text_{k}_acc_caption_guidance": v for k, v in (guided or {}).get("model", {}).items()})
     out.update(synth_gain_db=synth["gain"], synth_gain_logo_box_db=synth["gain_box"])
+    anchored = synth["inference_mode"]
+    out.update(synth_gain_db_inference_mode=anchored["gain"],
+               synth_gain_logo_box_db_inference_mode=anchored["gain_box"])
     for suffix, mode in (("", "one_draw"), ("_inference_mode", "inference_mode")):
         unseen = (decomposition or {}).get(mode, {}).get("unseen", {})
         out.update({f"{name}{suffix}": unseen.get(key) for name, key in DECOMPOSE_KEYS.items()})
@@ -286,7 +295,7 @@ def main(argv=None) -> dict:
         seconds["text_caption_guidance"] = time.perf_counter() - t
     print(f"  text following measured in {seconds['text']:.0f} s; synthesis next", flush=True)
     t = time.perf_counter()
-    synth = measure_synthesis(smp, items)
+    synth = measure_synthesis(smp, Sampler(bb, adapter_dir, cfg.sample.model_copy(update={"anchor": True})), items)
     seconds["synthesis"] = time.perf_counter() - t
     decomposition = None
     if not args.base_only:
@@ -301,7 +310,9 @@ def main(argv=None) -> dict:
     extra = {
         "synthesis PSNR vs the composite": f"tau_C {synth['psnr_synth']:.2f} dB, object panel "
                                            f"{synth['psnr_object']:.2f} dB; in the logo box {synth['psnr_synth_box']:.2f}"
-                                           f" vs {synth['psnr_object_box']:.2f} dB",
+                                           f" vs {synth['psnr_object_box']:.2f} dB; anchored (compose) "
+                                           f"{synth['inference_mode']['psnr_synth']:.2f} / "
+                                           f"{synth['inference_mode']['psnr_synth_box']:.2f} dB",
         "seed adapter training wall time": (f"{training['train_seconds']:.1f} s ({training.get('steps')} steps, "
                                             f"{training.get('sec_per_step')} s/step; its metrics.json)")
         if training else "not measured (no metrics.json with train_seconds beside the adapter)",

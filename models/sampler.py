@@ -91,6 +91,18 @@ class Sampler:
         """Layers -> composite (tau_C)."""
         return [t[COMPOSITE] for t in self.run("synthesize", [dict(x) for x in layers])]
 
+    def compose(self, layers: Sequence[Mapping[str, Image.Image]]) -> list[Image.Image]:
+        """Layers -> composite in the configured inference mode: with `anchor`, the composite kept equal to
+        the background layer (the schema's last) outside the footprint where the model printed something,
+        which is what a composite is there; the model's pixels inside it. One draw: a mean of draws would
+        blur the printed logo."""
+        out = self.synthesize(layers)
+        if not self.cfg.anchor:
+            return out
+        background = self.backbone.schema.layers[-1]
+        return [anchor(given[background].convert("RGB"), {background: made}, background=background)[0][background]
+                for given, made in zip(layers, out)]
+
     def generate(self, prompts: Sequence[str]) -> list[dict[str, Image.Image]]:
         """Text -> a full triplet (tau_G), the prompt filling the generate template's caption slot."""
         if any(not isinstance(p, str) or not p.strip() for p in prompts):

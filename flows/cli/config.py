@@ -39,6 +39,8 @@ DRAWS_OPT = typer.Option(None, "--draws", help="decompositions per image, averag
                                                "N draws cost N times one)")
 ANCHOR_OPT = typer.Option(None, "--anchor/--no-anchor", help="keep the object equal to the input outside the "
                                                              "logo's footprint (sample.anchor)")
+COMPOSE_ANCHOR_OPT = typer.Option(None, "--anchor/--no-anchor", help="keep the composite equal to the object "
+                                  "outside where the model printed the logo (sample.anchor)")
 
 
 # Bad input: what the project raises for it (ValueError subclasses, docs/INTERFACES.md) and paths that are not there.

@@ -25,7 +25,8 @@ from ...models.matting import DEFAULT_METHOD, METHODS, matte
 from ...models.metrics import cycle_error, psnr
 from ...models.sampler import Sampler
 from ...tasks.stages.handles import backbone
-from .config import ANCHOR_OPT, CONFIG_OPT, DRAWS_OPT, STORE_OPT, fail, given, load, open_store, user_errors
+from .config import (ANCHOR_OPT, COMPOSE_ANCHOR_OPT, CONFIG_OPT, DRAWS_OPT, STORE_OPT, fail, given, load, open_store,
+                     user_errors)
 from .images import FIT_MODES, InputImageError, Source, expand, fit_to_panel, load_input, restore_from_panel
 
 _ADAPTER = typer.Option(None, "--adapter", "-a", help="round number or adapter directory (default: latest round)")
@@ -266,10 +267,10 @@ def _write_composite(out: Path, composite: Image.Image, record: dict, sidecar: d
 def synthesize_cmd(logo: Path = typer.Argument(..., metavar="LOGO", help="logo image"),
                    object_: Path = typer.Argument(..., metavar="OBJECT", help="clean object image"),
                    out: Path = typer.Option(..., "--out", "-o", help="output composite file (.png)"),
-                   adapter: Optional[str] = _ADAPTER, fit: str = _FIT,
+                   adapter: Optional[str] = _ADAPTER, fit: str = _FIT, anchor: Optional[bool] = COMPOSE_ANCHOR_OPT,
                    store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Print LOGO onto OBJECT: writes the composite at the object's size (+ FILE.json sidecar)."""
-    cfg = _fit_and_config(fit, config, store)
+    cfg = _fit_and_config(fit, config, store, given("sample", anchor=anchor))
     _two_layers(cfg, "synthesize")
     (logo_img, logo_conv), (obj_img, obj_conv) = _load_two(logo, object_, cfg)
     with user_errors():  # an unknown adapter, a bad model.path or base: one error line
@@ -277,11 +278,11 @@ def synthesize_cmd(logo: Path = typer.Argument(..., metavar="LOGO", help="logo i
     size = cfg.model.panel_size
     logo_panel, logo_rec = fit_to_panel(logo_img, size, fit)
     obj_panel, obj_rec = fit_to_panel(obj_img, size, fit)
-    composite = sampler.synthesize([{"logo": logo_panel, "object": obj_panel}])[0]
+    composite = sampler.compose([{"logo": logo_panel, "object": obj_panel}])[0]
     # The composite shares the object's geometry, so it maps back the way the object was fitted.
     _write_composite(out, composite, obj_rec, {"logo": {"input": str(logo), "conversions": logo_conv, **logo_rec},
                                                "object": {"input": str(object_), "conversions": obj_conv, **obj_rec},
-                                               "adapter": label})
+                                               "adapter": label, "inference": {"anchor": sampler.cfg.anchor}})
 
 
 def rebrand_cmd(composite: Path = typer.Argument(..., metavar="COMPOSITE", help="a photo of a product with a logo"),
@@ -290,7 +291,8 @@ def rebrand_cmd(composite: Path = typer.Argument(..., metavar="COMPOSITE", help=
                 adapter: Optional[str] = _ADAPTER, fit: str = _FIT,
                 draws: Optional[int] = DRAWS_OPT, anchor: Optional[bool] = ANCHOR_OPT,
                 store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
-    """Replace the logo on COMPOSITE by NEW_LOGO: decompose, keep the clean object, synthesize the new logo onto it."""
+    """Replace the logo on COMPOSITE by NEW_LOGO: decompose, keep the clean object, synthesize the new logo onto it
+    (--anchor: the object kept equal to the input outside the old logo, the new print kept to where it lands)."""
     cfg = _fit_and_config(fit, config, store, given("sample", draws=draws, anchor=anchor))
     _two_layers(cfg, "rebrand")
     (comp_img, comp_conv), (logo_img, logo_conv) = _load_two(composite, logo, cfg)
@@ -301,7 +303,7 @@ def rebrand_cmd(composite: Path = typer.Argument(..., metavar="COMPOSITE", help=
     logo_panel, logo_rec = fit_to_panel(logo_img, size, "pad")  # a logo keeps its aspect on its white panel
     layers = sampler.infer([comp_panel])[0]
     old = recomposition(sampler, [comp_panel], [layers])[0]
-    result = sampler.synthesize([{"logo": logo_panel, "object": layers["object"]}])[0]
+    result = sampler.compose([{"logo": logo_panel, "object": layers["object"]}])[0]
     _write_composite(out, result, comp_rec, {
         "composite": {"input": str(composite), "conversions": comp_conv, **comp_rec},
         "logo": {"input": str(logo), "conversions": logo_conv, **logo_rec}, "adapter": label,

@@ -33,3 +33,10 @@ def test_lab_bench_quick_base_only_writes_each_goal_metric_and_the_colour_bindin
         assert row["value"] == result["classifiers_caption_guidance"]["model"][name]
     synthesis = result["synthesis"]
     assert math.isclose(synthesis["gain"], synthesis["psnr_synth"] - synthesis["psnr_object"], abs_tol=1e-6)
+    # the anchored synthesis: its own measurement beside the plain goal; outside the footprint it IS the object
+    # panel, so it can only move the whole-panel score where the model printed something
+    anchored = synthesis["inference_mode"]
+    assert metrics["synth_gain_db_inference_mode"]["value"] == anchored["gain"]
+    assert metrics["synth_gain_db_inference_mode"]["reference_only"]
+    assert math.isclose(anchored["gain"], anchored["psnr_synth"] - anchored["psnr_object"], abs_tol=1e-6)
+    assert anchored["psnr_object"] == synthesis["psnr_object"]

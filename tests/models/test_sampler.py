@@ -195,3 +195,26 @@ def test_inference_mode_anchors_the_last_layer_of_any_schema():
     mean = consensus([plain.decompose([comp], draw=k)[0] for k in range(2)])
     expected = anchor(comp, mean, background="object")[0]
     assert all(np.abs(_arr(layers[k]) - _arr(expected[k])).max() <= 2.0 for k in layers)
+
+
+def test_compose_keeps_the_object_where_the_model_printed_nothing(sampler, tiny_backbone):
+    from layerloop.models.synthetic import render_triplet
+
+    triplets = [render_triplet(s, 32)[0] for s in (70, 71)]
+    layers = [{"logo": t["logo"], "object": t["object"]} for t in triplets]
+    plain = sampler.compose(layers)  # anchor off: the synthesis itself
+    assert all(np.abs(_arr(p) - _arr(s)).max() <= 2.0 for p, s in zip(plain, sampler.synthesize(layers)))
+    anchored = Sampler(tiny_backbone, None, CFG.model_copy(update={"anchor": True})).compose(layers)
+    for item, made, out in zip(layers, plain, anchored):
+        obj, made, out = _arr(item["object"]), _arr(made), _arr(out)
+        departs = np.abs(made - obj).max(axis=-1)
+        printed = departs > 64 + 2  # beyond the footprint threshold by more than the CPU tolerance
+        kept = np.abs(out - obj).max(axis=-1) == 0
+        assert printed.any() and kept.any()  # both kinds of pixel exist, so the checks below can fail
+        assert np.abs(out - made).max(axis=-1)[printed].max() <= 2.0  # the model's pixels where it printed
+        # a pixel far from every printed one (beyond the 1-px growth) is the object's own
+        near = np.zeros_like(printed)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                near |= np.roll(np.roll(departs > 64 - 2, dy, 0), dx, 1)
+        assert kept[~near].all()
