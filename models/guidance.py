@@ -10,7 +10,8 @@ product is mostly the prior's. Guidance extrapolates away from the prediction wi
 where "template" is the task's prompt with an empty caption slot, so only the caption's words are
 amplified, not the task's. `caption_guidance` doubles the transformer's batch inside one pipeline call by
 hooking its forward (the pipeline's own scheduler, masks and packing stay as they are); the cost is a
-second transformer pass per step. It works the same for FLUX weights.
+second transformer pass per step. The hooks see only FluxTransformer2DModel's keyword arguments, so FLUX
+weights take the same path (not yet run on them: no GPU was lent to the session that built it).
 """
 from __future__ import annotations
 
