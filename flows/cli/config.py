@@ -70,6 +70,9 @@ def prefect_env() -> None:
     # killed while holding the gpu slot would leak it for good. On disk, any later server expires it.
     os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE",
                           "prefect.server.concurrency.lease_storage.filesystem")
+    # A fresh Prefect home migrates its SQLite DB before the ephemeral API answers: on 2 busy cores that
+    # passes Prefect's 20 s default and the run dies before its first task.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     ride_out_database_restarts()  # a server whose PostgreSQL restarts answers 500 for a while: retry those
 
 

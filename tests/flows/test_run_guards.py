@@ -27,8 +27,10 @@ CLI = [sys.executable, "-m", "layerloop.flows"]
 def _ephemeral_env(tmp_path: Path) -> dict:
     """How a user runs it: no PREFECT_API_URL (Prefect starts an ephemeral API), a Prefect home of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    # guard_proc.py starts its ephemeral API without the CLI, so it needs the CLI's startup allowance itself:
+    # a fresh Prefect home migrates its DB first, past Prefect's 20 s on a loaded CI box
     return {**env, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
 
 
 def _config(tmp_path: Path, store: Path, inputs: dict, **loop) -> Path:
