@@ -189,14 +189,16 @@ def measure_text(smp, items, classifiers) -> dict:
             "object_colour_reads_logo_colour": as_logo}
 
 
-def measure_synthesis(smp, anchored_smp, items) -> dict:
+def measure_synthesis(smp, items) -> dict:
     """tau_C from the true layers against copying the object panel, whole and inside the logo's box: plain
-    (`synthesize`, what the cycle stage and judge use) and in the inference mode (`compose`: anchored)."""
+    (`synthesize`, what the cycle stage and judge use) and in the inference mode (`compose`: the same
+    synthesis anchored)."""
     from layerloop.models.lab_metrics import synthesis_gains
 
     layers = [{"logo": t["logo"], "object": t["object"]} for _, t, _ in items]
+    plain = smp.synthesize(layers)
     out = {}
-    for name, made in (("plain", smp.synthesize(layers)), ("inference_mode", anchored_smp.compose(layers))):
+    for name, made in (("plain", plain), ("inference_mode", smp.keep_background(layers, plain))):
         rows = synthesis_gains([t["composite"] for _, t, _ in items], made, [t["object"] for _, t, _ in items],
                                [m["logo_box"] for _, _, m in items])
         out[name] = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
@@ -295,7 +297,7 @@ def main(argv=None) -> dict:
         seconds["text_caption_guidance"] = time.perf_counter() - t
     print(f"  text following measured in {seconds['text']:.0f} s; synthesis next", flush=True)
     t = time.perf_counter()
-    synth = measure_synthesis(smp, Sampler(bb, adapter_dir, cfg.sample.model_copy(update={"anchor": True})), items)
+    synth = measure_synthesis(smp, items)
     seconds["synthesis"] = time.perf_counter() - t
     decomposition = None
     if not args.base_only:

@@ -97,11 +97,16 @@ class Sampler:
         which is what a composite is there; the model's pixels inside it. One draw: a mean of draws would
         blur the printed logo."""
         out = self.synthesize(layers)
-        if not self.cfg.anchor:
-            return out
+        return self.keep_background(layers, out) if self.cfg.anchor else out
+
+    def keep_background(self, layers: Sequence[Mapping[str, Image.Image]],
+                        composites: Sequence[Image.Image]) -> list[Image.Image]:
+        """`composites` synthesized from `layers`, kept equal to the background layer outside the footprint
+        where the model changed it (what `compose` does after `synthesize`; callers that need both reuse one
+        synthesis)."""
         background = self.backbone.schema.layers[-1]
         return [anchor(given[background].convert("RGB"), {background: made}, background=background)[0][background]
-                for given, made in zip(layers, out)]
+                for given, made in zip(layers, composites, strict=True)]
 
     def generate(self, prompts: Sequence[str]) -> list[dict[str, Image.Image]]:
         """Text -> a full triplet (tau_G), the prompt filling the generate template's caption slot."""

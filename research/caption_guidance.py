@@ -47,12 +47,10 @@ def sweep(base: str, adapter: str | None, scales: list[float], n: int, classifie
     from layerloop.models.config import ModelConfig, SampleConfig
     from layerloop.models.factory import build_backbone
     from layerloop.models.sampler import Sampler
-    from layerloop.models.synthetic import make_split
     from layerloop.tasks.config import validate_config
 
     bb = build_backbone(ModelConfig(path=base))
-    eval_seed = validate_config({}, source="research/caption_guidance.py").loop.eval_seed  # bench/lab.py's items
-    items = list(make_split("dev", n, bb.panel_size, eval_seed))
+    items = lab.dev_items(validate_config({}, source="research/caption_guidance.py"), n)  # bench/lab.py's items
     rows = []
     for scale in scales:
         started = time.perf_counter()

@@ -68,7 +68,7 @@ def score_adapter(bb, adapter: str, items, thresholds, grows) -> dict[str, dict[
     smp = Sampler(bb, adapter, SampleConfig(anchor=True))
     layers = [{"logo": t["logo"], "object": t["object"]} for _, t, _ in items]
     plain = smp.synthesize(layers)
-    out = {"plain": gains(items, plain), "compose": gains(items, smp.compose(layers))}
+    out = {"plain": gains(items, plain), "compose": gains(items, smp.keep_background(layers, plain))}
     for thr in thresholds:
         for grow in grows:
             made = [anchor(t["object"].convert("RGB"), {"object": m}, threshold=thr, grow=grow,
