@@ -11,8 +11,8 @@ On the DEV split (`make_split("dev", n, ...)`, never the test split) it measures
   * synthesis (tau_C): PSNR against the real composite of tau_C from the true logo and object panels,
     minus that of returning the object panel; whole panel and inside the logo's box in the composite
     (meta["logo_box"]: the renderer's printed-logo alpha, in composite pixels); plain and in the inference
-    mode (`Sampler.compose`: the object kept outside where the model printed something, the `_inference_mode`
-    rows);
+    mode (`Sampler.compose` with sample.draws 6: the mean of six syntheses, the object kept outside where the
+    model printed something; the `_inference_mode` rows);
   * decomposition on unseen kinds (kinds the seeds did not show): logo PSNR, logo shape IoU, object PSNR
     with one draw, and with the inference mode (sample.draws 6, sample.anchor true);
   * wall time of training the seed adapter (its metrics.json), and of `make demo` when --demo-time says.
@@ -68,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "train.generate_fraction=0.25 (values parse as YAML; repeatable)")
     p.add_argument("--caption-guidance", type=float, default=CAPTION_GUIDANCE,
                    help="sample.caption_guidance of the guided text rows (1 = measure text plain only)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps of every measurement (default: the config's sample.steps)")
     p.add_argument("--demo-time", type=float, default=None, help="seconds a `make demo` took, measured elsewhere")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--quick", action="store_true", help="a few items, 2 sampler steps: checks the script")
@@ -77,9 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.set and not args.train_seed:
         p.error("--set changes the seed round --train-seed trains; without it there is nothing to change")
     if args.quick:
-        args.n, args.templates = QUICK["n"], min(args.templates, QUICK["templates"])
-    if args.n < 1 or args.templates < 1 or args.threads < 1:
-        p.error("--n, --templates and --threads must be >= 1")
+        args.n, args.templates, args.steps = QUICK["n"], min(args.templates, QUICK["templates"]), QUICK["steps"]
+    if args.n < 1 or args.templates < 1 or args.threads < 1 or (args.steps is not None and args.steps < 1):
+        p.error("--n, --templates, --threads and --steps must be >= 1")
     if args.caption_guidance < 0:
         p.error("--caption-guidance must be >= 0")
     return args
@@ -116,14 +118,14 @@ def train_seed(args):
 
 
 def pipeline_config(args):
-    """The store's round-1 config (its sampler, model and eval seed) or the defaults, with --base / --quick."""
+    """The store's round-1 config (its sampler, model and eval seed) or the defaults, with --base / --steps."""
     from layerloop.tasks.config import round_config, validate_config
 
     changes: dict = {}
     if args.base:
         changes["model"] = {"path": args.base}
-    if args.quick:
-        changes["sample"] = {"steps": QUICK["steps"]}
+    if args.steps is not None:
+        changes["sample"] = {"steps": args.steps}
     if args.store:
         if not Path(args.store).is_dir():
             raise SystemExit(f"store {args.store} does not exist: run bench/loop.py first")
@@ -189,16 +191,15 @@ def measure_text(smp, items, classifiers) -> dict:
             "object_colour_reads_logo_colour": as_logo}
 
 
-def measure_synthesis(smp, items) -> dict:
+def measure_synthesis(smp, mode_smp, items) -> dict:
     """tau_C from the true layers against copying the object panel, whole and inside the logo's box: plain
-    (`synthesize`, what the cycle stage and judge use) and in the inference mode (`compose`: the same
-    synthesis anchored)."""
+    (`synthesize`, one draw: what the cycle stage and judge use) and in the inference mode (`compose` of a
+    sampler in INFERENCE_MODE: the mean of its draws, anchored)."""
     from layerloop.models.lab_metrics import synthesis_gains
 
     layers = [{"logo": t["logo"], "object": t["object"]} for _, t, _ in items]
-    plain = smp.synthesize(layers)
     out = {}
-    for name, made in (("plain", plain), ("inference_mode", smp.keep_background(layers, plain))):
+    for name, made in (("plain", smp.synthesize(layers)), ("inference_mode", mode_smp.compose(layers))):
         rows = synthesis_gains([t["composite"] for _, t, _ in items], made, [t["object"] for _, t, _ in items],
                                [m["logo_box"] for _, _, m in items])
         out[name] = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
@@ -297,7 +298,7 @@ def main(argv=None) -> dict:
         seconds["text_caption_guidance"] = time.perf_counter() - t
     print(f"  text following measured in {seconds['text']:.0f} s; synthesis next", flush=True)
     t = time.perf_counter()
-    synth = measure_synthesis(smp, items)
+    synth = measure_synthesis(smp, Sampler(bb, adapter_dir, cfg.sample.model_copy(update=INFERENCE_MODE)), items)
     seconds["synthesis"] = time.perf_counter() - t
     decomposition = None
     if not args.base_only:
@@ -312,7 +313,8 @@ def main(argv=None) -> dict:
     extra = {
         "synthesis PSNR vs the composite": f"tau_C {synth['psnr_synth']:.2f} dB, object panel "
                                            f"{synth['psnr_object']:.2f} dB; in the logo box {synth['psnr_synth_box']:.2f}"
-                                           f" vs {synth['psnr_object_box']:.2f} dB; anchored (compose) "
+                                           f" vs {synth['psnr_object_box']:.2f} dB; inference mode (compose, "
+                                           f"{INFERENCE_MODE['draws']} draws) "
                                            f"{synth['inference_mode']['psnr_synth']:.2f} / "
                                            f"{synth['inference_mode']['psnr_synth_box']:.2f} dB",
         "seed adapter training wall time": (f"{training['train_seconds']:.1f} s ({training.get('steps')} steps, "

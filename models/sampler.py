@@ -87,16 +87,18 @@ class Sampler:
         background = self.backbone.schema.layers[-1]
         return [anchor(c, layers, background=background)[0] for c, layers in zip(composites, out)]
 
-    def synthesize(self, layers: Sequence[Mapping[str, Image.Image]]) -> list[Image.Image]:
-        """Layers -> composite (tau_C)."""
-        return [t[COMPOSITE] for t in self.run("synthesize", [dict(x) for x in layers])]
+    def synthesize(self, layers: Sequence[Mapping[str, Image.Image]], draw: int = 0) -> list[Image.Image]:
+        """Layers -> composite (tau_C); `draw` as in `decompose`."""
+        return [t[COMPOSITE] for t in self.run("synthesize", [dict(x) for x in layers], draw=draw)]
 
     def compose(self, layers: Sequence[Mapping[str, Image.Image]]) -> list[Image.Image]:
-        """Layers -> composite in the configured inference mode: with `anchor`, the composite kept equal to
-        the background layer (the schema's last) outside the footprint where the model printed something,
-        which is what a composite is there; the model's pixels inside it. One draw: a mean of draws would
-        blur the printed logo."""
-        out = self.synthesize(layers)
+        """Layers -> composite in the configured inference mode: `draws` syntheses from independent noise and,
+        with more than one, their per-pixel mean (as `infer`'s consensus: what the draws disagree on fades,
+        which PSNR rewards and a sharp print does not); then with `anchor` the composite kept equal to the
+        background layer (the schema's last) outside the footprint where the model printed something, which
+        is what a composite is there."""
+        made = [self.synthesize(layers, draw=k) for k in range(self.cfg.draws)]
+        out = made[0] if len(made) == 1 else [consensus([{COMPOSITE: c} for c in cs])[COMPOSITE] for cs in zip(*made)]
         return self.keep_background(layers, out) if self.cfg.anchor else out
 
     def keep_background(self, layers: Sequence[Mapping[str, Image.Image]],

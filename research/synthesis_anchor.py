@@ -6,7 +6,8 @@ Question: tau_C from the TRUE layers scores no better than returning the object 
 object, so the composite can be kept equal to the object panel wherever the model's output stays within a
 threshold of it (models.anchoring.anchor, the rule `decompose` already uses on its object layer). Does that
 lift the whole-panel gain, what does it cost inside the logo's box, and which (threshold, grow) does the dev
-split pick?
+split pick? And with `--draws K`: does the per-pixel mean of K synthesis draws (each from its own noise, as
+`decompose`'s consensus) score higher, plain and kept (settings `mean{K}`, `mean{K}_compose`)?
 
 For each seed adapter (one per training seed, e.g. the stores bench/lab.py --train-seed writes) it synthesizes
 the dev items' true layers once, scores the plain output and `Sampler.compose` (the product's rule: threshold
@@ -39,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="dev decides the rule; test only reports the rule dev chose")
     p.add_argument("--thresholds", type=float, nargs="+", default=[16.0, 32.0, 48.0, 64.0, 96.0])
     p.add_argument("--grows", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--draws", type=int, default=1,
+                   help="also score the per-pixel mean of this many synthesis draws (1 = not)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -47,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise SystemExit(f"adapter directories not found: {missing}")
     if args.n < 2:
         raise SystemExit("--n must be >= 2 (paired intervals)")
+    if args.draws < 1:
+        raise SystemExit("--draws must be >= 1")
     return args
 
 
@@ -59,8 +64,17 @@ def gains(items, made) -> dict[str, list[float]]:
     return {k: [r[k] for r in rows] for k in METRICS}
 
 
-def score_adapter(bb, adapter: str, items, thresholds, grows) -> dict[str, dict[str, list[float]]]:
-    """{setting: per-item gains} for one adapter: plain, compose (the product's rule) and the grid."""
+def mean_of_draws(smp, layers, first: list, k: int) -> list:
+    """Per-pixel mean of `first` (draw 0) and k - 1 more synthesis draws, each from its own noise."""
+    from layerloop.models.anchoring import consensus
+
+    more = [smp.synthesize(layers, draw=d) for d in range(1, k)]
+    return [consensus([{"composite": c} for c in cs])["composite"] for cs in zip(first, *more)]
+
+
+def score_adapter(bb, adapter: str, items, thresholds, grows, draws: int = 1) -> dict[str, dict[str, list[float]]]:
+    """{setting: per-item gains} for one adapter: plain, compose (the product's rule), the grid and, with
+    draws > 1, the mean of the draws, plain and kept."""
     from layerloop.models.anchoring import anchor
     from layerloop.models.config import SampleConfig
     from layerloop.models.sampler import Sampler
@@ -74,6 +88,10 @@ def score_adapter(bb, adapter: str, items, thresholds, grows) -> dict[str, dict[
             made = [anchor(t["object"].convert("RGB"), {"object": m}, threshold=thr, grow=grow,
                            background="object")[0]["object"] for (_, t, _), m in zip(items, plain)]
             out[f"thr{thr:g}_grow{grow}"] = gains(items, made)
+    if draws > 1:
+        mean = mean_of_draws(smp, layers, plain, draws)
+        out[f"mean{draws}"] = gains(items, mean)
+        out[f"mean{draws}_compose"] = gains(items, smp.keep_background(layers, mean))
     return out
 
 
@@ -109,7 +127,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     per_adapter = []
     for adapter in args.adapters:
-        per_adapter.append(score_adapter(bb, adapter, items, args.thresholds, args.grows))
+        per_adapter.append(score_adapter(bb, adapter, items, args.thresholds, args.grows, args.draws))
         print(f"  {adapter}: {time.perf_counter() - t0:.0f} s", flush=True)
     table = summarize(per_adapter)
     print("| setting | gain dB | vs plain [95 %] | logo-box gain dB | vs plain [95 %] |\n|---|---|---|---|---|")
@@ -117,7 +135,7 @@ def main(argv=None) -> dict:
         g, b = row["gain"], row["gain_box"]
         print(f"| {setting} | {g['mean']:+.2f} | {g['vs_plain']:+.2f} [{g['lo']:+.2f}, {g['hi']:+.2f}] | "
               f"{b['mean']:+.2f} | {b['vs_plain']:+.2f} [{b['lo']:+.2f}, {b['hi']:+.2f}] |")
-    result = {"base": bb.base_id, "adapters": args.adapters, "split": args.split, "n": len(items),
+    result = {"base": bb.base_id, "adapters": args.adapters, "split": args.split, "n": len(items), "draws": args.draws,
               "eval_seed": cfg.loop.eval_seed,
               "table": table, "per_adapter_means": [
                   {s: {m: sum(v[m]) / len(v[m]) for m in METRICS} for s, v in d.items()} for d in per_adapter],

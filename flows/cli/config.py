@@ -35,8 +35,9 @@ STORE_OPT = typer.Option(None, "--store", envvar="LAYERLOOP_STORE",
                          help="store root: local path or fsspec URL (s3://bucket/prefix); a flag, so it beats "
                               "store.uri from the file and LAYERLOOP__STORE__URI")
 
-DRAWS_OPT = typer.Option(None, "--draws", help="decompositions per image, averaged per pixel (sample.draws; "
-                                               "N draws cost N times one)")
+DRAWS_OPT = typer.Option(None, "--draws", help="draws per image from independent noise, averaged per pixel: "
+                                               "decompositions, and syntheses where a composite is made "
+                                               "(sample.draws; N draws cost N times one)")
 ANCHOR_OPT = typer.Option(None, "--anchor/--no-anchor", help="keep the object equal to the input outside the "
                                                              "logo's footprint (sample.anchor)")
 COMPOSE_ANCHOR_OPT = typer.Option(None, "--anchor/--no-anchor", help="keep the composite equal to the object "

@@ -267,10 +267,11 @@ def _write_composite(out: Path, composite: Image.Image, record: dict, sidecar: d
 def synthesize_cmd(logo: Path = typer.Argument(..., metavar="LOGO", help="logo image"),
                    object_: Path = typer.Argument(..., metavar="OBJECT", help="clean object image"),
                    out: Path = typer.Option(..., "--out", "-o", help="output composite file (.png)"),
-                   adapter: Optional[str] = _ADAPTER, fit: str = _FIT, anchor: Optional[bool] = COMPOSE_ANCHOR_OPT,
+                   adapter: Optional[str] = _ADAPTER, fit: str = _FIT, draws: Optional[int] = DRAWS_OPT,
+                   anchor: Optional[bool] = COMPOSE_ANCHOR_OPT,
                    store: Optional[str] = STORE_OPT, config: Optional[Path] = CONFIG_OPT) -> None:
     """Print LOGO onto OBJECT: writes the composite at the object's size (+ FILE.json sidecar)."""
-    cfg = _fit_and_config(fit, config, store, given("sample", anchor=anchor))
+    cfg = _fit_and_config(fit, config, store, given("sample", draws=draws, anchor=anchor))
     _two_layers(cfg, "synthesize")
     (logo_img, logo_conv), (obj_img, obj_conv) = _load_two(logo, object_, cfg)
     with user_errors():  # an unknown adapter, a bad model.path or base: one error line
@@ -282,7 +283,8 @@ def synthesize_cmd(logo: Path = typer.Argument(..., metavar="LOGO", help="logo i
     # The composite shares the object's geometry, so it maps back the way the object was fitted.
     _write_composite(out, composite, obj_rec, {"logo": {"input": str(logo), "conversions": logo_conv, **logo_rec},
                                                "object": {"input": str(object_), "conversions": obj_conv, **obj_rec},
-                                               "adapter": label, "inference": {"anchor": sampler.cfg.anchor}})
+                                               "adapter": label,
+                                               "inference": {"draws": sampler.cfg.draws, "anchor": sampler.cfg.anchor}})
 
 
 def rebrand_cmd(composite: Path = typer.Argument(..., metavar="COMPOSITE", help="a photo of a product with a logo"),

@@ -218,3 +218,20 @@ def test_compose_keeps_the_object_where_the_model_printed_nothing(sampler, tiny_
             for dx in (-1, 0, 1):
                 near |= np.roll(np.roll(departs > 64 - 2, dy, 0), dx, 1)
         assert kept[~near].all()
+
+
+def test_compose_with_draws_is_the_mean_of_its_syntheses_then_anchored(sampler, tiny_backbone):
+    from layerloop.models.anchoring import consensus
+    from layerloop.models.synthetic import render_triplet
+
+    triplets = [render_triplet(s, 32)[0] for s in (72, 73)]
+    layers = [{"logo": t["logo"], "object": t["object"]} for t in triplets]
+    draws = [sampler.synthesize(layers, draw=k) for k in range(3)]
+    assert np.abs(_arr(draws[0][0]) - _arr(draws[1][0])).mean() > 1.0  # the draws differ, so a mean is not one
+    three = Sampler(tiny_backbone, None, CFG.model_copy(update={"draws": 3})).compose(layers)
+    for i, made in enumerate(three):
+        mean = consensus([{"composite": d[i]} for d in draws])["composite"]
+        assert np.abs(_arr(made) - _arr(mean)).max() <= 2.0
+    kept = Sampler(tiny_backbone, None, CFG.model_copy(update={"draws": 3, "anchor": True})).compose(layers)
+    expected = sampler.keep_background(layers, three)
+    assert all(np.abs(_arr(k) - _arr(e)).max() <= 2.0 for k, e in zip(kept, expected))

@@ -73,13 +73,13 @@ def test_synthesize_maps_back_to_the_object_size(tmp_path, tiny_adapter, config_
     assert Image.open(out).size == (48, 64)
     side = json.loads((tmp_path / "made" / "composite.png.json").read_text())
     assert side["object"]["original_size"] == [48, 64] and side["logo"]["fit"] == "none"
-    assert side["inference"] == {"anchor": True}  # sample.anchor's default reaches synthesis (Sampler.compose)
+    assert side["inference"] == {"draws": 1, "anchor": True}  # sample's defaults reach synthesis (Sampler.compose)
     plain = tmp_path / "made" / "plain.png"
     again = CliRunner().invoke(app, ["synthesize", str(tmp_path / "logo.png"), str(tmp_path / "object.png"),
-                                     "--out", str(plain), "--adapter", tiny_adapter["adapter_dir"], "--no-anchor",
+                                     "--out", str(plain), "--adapter", tiny_adapter["adapter_dir"], "--no-anchor", "--draws", "2",
                                      "--config", str(config_file)])
     assert again.exit_code == 0, again.output
-    assert json.loads((tmp_path / "made" / "plain.png.json").read_text())["inference"] == {"anchor": False}
+    assert json.loads((tmp_path / "made" / "plain.png.json").read_text())["inference"] == {"draws": 2, "anchor": False}
 
 
 def test_unknown_adapter_is_a_clear_error(tmp_path, config_file):
