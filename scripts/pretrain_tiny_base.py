@@ -74,6 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of grids whose panels are generic transforms of one panel (in-context prior)")
     p.add_argument("--mask-mix", type=float, nargs=3, default=list(MASK_MIX), metavar=("PANELS", "BOXES", "STROKES"),
                    help="mask kind shares for the grids of unrelated panels")
+    p.add_argument("--triplet-mask-mix", type=float, nargs=3, default=list(TRIPLET_MASK_MIX),
+                   metavar=("ALL", "PANELS", "LOCAL"),
+                   help="mask kind shares for the triplet grids: all three panels (only the caption tells the "
+                        "product), one or two whole panels, a local hole")
     p.add_argument("--triplet-share", type=float, default=0.5,
                    help="share of 3-panel grids that are one captioned triplet (0 = the old, text-blind recipe)")
     p.add_argument("--caption-p", type=float, default=0.8,
@@ -82,8 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of captioned triplet grids whose prompt is one clause of the caption (object or "
                         "logo), so each colour word is seen with one colour")
     p.add_argument("--high-t-p", type=float, default=0.0,
-                   help="share of captioned triplet grids trained at t ~ U(0.9, 1), where only the caption "
-                        "tells the product's colour and kind (0 = logit-normal times for every grid)")
+                   help="share of captioned triplet grids trained at t ~ U(--high-t-min, 1), where only the "
+                        "caption tells the product's colour and kind (0 = logit-normal times for every grid)")
+    p.add_argument("--high-t-min", type=float, default=HIGH_T,
+                   help="lowest flow time of the --high-t-p grids (the noisier, the less x_t shows the colour)")
     p.add_argument("--train-text", action=argparse.BooleanOptionalAction, default=True,
                    help="train both text encoders with the transformer")
     p.add_argument("--text-lr", type=float, default=None, help="text encoders' learning rate (default: --lr)")
@@ -111,9 +117,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("counts, steps and batch sizes must be >= 1")
     if min(args.mask_mix) < 0 or abs(sum(args.mask_mix) - 1.0) > 1e-6:
         p.error(f"--mask-mix must be three non-negative shares summing to 1; got {args.mask_mix}")
+    if min(args.triplet_mask_mix) < 0 or abs(sum(args.triplet_mask_mix) - 1.0) > 1e-6:
+        p.error(f"--triplet-mask-mix must be three non-negative shares summing to 1; got {args.triplet_mask_mix}")
     for name in ("related", "triplet_share", "caption_p", "clause_p", "high_t_p"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             p.error(f"--{name.replace('_', '-')} must be a share in [0, 1]; got {getattr(args, name)}")
+    if not 0.0 <= args.high_t_min < 1.0:
+        p.error(f"--high-t-min must be in [0, 1); got {args.high_t_min}")
     if args.related + args.triplet_share > 1.0:
         p.error(f"--related ({args.related}) + --triplet-share ({args.triplet_share}) must not exceed 1")
     args.checkpoint_dir = args.checkpoint_dir or f"{args.out.rstrip('/')}.ckpt"
@@ -224,13 +234,13 @@ TRIPLET_MASKS = ("all", "panels", "local")
 TRIPLET_MASK_MIX = (0.3, 0.45, 0.25)
 
 
-def triplet_masks(rng: np.random.Generator, b: int, bank, device):
+def triplet_masks(rng: np.random.Generator, b: int, bank, device, mix=TRIPLET_MASK_MIX):
     """Masks for triplet grids: all three panels (generation from the caption), one or two whole panels
     (one layer from the others: the relation a Fill model sees in related panels), or a local hole."""
     import torch
 
     masks = torch.zeros(b, 1, PANEL, 3 * PANEL, device=device)
-    for row, kind in enumerate(rng.choice(len(TRIPLET_MASKS), size=b, p=TRIPLET_MASK_MIX)):
+    for row, kind in enumerate(rng.choice(len(TRIPLET_MASKS), size=b, p=mix)):
         if TRIPLET_MASKS[kind] == "all":
             masks[row] = 1.0
         elif TRIPLET_MASKS[kind] == "panels":
@@ -275,6 +285,7 @@ class TrainData:
         self.triplet = getattr(args, "triplet_share", 0.0)
         self.caption_p = getattr(args, "caption_p", 0.0)
         self.clause_p = getattr(args, "clause_p", 0.0)
+        self.triplet_mix = tuple(getattr(args, "triplet_mask_mix", TRIPLET_MASK_MIX))
         bank_rng = np.random.default_rng(bank_seed)
         self.banks = {n: torch.from_numpy(np.stack([random_mask(bank_rng, n, mix=mix) for _ in range(size)]))[:, None].to(device)
                       for n, size in ((3, bank_size), (4, max(1, bank_size // 4)))}
@@ -297,7 +308,7 @@ class TrainData:
             rows = slice(n_rel, n_rel + n_trip)
             items = torch.from_numpy(self.rng.integers(0, self.panels.shape[0] // 3, size=n_trip)).to(self.device)
             grids[rows] = torch.cat([self.panels[3 * items + k] for k in range(3)], dim=3)
-            masks[rows] = triplet_masks(self.rng, n_trip, bank, self.device)
+            masks[rows] = triplet_masks(self.rng, n_trip, bank, self.device, self.triplet_mix)
             prompts[rows] = [triplet_prompt(self.captions[3 * int(i)], self.rng, self.caption_p, self.clause_p)
                              for i in items]
         return grids, masks, prompts
@@ -396,8 +407,8 @@ def fill_inputs(pipe, grids, masks, gen):
 HIGH_T = 0.9  # the noisiest tenth of flow times, where x_t shows little of the product (see --high-t-p)
 
 
-def caption_times(t, prompts: list[str], gen, share: float):
-    """Flow times with a `share` of the captioned rows moved to U(HIGH_T, 1).
+def caption_times(t, prompts: list[str], gen, share: float, low: float = HIGH_T):
+    """Flow times with a `share` of the captioned rows moved to U(low, 1).
 
     Colour is the noise-robust feature: averaged over the ~300 latent values of an object, the noise's std
     is t / 17, so by that estimate (not measured) x_t shows the colour until t ~ 0.95 and only above it
@@ -408,7 +419,7 @@ def caption_times(t, prompts: list[str], gen, share: float):
 
     if not share:
         return t
-    high = HIGH_T + (1 - HIGH_T) * torch.rand(len(prompts), generator=gen)
+    high = low + (1 - low) * torch.rand(len(prompts), generator=gen)
     pick = torch.tensor([bool(p) for p in prompts]) & (torch.rand(len(prompts), generator=gen) < share)
     return torch.where(pick, high, t)
 
@@ -423,7 +434,8 @@ def transformer_step(pipe, text: TextConditioning, batch, gen, rng, args):
     grids, masks = grids.to(args.device), masks.to(args.device)
     x0, cond, img_ids = fill_inputs(pipe, grids, masks, gen)
     b = x0.shape[0]
-    t = caption_times(logit_normal_t(b, gen), prompts, gen, getattr(args, "high_t_p", 0.0)).to(args.device)
+    t = caption_times(logit_normal_t(b, gen), prompts, gen, getattr(args, "high_t_p", 0.0),
+                      getattr(args, "high_t_min", HIGH_T)).to(args.device)
     noise = torch.randn(x0.shape, generator=gen).to(args.device)
     embeds, pooled = text(prompts)
     # guidance is uniform over the range samplers use, so the base does not depend on its value

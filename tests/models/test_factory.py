@@ -239,6 +239,23 @@ def test_high_t_moves_captioned_rows_only_and_is_off_by_default():
     assert bool(((moved[0::2] >= pre.HIGH_T) & (moved[0::2] <= 1.0)).all())
     assert bool((moved[1::2] == 0.5).all())  # unrelated grids: no caption to learn from
     assert pre.caption_times(t, prompts, torch.Generator().manual_seed(0), share=0.0) is t
+    noisier = pre.caption_times(t, prompts, torch.Generator().manual_seed(0), share=1.0, low=0.97)
+    assert bool((noisier[0::2] >= 0.97).all()) and bool((noisier[1::2] == 0.5).all())
+
+
+def test_triplet_mask_mix_decides_how_many_triplet_grids_hide_every_panel():
+    import numpy as np
+    import torch
+
+    pre = _pretrain_module()
+    bank = torch.zeros(4, 1, pre.PANEL, 3 * pre.PANEL)
+    every = pre.triplet_masks(np.random.default_rng(0), 8, bank, "cpu", mix=(1.0, 0.0, 0.0))
+    assert bool((every == 1.0).all())  # generation from the caption alone
+    whole = pre.triplet_masks(np.random.default_rng(0), 8, bank, "cpu", mix=(0.0, 1.0, 0.0))
+    hidden = whole.reshape(8, pre.PANEL, 3, pre.PANEL).amax(dim=(1, 3))  # (grid, panel): 1 where masked
+    assert bool((hidden.sum(dim=1) >= 1).all() and (hidden.sum(dim=1) <= 2).all())  # one panel always shows
+    with pytest.raises(SystemExit):
+        pre.parse_args(["--triplet-mask-mix", "0.7", "0.2", "0.2"])
 
 
 def test_pretraining_resumed_from_a_checkpoint_ends_with_the_uninterrupted_weights(tmp_path):
