@@ -89,6 +89,13 @@ def drawn_mask(foregrounds: list[Image.Image], threshold: float) -> np.ndarray:
     return np.any([foreground(img, threshold) for img in foregrounds], axis=0)
 
 
+def mean_image(draws: list[Image.Image]) -> Image.Image:
+    """The per-pixel mean of k >= 2 draws of one panel (RGB), rounded to uint8."""
+    if len(draws) < 2:
+        raise ValueError(f"a mean of draws needs at least 2; got {len(draws)}")
+    return Image.fromarray(np.round(np.stack([_rgb(d) for d in draws]).mean(axis=0)).astype(np.uint8), "RGB")
+
+
 def consensus(draws: list[dict[str, Image.Image]]) -> dict[str, Image.Image]:
     """The per-pixel mean of k >= 2 decompositions of one composite: what the draws agree on stays sharp,
     what only one draw painted fades."""
@@ -97,8 +104,7 @@ def consensus(draws: list[dict[str, Image.Image]]) -> dict[str, Image.Image]:
     names = set(draws[0])
     if any(set(d) != names for d in draws):
         raise ValueError(f"every draw must have the same layers; got {[sorted(d) for d in draws]}")
-    return {name: Image.fromarray(np.round(np.stack([_rgb(d[name]) for d in draws]).mean(axis=0)).astype(np.uint8),
-                                  "RGB") for name in draws[0]}
+    return {name: mean_image([d[name] for d in draws]) for name in draws[0]}
 
 
 def _trust_map(m: np.ndarray, shape: tuple, name: str) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from PIL import Image
 
 from .acceleration import check_fp8, compiled_blocks, fp8_tag, quantize_fp8
-from .anchoring import anchor, consensus
+from .anchoring import anchor, consensus, mean_image
 from .config import SampleConfig
 from .grid import (
     COMPOSITE, GridError, fill_missing, generated_panels, given_panels, make_grid, split_grid, task_mask,
@@ -98,7 +98,7 @@ class Sampler:
         background layer (the schema's last) outside the footprint where the model printed something, which
         is what a composite is there."""
         made = [self.synthesize(layers, draw=k) for k in range(self.cfg.draws)]
-        out = made[0] if len(made) == 1 else [consensus([{COMPOSITE: c} for c in cs])[COMPOSITE] for cs in zip(*made)]
+        out = made[0] if len(made) == 1 else [mean_image(list(cs)) for cs in zip(*made)]
         return self.keep_background(layers, out) if self.cfg.anchor else out
 
     def keep_background(self, layers: Sequence[Mapping[str, Image.Image]],

@@ -66,10 +66,10 @@ def gains(items, made) -> dict[str, list[float]]:
 
 def mean_of_draws(smp, layers, first: list, k: int) -> list:
     """Per-pixel mean of `first` (draw 0) and k - 1 more synthesis draws, each from its own noise."""
-    from layerloop.models.anchoring import consensus
+    from layerloop.models.anchoring import mean_image
 
     more = [smp.synthesize(layers, draw=d) for d in range(1, k)]
-    return [consensus([{"composite": c} for c in cs])["composite"] for cs in zip(first, *more)]
+    return [mean_image(list(cs)) for cs in zip(first, *more)]
 
 
 def score_adapter(bb, adapter: str, items, thresholds, grows, draws: int = 1) -> dict[str, dict[str, list[float]]]:

@@ -115,10 +115,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.n_triplets, args.vae_steps, args.steps, args.eval_n, args.eval_steps = 24, 3, 3, 4, 2
     if min(args.n_triplets, args.vae_steps, args.steps, args.eval_n, args.batch, args.vae_batch) < 1:
         p.error("counts, steps and batch sizes must be >= 1")
-    if min(args.mask_mix) < 0 or abs(sum(args.mask_mix) - 1.0) > 1e-6:
-        p.error(f"--mask-mix must be three non-negative shares summing to 1; got {args.mask_mix}")
-    if min(args.triplet_mask_mix) < 0 or abs(sum(args.triplet_mask_mix) - 1.0) > 1e-6:
-        p.error(f"--triplet-mask-mix must be three non-negative shares summing to 1; got {args.triplet_mask_mix}")
+    for name in ("mask_mix", "triplet_mask_mix"):
+        mix = getattr(args, name)
+        if min(mix) < 0 or abs(sum(mix) - 1.0) > 1e-6:
+            p.error(f"--{name.replace('_', '-')} must be three non-negative shares summing to 1; got {mix}")
     for name in ("related", "triplet_share", "caption_p", "clause_p", "high_t_p"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             p.error(f"--{name.replace('_', '-')} must be a share in [0, 1]; got {getattr(args, name)}")
