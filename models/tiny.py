@@ -190,6 +190,25 @@ def _portable_tokenizer_class(asset_dir: Path) -> None:
     (asset_dir / MODEL_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
+# what loading a base leaves in its configs: where it was read from, and the padding of the last call
+LOAD_STATE_KEYS = ("_name_or_path", "is_local", "local_files_only")
+
+
+def _drop_load_state(asset_dir: Path) -> None:
+    """A base continued from another (--init-from) would otherwise ship the path it was loaded from and
+    the tokenizers' last padding setting; the folder must not depend on where or how it was made."""
+    for path in [asset_dir / n / "config.json" for n in COMPONENTS] + \
+            [asset_dir / n / "tokenizer_config.json" for n in TOKENIZERS]:
+        config = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in config.items() if k not in LOAD_STATE_KEYS},
+                                   indent=2, sort_keys=True) + "\n")
+    for name in TOKENIZERS:
+        path = asset_dir / name / "tokenizer.json"
+        spec = json.loads(path.read_text())
+        spec["padding"] = None  # callers pad explicitly (padding="max_length")
+        path.write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
+
+
 def save_base(modules: dict[str, Any], asset_dir: Path, meta: dict) -> None:
     """Write a diffusers FluxFillPipeline folder: model_index.json, each component's config and fp32
     safetensors (the same bytes whichever way the modules were loaded), the tokenizers, and base.json
@@ -213,5 +232,6 @@ def save_base(modules: dict[str, Any], asset_dir: Path, meta: dict) -> None:
         modules[name].save_pretrained(asset_dir / name)
     modules["scheduler"].save_pretrained(asset_dir / "scheduler")
     _portable_tokenizer_class(asset_dir)
+    _drop_load_state(asset_dir)
     record = {k: v for k, v in meta.items() if k not in ("vocab", "vae_factors", "configs")}
     (asset_dir / BASE_META).write_text(json.dumps(record, indent=1))

@@ -76,6 +76,21 @@ def test_base_weights_round_trip_through_a_diffusers_folder(tmp_path, tiny_backb
     assert json.loads((tmp_path / tiny.BASE_META).read_text()) == {"record": {"note": "test"}}
 
 
+def test_a_base_continued_from_a_folder_ships_no_trace_of_where_it_was_loaded(tmp_path, tiny_backbone):
+    from diffusers import FluxFillPipeline
+
+    meta = {"vocab": tiny.build_vocab(tiny_backbone.prompt_templates.values()), "record": {}}
+    tiny.save_base(tiny.build_modules(meta), tmp_path / "first", meta)
+    loaded = FluxFillPipeline.from_pretrained(str(tmp_path / "first"))
+    loaded.tokenizer("a red mug", padding="longest")  # a call that leaves padding set on the backend
+    tiny.save_base(loaded.components, tmp_path / "again", meta)
+    for path in (tmp_path / "again").rglob("*.json"):
+        text = path.read_text()
+        assert not any(key in text for key in tiny.LOAD_STATE_KEYS) and str(tmp_path) not in text, path.name
+    for name in tiny.TOKENIZERS:
+        assert json.loads((tmp_path / "again" / name / "tokenizer.json").read_text())["padding"] is None
+
+
 def test_an_old_flat_layout_base_is_named_with_its_conversion(tmp_path):
     (tmp_path / "transformer.safetensors").write_bytes(b"")
     with pytest.raises(BackboneConfigError, match="old flat layout.*--convert-from"):
@@ -229,7 +244,7 @@ def test_clause_prompts_name_one_clause_of_their_items_caption():
     assert all(caption in p for p in full.batch(16, 3)[2])
 
 
-def test_high_t_moves_captioned_rows_only_and_is_off_by_default():
+def test_high_t_moves_captioned_rows_only_and_share_zero_leaves_times_alone():
     import torch
 
     pre = _pretrain_module()
