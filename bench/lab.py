@@ -17,6 +17,8 @@ On the DEV split (`make_split("dev", n, ...)`, never the test split) it measures
     with one draw, and with the inference mode (sample.draws 6, sample.anchor true);
   * wall time of training the seed adapter (its metrics.json), and of `make demo` when --demo-time says.
 
+    python bench/lab.py --json lab.json                         # the shipped base: trains the default recipe's
+                                                                # seed adapter into bench-lab-work/ (reused), measures
     python bench/lab.py --store /work/bench-loop/store-seed0 --json research/results/lab.json
     python bench/lab.py --adapter path/to/adapter --n 64       # an adapter folder, default config
     python bench/lab.py --base-only --n 64                      # the base alone: tau_G / tau_C
@@ -32,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+DEFAULT_WORK = "bench-lab-work"  # where a plain run trains (and then reuses) its seed adapter
 SEEN_KINDS_DEFAULT = ("mug", "bottle")  # bench/loop.py's seed slice, when no store says otherwise
 INFERENCE_MODE = {"draws": 6, "anchor": True}
 CAPTION_GUIDANCE = 4.0  # sample.caption_guidance of the guided text rows: the best of 1-8 on dev (research/README.md)
@@ -55,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      "round 1's saved config and its seeds' slice")
     src.add_argument("--train-seed", metavar="WORK",
                      help="first train the seed adapter by bench/loop.py's recipe (its 100 mug/bottle seeds, "
-                          "1,500 steps) on --base into WORK/store, then measure it; a seeded WORK is reused")
+                          "1,500 steps) on --base into WORK/store, then measure it; a seeded WORK is reused (the default, "
+                          f"into {DEFAULT_WORK}, when neither --store, --adapter nor --base-only is given)")
     src.add_argument("--adapter", help="a seed adapter directory (default config; unseen = kinds not mug/bottle)")
     p.add_argument("--base-only", action="store_true", help="the base without any adapter: tau_G and tau_C only")
     p.add_argument("--base", default=None, help="base model directory (default: the config's, i.e. the shipped "
@@ -75,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a few items, 2 sampler steps: checks the script")
     args = p.parse_args(argv)
     if not args.base_only and not (args.store or args.adapter or args.train_seed):
-        p.error("give --store, --train-seed or --adapter (or --base-only)")
+        args.train_seed = DEFAULT_WORK  # the plain `python bench/lab.py`: the default recipe's seed adapter
     if args.set and not args.train_seed:
         p.error("--set changes the seed round --train-seed trains; without it there is nothing to change")
     if args.quick:

@@ -40,3 +40,15 @@ def test_lab_bench_quick_base_only_writes_each_goal_metric_and_the_colour_bindin
     assert metrics["synth_gain_db_inference_mode"]["reference_only"]
     assert math.isclose(anchored["gain"], anchored["psnr_synth"] - anchored["psnr_object"], abs_tol=1e-6)
     assert anchored["psnr_object"] == synthesis["psnr_object"]
+
+
+def test_a_plain_lab_run_measures_the_default_recipes_seed_adapter():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lab_bench", ROOT / "bench" / "lab.py")
+    lab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lab)
+    assert lab.parse_args([]).train_seed == lab.DEFAULT_WORK  # `python bench/lab.py --json lab.json`
+    assert lab.parse_args(["--set", "train.seed=1"]).train_seed == lab.DEFAULT_WORK
+    assert lab.parse_args(["--base-only"]).train_seed is None
+    assert lab.parse_args(["--adapter", "somewhere"]).train_seed is None
