@@ -102,7 +102,8 @@ def _trained(cfg, uri: str, data, init: str | None, steps: int, key: str, train:
     if not train or init is None:
         return None
     cfg = cfg.model_copy(update={"loop": cfg.loop.model_copy(update={"round_train_steps": steps})})
-    adapter._train(cfg, uri, work_key=key, data=data(), init=adapter_files.local_dir(init))
+    # labeled seeds only: no human review moved a row in or out
+    adapter._train(cfg, uri, work_key=key, data=data(), init=adapter_files.local_dir(init), reviewed=[])
     return uri
 
 
