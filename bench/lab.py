@@ -106,6 +106,7 @@ def train_seed(args):
 
     largs = loop_bench.parse_args(["--seeds", "0", "--threads", str(args.threads), *(["--quick"] if args.quick else [])])
     root = Path(args.train_seed)
+    check_seeded_base(root, base_stamp(args.base))
     inputs = loop_bench.make_inputs(largs, root)
     data = deep_merge(loop_bench._base_config(largs, 0, root / "store", inputs, "loop"),
                       loop_bench._overrides(args.set))
@@ -119,6 +120,31 @@ def train_seed(args):
     print(f"seed round of {root / 'store'} done in {time.perf_counter() - started:.0f} s", flush=True)
     args.store = str(root / "store")
     return cfg
+
+
+BASE_STAMP = "base.sha256"  # the transformer weights a seeded WORK's adapter was trained on
+
+
+def base_stamp(base: str | None) -> str:
+    """sha256 of the base's transformer weights (the shipped tiny base when `base` is None)."""
+    import hashlib
+
+    from layerloop.models import tiny
+
+    path = tiny.weights_path(Path(base) if base else tiny.ASSET_DIR, "transformer")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_seeded_base(root: Path, stamp: str) -> None:
+    """A reused WORK must hold a seed adapter of THIS base: a new shipped base would otherwise be measured
+    through the old base's adapter without a word. An unstamped WORK is stamped (it predates the check)."""
+    path = root / BASE_STAMP
+    if path.is_file() and path.read_text().strip() != stamp:
+        raise SystemExit(f"error: {root} holds a seed adapter trained on another base (transformer sha256 "
+                         f"{path.read_text().strip()[:12]}, this base {stamp[:12]}); delete it or give another "
+                         "--train-seed WORK")
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(stamp + "\n")
 
 
 def pipeline_config(args):

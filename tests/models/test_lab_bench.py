@@ -52,3 +52,18 @@ def test_a_plain_lab_run_measures_the_default_recipes_seed_adapter():
     assert lab.parse_args(["--set", "train.seed=1"]).train_seed == lab.DEFAULT_WORK
     assert lab.parse_args(["--base-only"]).train_seed is None
     assert lab.parse_args(["--adapter", "somewhere"]).train_seed is None
+
+
+def test_a_reused_lab_work_folder_must_hold_an_adapter_of_the_same_base(tmp_path):
+    import importlib.util
+
+    import pytest
+
+    spec = importlib.util.spec_from_file_location("lab_bench_stamp", ROOT / "bench" / "lab.py")
+    lab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lab)
+    shipped = lab.base_stamp(None)
+    lab.check_seeded_base(tmp_path / "work", shipped)  # a new WORK is stamped
+    lab.check_seeded_base(tmp_path / "work", shipped)  # and reused with the same base
+    with pytest.raises(SystemExit, match="trained on another base"):
+        lab.check_seeded_base(tmp_path / "work", "0" * 64)
