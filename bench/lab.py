@@ -122,17 +122,15 @@ def train_seed(args):
     return cfg
 
 
-BASE_STAMP = "base.sha256"  # the transformer weights a seeded WORK's adapter was trained on
+BASE_STAMP = "base.sha256"  # the id digest of the base a seeded WORK's adapter was trained on
 
 
 def base_stamp(base: str | None) -> str:
-    """sha256 of the base's transformer weights (the shipped tiny base when `base` is None)."""
-    import hashlib
-
+    """The base's id digest (`tiny-base@<digest>`; the shipped tiny base when `base` is None)."""
     from layerloop.models import tiny
+    from layerloop.models.factory import weights_digest
 
-    path = tiny.weights_path(Path(base) if base else tiny.ASSET_DIR, "transformer")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return weights_digest(tiny.weights_path(Path(base) if base else tiny.ASSET_DIR, "transformer"))
 
 
 def check_seeded_base(root: Path, stamp: str) -> None:
@@ -140,8 +138,8 @@ def check_seeded_base(root: Path, stamp: str) -> None:
     through the old base's adapter without a word. An unstamped WORK is stamped (it predates the check)."""
     path = root / BASE_STAMP
     if path.is_file() and path.read_text().strip() != stamp:
-        raise SystemExit(f"error: {root} holds a seed adapter trained on another base (transformer sha256 "
-                         f"{path.read_text().strip()[:12]}, this base {stamp[:12]}); delete it or give another "
+        raise SystemExit(f"error: {root} holds a seed adapter trained on another base (tiny-base@"
+                         f"{path.read_text().strip()}, this base tiny-base@{stamp}); delete it or give another "
                          "--train-seed WORK")
     root.mkdir(parents=True, exist_ok=True)
     path.write_text(stamp + "\n")

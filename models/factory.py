@@ -163,7 +163,7 @@ def _tiny_modules(cfg: ModelConfig, device, allow_random_init: bool, templates: 
     if tiny.assets_present(asset_dir):
         # the shipped folder loads the way a user loads it: plain FluxFillPipeline.from_pretrained
         modules = _pretrained(str(asset_dir), cfg, device, _dtype(cfg, "float32"), "the tiny base")
-        digest = _digest(tiny.weights_path(asset_dir, "transformer"))
+        digest = weights_digest(tiny.weights_path(asset_dir, "transformer"))
         return modules, _dtype(cfg, "float32"), f"tiny-base@{digest}", tiny.T5_MAX_LENGTH
     if tiny.legacy_layout(asset_dir):
         raise BackboneConfigError(
@@ -248,7 +248,8 @@ def _flux_source(path: str | None) -> str:
     return path
 
 
-def _digest(path: Path) -> str:
+def weights_digest(path: Path) -> str:
+    """The 12 hex digits of a weights file's sha256 that name a tiny base (`tiny-base@<digest>`)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

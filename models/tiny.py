@@ -184,7 +184,7 @@ def _portable_tokenizer_class(asset_dir: Path) -> None:
     for name in TOKENIZERS:
         index[name] = ["transformers", TOKENIZER_CLASS]
         config_path = asset_dir / name / "tokenizer_config.json"
-        config = json.loads(config_path.read_text())
+        config = {k: v for k, v in json.loads(config_path.read_text()).items() if k not in LOAD_STATE_KEYS}
         config["tokenizer_class"] = TOKENIZER_CLASS
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (asset_dir / MODEL_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
@@ -197,8 +197,7 @@ LOAD_STATE_KEYS = ("_name_or_path", "is_local", "local_files_only")
 def _drop_load_state(asset_dir: Path) -> None:
     """A base continued from another (--init-from) would otherwise ship the path it was loaded from and
     the tokenizers' last padding setting; the folder must not depend on where or how it was made."""
-    for path in [asset_dir / n / "config.json" for n in COMPONENTS] + \
-            [asset_dir / n / "tokenizer_config.json" for n in TOKENIZERS]:
+    for path in [asset_dir / n / "config.json" for n in COMPONENTS]:  # tokenizer configs: _portable_tokenizer_class
         config = json.loads(path.read_text())
         path.write_text(json.dumps({k: v for k, v in config.items() if k not in LOAD_STATE_KEYS},
                                    indent=2, sort_keys=True) + "\n")

@@ -10,6 +10,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _lab_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lab_bench", ROOT / "bench" / "lab.py")
+    lab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lab)
+    return lab
+
+
 def test_lab_bench_quick_base_only_writes_each_goal_metric_and_the_colour_binding_read(tmp_path):
     out = tmp_path / "lab.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "lab.py"), "--base-only", "--quick", "--json", str(out)],
@@ -43,11 +52,7 @@ def test_lab_bench_quick_base_only_writes_each_goal_metric_and_the_colour_bindin
 
 
 def test_a_plain_lab_run_measures_the_default_recipes_seed_adapter():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("lab_bench", ROOT / "bench" / "lab.py")
-    lab = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lab)
+    lab = _lab_module()
     assert lab.parse_args([]).train_seed == lab.DEFAULT_WORK  # `python bench/lab.py --json lab.json`
     assert lab.parse_args(["--set", "train.seed=1"]).train_seed == lab.DEFAULT_WORK
     assert lab.parse_args(["--base-only"]).train_seed is None
@@ -55,13 +60,9 @@ def test_a_plain_lab_run_measures_the_default_recipes_seed_adapter():
 
 
 def test_a_reused_lab_work_folder_must_hold_an_adapter_of_the_same_base(tmp_path):
-    import importlib.util
-
     import pytest
 
-    spec = importlib.util.spec_from_file_location("lab_bench_stamp", ROOT / "bench" / "lab.py")
-    lab = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lab)
+    lab = _lab_module()
     shipped = lab.base_stamp(None)
     lab.check_seeded_base(tmp_path / "work", shipped)  # a new WORK is stamped
     lab.check_seeded_base(tmp_path / "work", shipped)  # and reused with the same base
